@@ -1,0 +1,237 @@
+"""`labelbeam build`: raw events -> validate -> deduplicate -> lifecycle -> consensus -> version N.
+
+    python -m labelbeam.pipelines.build --input 'events/*.jsonl' --output ROOT --dataset NAME
+
+With no --input it builds the embedded sample (generated on first use, deterministic) into
+./labelbeam-data and reports accuracy against the sample's known truth.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as dt
+import json
+import os
+import sys
+import uuid
+from typing import Any
+
+from labelbeam.pipelines.code_version import code_version
+from labelbeam.pipelines.options import (BuildConfig, LabelbeamTuningOptions, UserError, add_build_arguments,
+                                         parse_labels)
+
+DEFAULT_OUTPUT = "labelbeam-data"
+SAMPLE_DIR = "labelbeam-sample"
+SAMPLE_EVENTS = 50_000
+SAMPLE_SEED = 0
+EXIT_PUBLISH_GATE = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOutcome:
+    version: int
+    published: bool           # False: inputs, params and code equal the latest version's
+    version_dir: str
+    manifest: dict[str, Any]
+
+
+def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
+                   tuning: LabelbeamTuningOptions, rows_per_shard: int):
+    """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
+    import apache_beam as beam
+
+    from labelbeam.transforms import dead_letters as dl
+    from labelbeam.transforms.consensus import ComputeConsensus
+    from labelbeam.transforms.publish import PublishVersion
+    from labelbeam.transforms.resolve import VOTES, DeduplicateEvents, ResolveLifecycle
+    from labelbeam.transforms.sources import ReadEvents
+    from labelbeam.transforms.validate import ValidateEvents
+
+    raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events)
+    parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
+    unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets)
+    standing = unique[dl.VALID] | "ResolveLifecycle" >> ResolveLifecycle(tuning.num_buckets)
+    labels = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method)
+    dead_letters = (parsed[dl.DEAD_LETTER], unique[dl.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
+    counts = (parsed[dl.COUNTS], unique[dl.COUNTS], standing[dl.COUNTS]) | "FlattenCounts" >> beam.Flatten()
+    return ({"labels": labels, "dead_letters": dead_letters, "counts": counts}
+            | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard))
+
+
+def make_method(config: BuildConfig):
+    from labelbeam.transforms.consensus import METHODS, MajorityVote, WeightedMajorityVote, read_weights_csv
+
+    if config.method not in METHODS:
+        raise UserError(f"--method {config.method!r} is not one of {', '.join(sorted(METHODS))}")
+    if config.method == "wmv":
+        if not config.weights_path:
+            raise UserError("--method wmv needs --weights CSV (annotator_id,weight rows)")
+        try:
+            with open(config.weights_path, encoding="utf-8") as stream:
+                weights = read_weights_csv(stream.read())
+            return WeightedMajorityVote(weights, min_votes=config.min_votes)
+        except OSError as err:
+            raise UserError(f"cannot read --weights {config.weights_path}: {err.strerror}") from None
+        except ValueError as err:
+            raise UserError(f"--weights {config.weights_path}: {err}") from None
+    if config.weights_path:
+        raise UserError("--weights only applies to --method wmv")
+    return MajorityVote(min_votes=config.min_votes)
+
+
+def pipeline_options(beam_args: list[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        # Locally, skip the DirectRunner's attempt to download Prism (offline here) and its log noise.
+        args.append("--runner=FnApiRunner")
+    return PipelineOptions(args)
+
+
+def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None = None) -> BuildOutcome:
+    """Publish the next version of config.dataset, or report that the latest is up to date."""
+    import apache_beam as beam
+
+    from labelbeam.schemas import registry
+    from labelbeam.transforms import version_store
+    from labelbeam.transforms.sources import InputError, match_inputs
+    from labelbeam.transforms.validate import ValidationRules
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if config.min_votes < 1:
+        raise UserError(f"--min-votes must be at least 1, got {config.min_votes}")
+    method = make_method(config)
+    try:
+        files = match_inputs(list(config.inputs))
+    except InputError as err:
+        raise UserError(str(err)) from None
+    params = {**method.params(), "labels": list(config.labels) if config.labels else None,
+              "rows_per_shard": config.rows_per_shard}
+    inputs = [f.manifest_entry() for f in files]
+    version_code = code_version()
+    root, dataset = config.output, config.dataset
+
+    try:
+        latest = version_store.read_latest(root, dataset)
+    except version_store.StoreError as err:
+        raise UserError(str(err)) from None
+    if latest is not None and not config.force:
+        manifest = version_store.read_manifest(root, dataset, latest)
+        if manifest and (manifest["inputs"], manifest["params"], manifest["code_version"]) == \
+                (inputs, params, version_code):
+            return BuildOutcome(latest, False, version_store.version_dir(root, dataset, latest), manifest)
+
+    build_id = uuid.uuid4().hex
+    version = version_store.claim_next_version(root, dataset, owner=build_id)
+    version_dir = version_store.version_dir(root, dataset, version)
+    manifest_base = {
+        "dataset": dataset, "version": version, "created_at": now.isoformat(timespec="seconds"),
+        "params": params, "inputs": inputs, "code_version": version_code,
+        "schema": registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE),
+        "labels_source": "given" if config.labels else "inferred",
+    }
+    options = pipeline_options(beam_args)
+    rules = ValidationRules.at(dataset, int(now.timestamp() * 1000),
+                               frozenset(config.labels) if config.labels else None)
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, files, rules, method, version_dir, manifest_base,
+                       options.view_as(LabelbeamTuningOptions), config.rows_per_shard)
+    manifest = version_store.read_manifest(root, dataset, version)
+    if manifest is None:
+        raise RuntimeError(f"the pipeline finished but wrote no manifest for version {version}")
+    version_store.advance_latest(root, dataset, version)
+    return BuildOutcome(version, True, version_dir, manifest)
+
+
+def accuracy_against(truth_path: str, outcome: BuildOutcome) -> tuple[float, int]:
+    """(share of items whose consensus label equals the truth, items compared)."""
+    import pyarrow.parquet as pq
+
+    with open(truth_path, encoding="utf-8", newline="") as stream:
+        truth = {row["item_id"]: row["label"] for row in csv.DictReader(stream)}
+    correct = compared = 0
+    for entry in outcome.manifest["files"]:
+        if entry["path"].endswith(".parquet"):
+            table = pq.read_table(os.path.join(outcome.version_dir, entry["path"]), columns=["item_id", "label"])
+            for item_id, label in zip(table.column("item_id").to_pylist(), table.column("label").to_pylist()):
+                if item_id in truth:
+                    compared += 1
+                    correct += label == truth[item_id]
+    return (correct / compared if compared else float("nan")), compared
+
+
+def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
+    counts = outcome.manifest["counts"]
+    lines = []
+    if outcome.published:
+        lines.append(f"published {config.dataset} version {outcome.version} -> {outcome.version_dir}")
+    else:
+        lines.append(f"up to date: {config.dataset} version {outcome.version} already has these inputs, "
+                     f"params and code ({outcome.version_dir}); --force publishes anyway")
+    lines.append("  read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(**counts))
+    lines.append("  valid {valid} = votes {votes} + superseded {superseded} + deleted {deleted}".format(**counts))
+    status = ", ".join(f"{k} {v}" for k, v in outcome.manifest.get("status", {}).items())
+    lines.append(f"  items {counts['items']} ({status}); method {outcome.manifest['params']['method']}")
+    if config.truth_path:
+        accuracy, compared = accuracy_against(config.truth_path, outcome)
+        lines.append(f"  accuracy vs known truth: {accuracy:.4f} over {compared} items")
+    return "\n".join(lines)
+
+
+def sample_config(args: argparse.Namespace) -> BuildConfig:
+    """The embedded default: a deterministic generated sample, built into ./labelbeam-data."""
+    from labelbeam.pipelines.generate import write_sample
+
+    description = write_sample(SAMPLE_DIR, SAMPLE_EVENTS, SAMPLE_SEED)
+    return BuildConfig(
+        inputs=(os.path.join(SAMPLE_DIR, "events"),), output=args.output or DEFAULT_OUTPUT,
+        dataset=args.dataset or description["dataset"],
+        labels=parse_labels(args.labels) or tuple(description["labels"]), method=args.method,
+        weights_path=args.weights, min_votes=args.min_votes, rows_per_shard=args.rows_per_shard,
+        force=args.force, truth_path=os.path.join(SAMPLE_DIR, "truth.csv"))
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    if not args.input:
+        return sample_config(args)
+    if not args.dataset:
+        raise UserError("--dataset NAME is required with --input")
+    if not args.output:
+        raise UserError("--output ROOT is required with --input")
+    return BuildConfig(inputs=tuple(args.input), output=args.output, dataset=args.dataset,
+                       labels=parse_labels(args.labels), method=args.method, weights_path=args.weights,
+                       min_votes=args.min_votes, rows_per_shard=args.rows_per_shard, force=args.force)
+
+
+def run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from labelbeam.transforms.publish import ConservationError
+
+    config = config_from_args(args)
+    try:
+        outcome = run_build(config, beam_args)
+    except ConservationError as err:
+        print(f"labelbeam: publish gate failed, nothing published: {err}", file=sys.stderr)
+        return EXIT_PUBLISH_GATE
+    print(format_summary(config, outcome))
+    return 0
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="labelbeam build", description="Build the next version of a consensus dataset.",
+        epilog="Other flags (--runner, --direct_num_workers, ...) pass through to Beam.")
+    add_build_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from labelbeam.pipelines.cli import guarded
+
+    args, beam_args = build_parser().parse_known_args(argv)
+    return guarded(lambda: run(args, beam_args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Options of `labelbeam build`: the CLI contract's flags, tuning knobs, and the frozen BuildConfig.
+
+The contract flags (--input, --labels, ...) are parsed with argparse rather than declared on a
+PipelineOptions subclass because Dataflow's GoogleCloudOptions already owns `--labels` (job labels);
+everything the CLI does not recognise passes through to Beam untouched. Tuning knobs that never
+change results are a PipelineOptions subclass, so they travel with the other pipeline options.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class UserError(Exception):
+    """Bad arguments or inputs: reported as one line, exit code 2, no traceback."""
+
+
+class LabelbeamTuningOptions(PipelineOptions):
+    """Knobs that change speed, never the published bytes."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--num_buckets", type=int, default=16,
+                            help="Shuffle buckets for deduplication and lifecycle (parallelism).")
+        parser.add_argument("--chunk_events", type=int, default=20_000,
+                            help="Events per parsed Arrow batch.")
+        parser.add_argument("--range_bytes", type=int, default=64 << 20,
+                            help="JSON Lines files larger than this are read in ranges by several workers.")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    inputs: tuple[str, ...]
+    output: str
+    dataset: str
+    labels: tuple[str, ...] | None = None
+    method: str = "mv"
+    weights_path: str | None = None
+    min_votes: int = 1
+    rows_per_shard: int = 1_000_000
+    force: bool = False
+    truth_path: str | None = None  # known true labels (the embedded sample's) for the summary
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", action="append", default=[], metavar="PATTERN",
+                        help="event file, glob or directory (repeatable; local or gs://). "
+                             "Without --input, builds the embedded sample.")
+    parser.add_argument("--output", metavar="ROOT", help="dataset root (default ./labelbeam-data)")
+    parser.add_argument("--dataset", help="dataset to build (events of other datasets are rejected)")
+    parser.add_argument("--labels", help="comma-separated label set; other labels are rejected "
+                                         "(default: inferred from the votes and recorded)")
+    parser.add_argument("--method", default="mv", help="consensus method: mv (majority vote) or wmv "
+                                                       "(weighted, needs --weights)")
+    parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
+    parser.add_argument("--min-votes", type=int, default=1, metavar="K",
+                        help="items with fewer votes get status needs_more_votes (default 1)")
+    parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help=argparse.SUPPRESS)
+    parser.add_argument("--force", action="store_true",
+                        help="publish a new version even if inputs, params and code are unchanged")
+
+
+def parse_labels(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    labels = tuple(sorted({part.strip() for part in text.split(",") if part.strip()}))
+    if not labels:
+        raise UserError(f"--labels {text!r} names no label; give e.g. --labels cat,dog")
+    return labels

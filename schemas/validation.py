@@ -1,0 +1,253 @@
+"""Schema-driven validation of plain JSON objects (and decoded Avro records) against an Avro schema.
+
+Wire JSON is plain JSON, not Avro's JSON encoding: a union value is the bare value. A compiled
+validator checks one object against one event schema version and returns its values resolved to
+the latest event schema (fields the version lacks take their defaults), or raises
+`SchemaViolation` naming the reason code and the field path.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable
+
+from labelbeam.schemas import registry
+
+MISSING_FIELD = "MISSING_FIELD"
+SCHEMA_MISMATCH = "SCHEMA_MISMATCH"
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_ONE_MS = dt.timedelta(milliseconds=1)
+
+Checker = Callable[[Any, str], Any]
+
+
+class SchemaViolation(ValueError):
+    """An object does not fit a schema. `path` names the field, e.g. "labels[2]"."""
+
+    def __init__(self, reason: str, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.reason = reason
+        self.path = path
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__)
+
+
+def _mismatch(path: str, expected: str, value: Any) -> SchemaViolation:
+    return SchemaViolation(SCHEMA_MISMATCH, path, f"expected {expected}, got {_json_type(value)}")
+
+
+def _integer_checker(bounds: tuple[int, int], name: str, timestamp_millis: bool) -> Checker:
+    low, high = bounds
+
+    def check(value, path):
+        if timestamp_millis and isinstance(value, dt.datetime):
+            # fastavro decodes timestamp-millis to an aware datetime; keep the wire's integer millis.
+            return (value - _EPOCH) // _ONE_MS
+        if type(value) is not int:
+            raise _mismatch(path, name, value)
+        if not low <= value <= high:
+            raise SchemaViolation(SCHEMA_MISMATCH, path, f"{value} out of range for {name}")
+        return value
+    return check
+
+
+def _check_string(value, path):
+    if type(value) is not str:
+        raise _mismatch(path, "string", value)
+    return value
+
+
+def _check_number(value, path):
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise _mismatch(path, "number", value)
+
+
+def _check_boolean(value, path):
+    if type(value) is not bool:
+        raise _mismatch(path, "boolean", value)
+    return value
+
+
+def _check_null(value, path):
+    if value is not None:
+        raise _mismatch(path, "null", value)
+    return None
+
+
+def _check_bytes(value, path):
+    if isinstance(value, (bytes, str)):
+        return value
+    raise _mismatch(path, "bytes", value)
+
+
+def compile_checker(schema: Any) -> Checker:
+    """A function (value, path) -> normalized value for a parsed Avro (sub)schema."""
+    if isinstance(schema, list):
+        return _union_checker(schema)
+    if isinstance(schema, str):
+        schema = {"type": schema}
+    kind = schema["type"]
+    logical = schema.get("logicalType")
+    if kind == "string":
+        return _check_string
+    if kind == "int":
+        return _integer_checker(_INT32, "int", False)
+    if kind == "long":
+        return _integer_checker(_INT64, "long", logical in ("timestamp-millis", "timestamp-micros"))
+    if kind in ("float", "double"):
+        return _check_number
+    if kind == "boolean":
+        return _check_boolean
+    if kind == "null":
+        return _check_null
+    if kind == "bytes":
+        return _check_bytes
+    if kind == "enum":
+        return _enum_checker(schema)
+    if kind == "array":
+        return _array_checker(compile_checker(schema["items"]))
+    if kind == "map":
+        return _map_checker(compile_checker(schema["values"]))
+    if kind == "record":
+        return _record_checker(schema)
+    if isinstance(kind, (dict, list)):
+        return compile_checker(kind)
+    raise ValueError(f"unsupported Avro type {kind!r} in schema")
+
+
+def _union_checker(branches: list[Any]) -> Checker:
+    nullable = any(branch == "null" or branch == {"type": "null"} for branch in branches)
+    checkers = [compile_checker(b) for b in branches if not (b == "null" or b == {"type": "null"})]
+    expected = " or ".join((["null"] if nullable else []) + [_branch_name(b) for b in branches if b != "null"])
+
+    def check(value, path):
+        if value is None:
+            if nullable:
+                return None
+            raise _mismatch(path, expected, value)
+        for checker in checkers:
+            try:
+                return checker(value, path)
+            except SchemaViolation:
+                continue
+        raise _mismatch(path, expected, value)
+    return check
+
+
+def _branch_name(branch: Any) -> str:
+    return branch if isinstance(branch, str) else branch.get("name", branch["type"]) if isinstance(branch, dict) else "union"
+
+
+def _enum_checker(schema: dict[str, Any]) -> Checker:
+    symbols = frozenset(schema["symbols"])
+    listing = "|".join(schema["symbols"])
+
+    def check(value, path):
+        if type(value) is not str or value not in symbols:
+            shown = repr(value) if isinstance(value, str) else _json_type(value)
+            raise SchemaViolation(SCHEMA_MISMATCH, path, f"expected one of {listing}, got {shown}")
+        return value
+    return check
+
+
+def _array_checker(item_checker: Checker) -> Checker:
+    def check(value, path):
+        if type(value) is not list:
+            raise _mismatch(path, "array", value)
+        return [item_checker(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    return check
+
+
+def _map_checker(value_checker: Checker) -> Checker:
+    def check(value, path):
+        if type(value) is not dict:
+            raise _mismatch(path, "object", value)
+        return {key: value_checker(item, f"{path}.{key}") for key, item in value.items()}
+    return check
+
+
+_NO_DEFAULT = object()
+
+
+def _record_fields(schema: dict[str, Any]) -> list[tuple[str, Checker, Any]]:
+    return [(f["name"], compile_checker(f["type"]), f.get("default", _NO_DEFAULT)) for f in schema["fields"]]
+
+
+def _record_checker(schema: dict[str, Any]) -> Checker:
+    fields = _record_fields(schema)
+    names = frozenset(name for name, _, _ in fields)
+
+    def check(value, path):
+        if type(value) is not dict:
+            raise _mismatch(path, "object", value)
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise SchemaViolation(SCHEMA_MISMATCH, f"{path}.{unknown[0]}", "unknown field")
+        out = {}
+        for name, checker, default in fields:
+            field_path = f"{path}.{name}"
+            if name in value:
+                out[name] = checker(value[name], field_path)
+            elif default is _NO_DEFAULT:
+                raise SchemaViolation(MISSING_FIELD, field_path, "required field is missing")
+            else:
+                out[name] = default
+        return out
+    return check
+
+
+class EventValidator:
+    """Validates a top-level event object against one wire version; resolves it to the latest version.
+
+    `validate(obj)` returns a tuple of values in the latest schema's field order. Top-level keys in
+    `ignored_keys` (the JSON envelope's `schema_version`) are not schema fields.
+    """
+
+    def __init__(self, version: int, ignored_keys: frozenset[str] = frozenset({"schema_version"})):
+        version_schema = registry.event_schema(version)
+        latest_schema = registry.event_schema(registry.LATEST_EVENT_SCHEMA_VERSION)
+        problems = registry.resolution_problems(latest_schema, version_schema)
+        if problems:
+            raise ValueError(f"event schema v{version} does not resolve to the latest: {problems}")
+        self.version = version
+        self._fields = _record_fields(version_schema)
+        self._known = frozenset(name for name, _, _ in self._fields) | ignored_keys
+        self.field_names = tuple(f["name"] for f in latest_schema["fields"])
+        own = {name for name, _, _ in self._fields}
+        # Fields the wire version lacks take the latest schema's defaults (Avro schema resolution).
+        self._fill = [(i, f.get("default")) for i, f in enumerate(latest_schema["fields"]) if f["name"] not in own]
+        self._positions = [self.field_names.index(name) for name, _, _ in self._fields]
+
+    def validate(self, obj: Any) -> tuple:
+        if type(obj) is not dict:
+            raise _mismatch("$", "object", obj)
+        for key in obj:
+            if key not in self._known:
+                raise SchemaViolation(SCHEMA_MISMATCH, key, f"unknown field for event schema v{self.version}")
+        values = [None] * len(self.field_names)
+        for position, (name, checker, default) in zip(self._positions, self._fields):
+            if name in obj:
+                values[position] = checker(obj[name], name)
+            elif default is _NO_DEFAULT:
+                raise SchemaViolation(MISSING_FIELD, name, "required field is missing")
+            else:
+                values[position] = _copy_default(default)
+        for position, default in self._fill:
+            values[position] = _copy_default(default)
+        return tuple(values)
+
+
+def _copy_default(default: Any) -> Any:
+    return type(default)() if isinstance(default, (list, dict)) and not default else default

@@ -1,0 +1,40 @@
+"""labelbeam packaging. Also what managed Beam runners install with --setup_file.
+
+The source directories `pipelines/`, `transforms/` and `schemas/` are installed under the
+`labelbeam` namespace only: PyPI has unrelated distributions with those top-level names.
+"""
+from setuptools import setup
+
+PACKAGE_DIRS = {
+    "labelbeam.pipelines": "pipelines",
+    "labelbeam.transforms": "transforms",
+    "labelbeam.schemas": "schemas",
+}
+
+setup(
+    name="labelbeam",
+    version="0.1.0",
+    description="Apache Beam pipelines that turn raw annotation events into versioned consensus datasets.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=list(PACKAGE_DIRS),
+    package_dir=PACKAGE_DIRS,
+    package_data={"labelbeam.schemas": ["*.avsc"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam>=2.60,<3",
+        "pyarrow>=14",
+        "fastavro>=1.9",
+        "numpy>=1.24",
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "gcp": ["apache-beam[gcp]>=2.60,<3", "google-cloud-storage>=2.10"],
+        "test": ["pytest>=7", "hypothesis>=6", "pandas>=2"],
+        "bench": ["pandas>=2", "psutil>=5"],
+    },
+    entry_points={"console_scripts": ["labelbeam=labelbeam.pipelines.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
+)

@@ -1,0 +1,1 @@
+"""labelbeam's composite PTransforms and the pure numpy/pyarrow cores they call."""

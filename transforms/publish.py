@@ -1,0 +1,187 @@
+"""PublishVersion: write a version's label shards, dead letters and (last) its manifest.
+
+Files are written whole by one worker each from globally sorted rows, so the same rows always give
+byte-identical files: Parquet via pyarrow, Avro via fastavro with a sync marker derived from the
+content. All writes go through Beam FileSystems. The manifest is written create-only, after every
+file it lists, and only if the run's counts satisfy both conservation identities.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from typing import Any, Iterable, NamedTuple
+
+import apache_beam as beam
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from labelbeam.schemas import registry
+from labelbeam.transforms import version_store
+from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
+from labelbeam.transforms.dead_letters import DeadLetter
+
+COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items")
+DEFAULT_ROWS_PER_SHARD = 1_000_000
+AVRO_CODEC = "deflate"
+
+
+class FileEntry(NamedTuple):
+    path: str     # relative to the version directory
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class ConservationError(RuntimeError):
+    """The run's counts do not add up: a bug lost or invented events. Nothing is published."""
+
+
+def check_conservation(counts: dict[str, int]) -> None:
+    read_side = counts["valid"] + counts["invalid"] + counts["duplicates"]
+    vote_side = counts["votes"] + counts["superseded"] + counts["deleted"]
+    if counts["read"] != read_side or counts["valid"] != vote_side:
+        raise ConservationError(f"counts do not add up: {counts}")
+
+
+def shard_names(prefix: str, suffix: str, num_shards: int) -> list[str]:
+    return [f"{prefix}-{i:05d}-of-{num_shards:05d}{suffix}" for i in range(num_shards)]
+
+
+def num_shards_for(rows: int, rows_per_shard: int) -> int:
+    return max(1, math.ceil(rows / rows_per_shard))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return sink.getvalue()
+
+
+def avro_bytes(schema: dict, records: Iterable[dict], name: str) -> bytes:
+    records = list(records)
+    sink = io.BytesIO()
+    # fastavro draws a random sync marker by default; derive it from the file's identity instead.
+    marker = hashlib.sha256(f"{name}:{len(records)}".encode()).digest()[:16]
+    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=marker)
+    return sink.getvalue()
+
+
+def write_file(version_dir: str, relative_path: str, data: bytes, rows: int) -> FileEntry:
+    path = FileSystems.join(version_dir, *relative_path.split("/"))
+    with FileSystems.create(path) as out:
+        out.write(data)
+    return FileEntry(relative_path, rows, len(data), hashlib.sha256(data).hexdigest())
+
+
+def sorted_labels(tables: list[pa.Table]) -> pa.Table:
+    table = pa.concat_tables(tables) if tables else CONSENSUS_SCHEMA.empty_table()
+    return table.cast(CONSENSUS_SCHEMA).sort_by("item_id").combine_chunks()
+
+
+def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int) -> list[FileEntry]:
+    """The same rows as Parquet and as Avro shards, split at the same row boundaries."""
+    num_shards = num_shards_for(labels.num_rows, rows_per_shard)
+    entries = []
+    avro_schema = registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE)
+    for i, (parquet_name, avro_name) in enumerate(zip(shard_names("labels", ".parquet", num_shards),
+                                                      shard_names("labels", ".avro", num_shards))):
+        shard = labels.slice(i * rows_per_shard, rows_per_shard)
+        entries.append(write_file(version_dir, parquet_name, parquet_bytes(shard), shard.num_rows))
+        entries.append(write_file(version_dir, avro_name, avro_bytes(avro_schema, shard.to_pylist(), avro_name),
+                                  shard.num_rows))
+    return entries
+
+
+def write_dead_letter_shards(version_dir: str, letters: list[DeadLetter], rows_per_shard: int) -> list[FileEntry]:
+    letters = sorted(letters, key=DeadLetter.sort_key)
+    num_shards = num_shards_for(len(letters), rows_per_shard)
+    schema = registry.load_schema_json(registry.DEAD_LETTER_SCHEMA_FILE)
+    entries = []
+    for i, name in enumerate(shard_names("rejected/dead_letters", ".avro", num_shards)):
+        shard = [letter._asdict() for letter in letters[i * rows_per_shard:(i + 1) * rows_per_shard]]
+        entries.append(write_file(version_dir, name, avro_bytes(schema, shard, name), len(shard)))
+    return entries
+
+
+def label_summary(labels: pa.Table) -> dict[str, Any]:
+    statuses = labels.column("status").value_counts().to_pylist()
+    return {
+        "items": labels.num_rows,
+        "labels": sorted(v for v in labels.column("label").unique().to_pylist() if v is not None),
+        "status": {entry["values"]: entry["counts"] for entry in sorted(statuses, key=lambda e: e["values"])},
+    }
+
+
+def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total = {key: 0 for key in COUNT_KEYS}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+class WriteManifestFn(beam.DoFn):
+    """Writes manifest.json last and create-only. A retried bundle that finds its own manifest is fine."""
+
+    def __init__(self, version_dir: str, manifest_base: dict[str, Any]):
+        super().__init__()
+        self._version_dir = version_dir
+        self._manifest_base = manifest_base
+
+    def process(self, files: list[FileEntry], counts: dict[str, int], summary: dict[str, Any]):
+        counts = {**counts, "items": summary["items"]}
+        check_conservation(counts)
+        manifest = {
+            **self._manifest_base,
+            "counts": counts,
+            "files": [entry.to_json() for entry in sorted(files)],
+            "labels": summary["labels"],
+            "status": summary["status"],
+        }
+        data = version_store.encode_manifest(manifest)
+        path = FileSystems.join(self._version_dir, version_store.MANIFEST)
+        try:
+            version_store.create_only(path, data)
+        except version_store.AlreadyExists:
+            if version_store.read_bytes(path) != data:
+                raise
+        yield manifest
+
+
+class PublishVersion(beam.PTransform):
+    """{labels: pa.Table*, dead_letters: DeadLetter*, counts: dict*} -> the written manifest (one dict)."""
+
+    def __init__(self, version_dir: str, manifest_base: dict[str, Any],
+                 rows_per_shard: int = DEFAULT_ROWS_PER_SHARD):
+        super().__init__()
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
+        self._version_dir = version_dir
+        self._manifest_base = manifest_base
+        self._rows_per_shard = rows_per_shard
+
+    def expand(self, inputs):
+        version_dir, rows_per_shard = self._version_dir, self._rows_per_shard
+        labels = (inputs["labels"]
+                  | "GatherLabels" >> beam.combiners.ToList()
+                  | "SortLabels" >> beam.Map(sorted_labels))
+        label_files = labels | "WriteLabels" >> beam.FlatMap(
+            lambda table: write_label_shards(version_dir, table, rows_per_shard))
+        rejected_files = (inputs["dead_letters"]
+                          | "GatherDeadLetters" >> beam.combiners.ToList()
+                          | "WriteDeadLetters" >> beam.FlatMap(
+                              lambda letters: write_dead_letter_shards(version_dir, letters, rows_per_shard)))
+        summary = labels | "SummarizeLabels" >> beam.Map(label_summary)
+        counts = inputs["counts"] | "SumCounts" >> beam.CombineGlobally(sum_counts)
+        return ((label_files, rejected_files)
+                | "FlattenFiles" >> beam.Flatten()
+                | "GatherFiles" >> beam.combiners.ToList()
+                | "WriteManifest" >> beam.ParDo(WriteManifestFn(version_dir, self._manifest_base),
+                                                counts=beam.pvalue.AsSingleton(counts),
+                                                summary=beam.pvalue.AsSingleton(summary)))

@@ -1,0 +1,188 @@
+"""Finds event files (local or any Beam FileSystem, e.g. gs://) and reads them as raw chunks.
+
+JSON Lines files are split into byte ranges so large files spread over workers; a line belongs to
+the range its first byte falls in. Avro container files and compressed files are read whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Iterator, NamedTuple
+
+import apache_beam as beam
+import fastavro
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+AVRO_MAGIC = b"Obj\x01"
+EVENT_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".avro", ".jsonl.gz", ".json.gz", ".ndjson.gz")
+DEFAULT_RANGE_BYTES = 64 << 20
+DEFAULT_CHUNK_EVENTS = 20_000
+
+
+class InputError(ValueError):
+    """An --input that names nothing readable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    path: str
+    size_bytes: int
+    raw_format: str  # "json" | "avro"
+    sha256: str
+
+    def manifest_entry(self) -> dict:
+        return {"path": self.path, "bytes": self.size_bytes, "sha256": self.sha256, "format": self.raw_format}
+
+
+class ByteRange(NamedTuple):
+    path: str
+    raw_format: str
+    start: int
+    end: int  # exclusive; -1 means to the end of the file
+
+
+class RawChunk(NamedTuple):
+    """Consecutive raw events of one source: JSON lines, or decoded Avro records with their datums."""
+    source: str
+    raw_format: str
+    offsets: list[int]
+    payloads: list[bytes]
+    records: list[dict] | None = None
+    writer_schema: dict | None = None
+
+
+def _is_dir(pattern: str) -> bool:
+    if "://" in pattern:
+        return pattern.endswith("/")
+    import os
+    return os.path.isdir(pattern)
+
+
+def match_inputs(patterns: list[str]) -> list[InputFile]:
+    """Every event file named by the patterns (a file, a glob, or a directory searched recursively).
+
+    Sorted by path and de-duplicated. Raises InputError for a pattern that matches no file.
+    """
+    paths: dict[str, int] = {}
+    for pattern in patterns:
+        if _is_dir(pattern):
+            glob = FileSystems.join(pattern, "**")
+            found = [m for m in _match(glob) if m.path.endswith(EVENT_FILE_SUFFIXES)]
+            if not found:
+                raise InputError(f"directory {pattern} holds no event files ({', '.join(EVENT_FILE_SUFFIXES)})")
+        else:
+            found = _match(pattern)
+            if not found:
+                raise InputError(f"no file matches {pattern}")
+        for metadata in found:
+            paths[metadata.path] = metadata.size_in_bytes
+    return [_describe(path, size) for path, size in sorted(paths.items())]
+
+
+def _match(pattern: str):
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:  # Beam raises BeamIOError for missing paths and bad schemes alike.
+        if "No files found" in str(err) or "not found" in str(err).lower():
+            return []
+        raise InputError(f"cannot list {pattern}: {err}") from err
+
+
+def _describe(path: str, size_bytes: int) -> InputFile:
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        head = stream.read(1 << 20)
+        raw_format = "avro" if head.startswith(AVRO_MAGIC) else "json"
+        while head:
+            digest.update(head)
+            head = stream.read(1 << 20)
+    return InputFile(path, size_bytes, raw_format, digest.hexdigest())
+
+
+def plan_ranges(files: list[InputFile], range_bytes: int = DEFAULT_RANGE_BYTES) -> list[ByteRange]:
+    ranges = []
+    for f in files:
+        splittable = f.raw_format == "json" and CompressionTypes.detect_compression_type(f.path) == \
+            CompressionTypes.UNCOMPRESSED
+        if not splittable or f.size_bytes <= range_bytes:
+            ranges.append(ByteRange(f.path, f.raw_format, 0, -1))
+            continue
+        for start in range(0, f.size_bytes, range_bytes):
+            ranges.append(ByteRange(f.path, f.raw_format, start, min(start + range_bytes, f.size_bytes)))
+    return ranges
+
+
+def read_json_lines(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[RawChunk]:
+    """Lines starting inside the range, in chunks; blank lines are not events and are skipped."""
+    path, _, start, end = byte_range
+    with FileSystems.open(path) as stream:
+        offset = 0
+        if start > 0:
+            # The line that straddles `start` belongs to the previous range.
+            stream.seek(start - 1)
+            offset = start - 1 + len(stream.readline())
+        offsets, payloads = [], []
+        for line in stream:
+            if end >= 0 and offset >= end:
+                break
+            if line.strip():
+                offsets.append(offset)
+                payloads.append(line.rstrip(b"\r\n"))
+                if len(payloads) >= chunk_events:
+                    yield RawChunk(path, "json", offsets, payloads)
+                    offsets, payloads = [], []
+            offset += len(line)
+        if payloads:
+            yield RawChunk(path, "json", offsets, payloads)
+
+
+def read_avro_records(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[RawChunk]:
+    """Records of an Avro container file under their writer schema; offset is the record index."""
+    import io
+
+    path = byte_range.path
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        reader = fastavro.reader(stream)
+        writer_schema = reader.writer_schema
+        parsed = fastavro.parse_schema(writer_schema)
+        offsets, payloads, records = [], [], []
+        for index, record in enumerate(reader):
+            datum = io.BytesIO()
+            fastavro.schemaless_writer(datum, parsed, record)
+            offsets.append(index)
+            payloads.append(datum.getvalue())
+            records.append(record)
+            if len(records) >= chunk_events:
+                yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
+                offsets, payloads, records = [], [], []
+        if records:
+            yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
+
+
+class ReadRangeFn(beam.DoFn):
+    def __init__(self, chunk_events: int):
+        super().__init__()
+        self._chunk_events = chunk_events
+
+    def process(self, byte_range: ByteRange) -> Iterator[RawChunk]:
+        read = read_avro_records if byte_range.raw_format == "avro" else read_json_lines
+        yield from read(byte_range, self._chunk_events)
+
+
+class ReadEvents(beam.PTransform):
+    """Input files -> RawChunks of at most `chunk_events` events each, spread over workers."""
+
+    def __init__(self, files: list[InputFile], range_bytes: int = DEFAULT_RANGE_BYTES,
+                 chunk_events: int = DEFAULT_CHUNK_EVENTS):
+        super().__init__()
+        if not files:
+            raise ValueError("ReadEvents needs at least one input file")
+        self._ranges = plan_ranges(files, range_bytes)
+        self._chunk_events = chunk_events
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "PlanRanges" >> beam.Create(self._ranges)
+                | "SpreadRanges" >> beam.Reshuffle()
+                | "ReadRanges" >> beam.ParDo(ReadRangeFn(self._chunk_events)))

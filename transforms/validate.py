@@ -1,0 +1,206 @@
+"""Parse + validate raw events: RawChunks -> {VALID: RecordBatch, DEAD_LETTER: DeadLetter, COUNTS}.
+
+Every raw event ends up in exactly one of VALID or DEAD_LETTER; COUNTS carries how many were read,
+so conservation is checked against an independent count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import struct
+from typing import Any, Iterator, NamedTuple
+
+import apache_beam as beam
+import orjson
+from apache_beam import pvalue
+
+from labelbeam.schemas import registry
+from labelbeam.schemas.validation import EventValidator, SchemaViolation
+from labelbeam.transforms import dead_letters as dl
+from labelbeam.transforms.record_batches import EventColumns
+from labelbeam.transforms.sources import RawChunk
+
+# Events older than this are clock bugs, not annotations.
+MIN_EVENT_TIME_MS = int(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+# Annotators' clocks may run ahead of the build's clock by this much.
+CLOCK_SKEW_MS = 24 * 3600 * 1000
+
+_ID_FIELDS = ("event_id", "dataset", "item_id", "annotator_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationRules:
+    """What makes a schema-valid event acceptable to this build."""
+    dataset: str
+    max_event_time_ms: int
+    labels: frozenset[str] | None = None  # None: any label (the set is inferred and recorded)
+    min_event_time_ms: int = MIN_EVENT_TIME_MS
+
+    @classmethod
+    def at(cls, dataset: str, now_ms: int, labels: frozenset[str] | None = None) -> "ValidationRules":
+        return cls(dataset=dataset, max_event_time_ms=now_ms + CLOCK_SKEW_MS, labels=labels)
+
+
+class EventParser:
+    """Turns raw payloads into validated value tuples (latest schema layout) or DeadLetters.
+
+    A pure helper: the DoFn below only adapts it to Beam.
+    """
+
+    def __init__(self, rules: ValidationRules):
+        self.rules = rules
+        self._validators = {v: EventValidator(v) for v in registry.EVENT_SCHEMA_VERSIONS}
+        latest = registry.LATEST_EVENT_SCHEMA_VERSION
+        self._latest = self._validators[latest]
+        names = self._latest.field_names
+        self._index = {name: names.index(name) for name in names}
+
+    def parse_chunk(self, chunk: RawChunk) -> tuple[EventColumns, list[dl.DeadLetter]]:
+        columns, dead = EventColumns(), []
+        if chunk.raw_format == "avro":
+            items = self._avro_objects(chunk)
+        else:
+            items = ((payload, None) for payload in chunk.payloads)
+        for offset, payload, (obj, preset_version) in zip(chunk.offsets, chunk.payloads, items):
+            result = self.parse_one(payload, obj, preset_version, chunk.raw_format)
+            if isinstance(result, Rejected):
+                dead.append(dl.DeadLetter(result.reason, result.detail, payload, chunk.raw_format,
+                                          result.schema_version, chunk.source, offset,
+                                          _event_id_of(obj, payload, chunk.raw_format)))
+            else:
+                values, version = result
+                columns.append(values, version, chunk.source, offset, payload, chunk.raw_format,
+                               _fingerprint(values, self._index["confidence"]))
+        return columns, dead
+
+    def _avro_objects(self, chunk: RawChunk) -> Iterator[tuple[Any, int | None]]:
+        version = registry.event_version_of(chunk.writer_schema)
+        if version is not None:
+            for record in chunk.records:
+                yield record, version
+            return
+        # An unregistered writer schema: resolve its records to the latest schema if Avro rules allow.
+        problems = registry.resolution_problems(registry.event_schema(registry.LATEST_EVENT_SCHEMA_VERSION),
+                                                chunk.writer_schema)
+        known = set(self._latest.field_names)
+        for record in chunk.records:
+            if problems:
+                yield _Unresolvable(problems[0]), None
+            else:
+                yield {k: v for k, v in record.items() if k in known}, registry.LATEST_EVENT_SCHEMA_VERSION
+
+    def parse_one(self, payload: bytes, obj: Any, version: int | None, raw_format: str):
+        """(values, version) for a valid event, else Rejected(reason, detail, version tried)."""
+        if raw_format == "json":
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as err:
+                return Rejected(dl.MALFORMED_JSON, str(err), None)
+            if type(obj) is not dict:
+                return Rejected(dl.SCHEMA_MISMATCH, f"$: expected object, got {type(obj).__name__}", None)
+            version = obj.get("schema_version", 1)
+            if type(version) is not int or version not in self._validators:
+                return Rejected(dl.UNKNOWN_SCHEMA_VERSION, f"schema_version: {version!r} is not one of "
+                                f"{list(registry.EVENT_SCHEMA_VERSIONS)}", None)
+        elif isinstance(obj, _Unresolvable):
+            return Rejected(dl.SCHEMA_MISMATCH, f"writer schema: {obj.problem}", None)
+        try:
+            values = self._validators[version].validate(obj)
+        except SchemaViolation as err:
+            return Rejected(err.reason, str(err), version)
+        problem = self._semantic_problem(values)
+        if problem is not None:
+            return Rejected(*problem, version)
+        return values, version
+
+    def _semantic_problem(self, values: tuple) -> tuple[str, str] | None:
+        index, rules = self._index, self.rules
+        for name in _ID_FIELDS:
+            if not values[index[name]]:
+                return dl.MISSING_FIELD, f"{name}: must be non-empty"
+        event_time = values[index["event_time"]]
+        if event_time < rules.min_event_time_ms:
+            return dl.BAD_TIMESTAMP, f"event_time: {event_time} ms is before 2000-01-01T00:00:00Z"
+        if event_time > rules.max_event_time_ms:
+            # The bound moves with the build's clock; keep it out of the detail so reruns write equal bytes.
+            return dl.BAD_TIMESTAMP, f"event_time: {event_time} ms is more than a day after the build started"
+        label, labels = values[index["label"]], values[index["labels"]]
+        if values[index["action"]] == "DELETE":
+            if label is not None or labels:
+                return dl.SCHEMA_MISMATCH, "label: must be null when action is DELETE"
+        elif label is None and not labels and values[index["score"]] is None:
+            return dl.MISSING_FIELD, "label: an UPSERT needs a label (or labels, or score)"
+        if values[index["dataset"]] != rules.dataset:
+            return dl.DATASET_MISMATCH, f"dataset: {values[index['dataset']]!r} is not {rules.dataset!r}"
+        if rules.labels is not None:
+            for candidate in ([label] if label is not None else []) + labels:
+                if candidate not in rules.labels:
+                    return dl.UNKNOWN_LABEL, f"label: {candidate!r} is not in the label set"
+        return None
+
+
+class _Unresolvable(NamedTuple):
+    """An Avro record whose writer schema cannot resolve to the latest event schema."""
+    problem: str
+
+
+class Rejected(NamedTuple):
+    reason: str
+    detail: str
+    schema_version: int | None
+
+
+def _fingerprint(values: tuple, confidence_index: int) -> bytes:
+    """Content identity of an event, independent of wire version and encoding (JSON or Avro)."""
+    confidence = values[confidence_index]
+    if confidence is not None:
+        # Avro stores confidence as float32; round JSON's double the same way.
+        values = values[:confidence_index] + (struct.unpack("f", struct.pack("f", confidence))[0],) \
+            + values[confidence_index + 1:]
+    encoded = orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(encoded, digest_size=16).digest()
+
+
+def _event_id_of(obj: Any, payload: bytes, raw_format: str) -> str | None:
+    if raw_format == "json":
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+    event_id = obj.get("event_id") if isinstance(obj, dict) else None
+    return event_id if isinstance(event_id, str) else None
+
+
+class ParseEventsFn(beam.DoFn):
+    def __init__(self, rules: ValidationRules):
+        super().__init__()
+        self._rules = rules
+
+    def setup(self):
+        self._parser = EventParser(self._rules)
+        self._read = beam.metrics.Metrics.counter("labelbeam", "read")
+        self._invalid = beam.metrics.Metrics.counter("labelbeam", "invalid")
+
+    def process(self, chunk: RawChunk):
+        columns, dead = self._parser.parse_chunk(chunk)
+        self._read.inc(len(chunk.payloads))
+        self._invalid.inc(len(dead))
+        yield pvalue.TaggedOutput(dl.COUNTS, {"read": len(chunk.payloads), "invalid": len(dead)})
+        for letter in dead:
+            yield pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+        if len(columns):
+            yield columns.to_record_batch()
+
+
+class ValidateEvents(beam.PTransform):
+    """RawChunks -> {VALID: pa.RecordBatch (EVENT_SCHEMA), DEAD_LETTER: DeadLetter, COUNTS: dict}."""
+
+    def __init__(self, rules: ValidationRules):
+        super().__init__()
+        self._rules = rules
+
+    def expand(self, chunks):
+        parsed = chunks | "Parse" >> beam.ParDo(ParseEventsFn(self._rules)).with_outputs(
+            dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID)
+        return {dl.VALID: parsed[dl.VALID], dl.DEAD_LETTER: parsed[dl.DEAD_LETTER], dl.COUNTS: parsed[dl.COUNTS]}
