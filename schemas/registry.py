@@ -22,6 +22,8 @@ _PRIMITIVE_PROMOTIONS = {
     "double": {"int", "long", "float", "double"},
     "string": {"string", "bytes"},
     "bytes": {"bytes", "string"},
+    "boolean": {"boolean"},
+    "null": {"null"},
 }
 
 
@@ -93,7 +95,7 @@ def resolution_problems(reader: Any, writer: Any, path: str = "") -> list[str]:
             return []
         return [f"{where}: no branch of reader union {_type_name(reader)} accepts writer {_type_name(writer)}"]
     reader_type, writer_type = _type_name(reader), _type_name(writer)
-    if reader_type in _PRIMITIVE_PROMOTIONS or writer_type in _PRIMITIVE_PROMOTIONS or reader_type == "null":
+    if reader_type in _PRIMITIVE_PROMOTIONS or writer_type in _PRIMITIVE_PROMOTIONS:
         ok = writer_type == reader_type or writer_type in _PRIMITIVE_PROMOTIONS.get(reader_type, ())
         return [] if ok else [f"{where}: writer {writer_type} cannot be read as {reader_type}"]
     if reader_type != writer_type:
@@ -123,7 +125,7 @@ def resolution_problems(reader: Any, writer: Any, path: str = "") -> list[str]:
 def _strip_logical(schema: Any) -> Any:
     if isinstance(schema, dict) and "logicalType" in schema and schema["type"] in _PRIMITIVE_PROMOTIONS:
         return schema["type"]
-    if isinstance(schema, dict) and schema.get("type") in _PRIMITIVE_PROMOTIONS | {"null": None, "boolean": None}:
+    if isinstance(schema, dict) and schema.get("type") in _PRIMITIVE_PROMOTIONS:
         return schema["type"]
     return schema
 

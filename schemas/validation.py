@@ -213,6 +213,10 @@ class EventValidator:
 
     `validate(obj)` returns a tuple of values in the latest schema's field order. Top-level keys in
     `ignored_keys` (the JSON envelope's `schema_version`) are not schema fields.
+
+    This runs once per event, so it is generated Python: each field gets an inline type test for
+    the common case and falls back to the compiled checker, which normalizes (int -> double,
+    datetime -> millis) or raises with the field path.
     """
 
     def __init__(self, version: int, ignored_keys: frozenset[str] = frozenset({"schema_version"})):
@@ -222,31 +226,79 @@ class EventValidator:
         if problems:
             raise ValueError(f"event schema v{version} does not resolve to the latest: {problems}")
         self.version = version
-        self._fields = _record_fields(version_schema)
-        self._known = frozenset(name for name, _, _ in self._fields) | ignored_keys
         self.field_names = tuple(f["name"] for f in latest_schema["fields"])
-        own = {name for name, _, _ in self._fields}
-        # Fields the wire version lacks take the latest schema's defaults (Avro schema resolution).
-        self._fill = [(i, f.get("default")) for i, f in enumerate(latest_schema["fields"]) if f["name"] not in own]
-        self._positions = [self.field_names.index(name) for name, _, _ in self._fields]
+        self.validate = _generate_validator(version_schema, latest_schema,
+                                            frozenset(f["name"] for f in version_schema["fields"]) | ignored_keys)
 
-    def validate(self, obj: Any) -> tuple:
-        if type(obj) is not dict:
-            raise _mismatch("$", "object", obj)
-        for key in obj:
-            if key not in self._known:
-                raise SchemaViolation(SCHEMA_MISMATCH, key, f"unknown field for event schema v{self.version}")
-        values = [None] * len(self.field_names)
-        for position, (name, checker, default) in zip(self._positions, self._fields):
-            if name in obj:
-                values[position] = checker(obj[name], name)
-            elif default is _NO_DEFAULT:
+
+def _fast_test(schema: Any, var: str) -> str:
+    """A Python expression that is True when `var` already has its normalized form for `schema`."""
+    if isinstance(schema, list):
+        branches = [b for b in schema if b != "null"]
+        tests = [_fast_test(b, var) for b in branches]
+        if any(t == "False" for t in tests):
+            return "False"
+        return " or ".join((["%s is None" % var] if len(branches) < len(schema) else []) + [f"({t})" for t in tests])
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if kind == "string":
+        return f"type({var}) is str"
+    if kind in ("int", "long"):
+        low, high = _INT32 if kind == "int" else _INT64
+        return f"type({var}) is int and {low} <= {var} <= {high}"
+    if kind in ("float", "double"):
+        return f"type({var}) is float"
+    if kind == "enum":
+        return f"type({var}) is str and {var} in {frozenset(schema['symbols'])!r}"
+    if kind == "array" and schema["items"] == "string":
+        return f"type({var}) is list and all(type(x) is str for x in {var})"
+    if kind == "map" and schema["values"] == "string":
+        return f"type({var}) is dict and all(type(x) is str for x in {var}.values())"
+    return "False"
+
+
+def _generate_validator(version_schema: dict[str, Any], latest_schema: dict[str, Any],
+                        known_keys: frozenset[str]) -> Callable[[Any], tuple]:
+    latest_names = [f["name"] for f in latest_schema["fields"]]
+    own = {f["name"]: f for f in version_schema["fields"]}
+    namespace: dict[str, Any] = {"_known": known_keys, "_mismatch": _mismatch, "_unknown": _raise_unknown,
+                                 "_version": version_schema}
+    lines = ["def validate(obj):",
+             "    if type(obj) is not dict:",
+             "        raise _mismatch('$', 'object', obj)",
+             "    if not _known.issuperset(obj):",
+             "        _unknown(obj, _known)"]
+    values = []
+    for i, name in enumerate(latest_names):
+        if name not in own:
+            default = next(f for f in latest_schema["fields"] if f["name"] == name).get("default")
+            values.append(repr(default))  # literal: a fresh list/dict per event
+            continue
+        field = own[name]
+        namespace[f"_slow{i}"] = _slow_path(name, compile_checker(field["type"]), field.get("default", _NO_DEFAULT))
+        namespace[f"_name{i}"] = name
+        lines.append(f"    v{i} = obj.get(_name{i}, _slow{i})")
+        lines.append(f"    if not ({_fast_test(field['type'], f'v{i}')}):")
+        lines.append(f"        v{i} = _slow{i}(v{i})")
+        values.append(f"v{i}")
+    lines.append(f"    return ({', '.join(values)},)")
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built above from the schema only
+    return namespace["validate"]
+
+
+def _slow_path(name: str, checker: Checker, default: Any) -> Callable[[Any], Any]:
+    """Missing value (the function itself stands in for it) -> default or MISSING_FIELD; else check."""
+    def slow(value):
+        if value is slow:
+            if default is _NO_DEFAULT:
                 raise SchemaViolation(MISSING_FIELD, name, "required field is missing")
-            else:
-                values[position] = _copy_default(default)
-        for position, default in self._fill:
-            values[position] = _copy_default(default)
-        return tuple(values)
+            return _copy_default(default)
+        return checker(value, name)
+    return slow
+
+
+def _raise_unknown(obj: dict, known: frozenset[str]) -> None:
+    key = sorted(k for k in obj if k not in known)[0]
+    raise SchemaViolation(SCHEMA_MISMATCH, str(key), "unknown field for this event schema version")
 
 
 def _copy_default(default: Any) -> Any:

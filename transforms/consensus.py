@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labelbeam.transforms.majority_vote import VoteTally, factorize_sorted, majority_vote
+from labelbeam.transforms.factorize import factorize_sorted
+from labelbeam.transforms.majority_vote import VoteTally, majority_vote
 
 STATUS_OK = "ok"
 STATUS_TIE = "tie"
@@ -66,7 +67,7 @@ def tally_to_table(item_ids: pa.Array, label_names: pa.Array, tally: VoteTally, 
     has_label = tally.label_idx >= 0
     labels = label_names.take(pa.array(np.where(has_label, tally.label_idx, 0), mask=~has_label)) \
         if len(label_names) else pa.nulls(len(item_ids), pa.string())
-    status = np.where(tally.num_votes < min_votes, STATUS_NEEDS_MORE_VOTES,
+    status = np.where((tally.num_votes < min_votes) | ~has_label, STATUS_NEEDS_MORE_VOTES,
                       np.where(tally.is_tie, STATUS_TIE, STATUS_OK))
     agreement = pa.array(tally.agreement, mask=np.isnan(tally.agreement), type=pa.float64())
     return pa.table([item_ids, labels, pa.array(tally.confidence, pa.float64()),
@@ -82,11 +83,14 @@ class MajorityVote(PerItemMethod):
         return None
 
     def aggregate(self, votes: pa.Table) -> pa.Table:
-        # Votes without a single label (multi-label or rating answers) are not majority-vote votes.
-        votes = votes.filter(pc.is_valid(votes.column("label")))
+        # Only single-label votes count; an item whose votes are all multi-label or ratings still
+        # gets a row (label null, needs_more_votes) so no item silently disappears.
         item_idx, item_ids = factorize_sorted(votes.column("item_id"))
-        label_idx, label_names = factorize_sorted(votes.column("label"))
-        tally = majority_vote(item_idx, label_idx, len(item_ids), len(label_names), self._weights(votes))
+        labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
+        label_idx, label_names = factorize_sorted(votes.column("label").filter(pa.array(labeled)))
+        weights = self._weights(votes)
+        tally = majority_vote(item_idx[labeled], label_idx, len(item_ids), len(label_names),
+                              None if weights is None else weights[labeled])
         return tally_to_table(item_ids, label_names, tally, self.min_votes)
 
 

@@ -1,6 +1,7 @@
 """Pure pyarrow/numpy cores of the event lifecycle rules (DESIGN.md, rules 1-4).
 
-Neither function depends on input row order: both sort by their full keys first.
+Neither function depends on input row order. Both do the common case (an event_id seen once, an
+annotator with one event on an item) with vectorized work and only sort or hash the rest.
 """
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-LATEST_WINS_ORDER = [("dataset", "ascending"), ("item_id", "ascending"), ("annotator_id", "ascending"),
-                     ("revision", "ascending"), ("event_time", "ascending"), ("event_id", "ascending")]
+from labelbeam.transforms.factorize import factorize_sorted
+from labelbeam.transforms.record_batches import EVENT_FIELD_NAMES
+
+VOTE_KEY = ("dataset", "item_id", "annotator_id")
 
 
 class DedupResult(NamedTuple):
@@ -40,25 +43,49 @@ def starts_of_runs(table: pa.Table, columns: list[str]) -> np.ndarray:
     return starts
 
 
+def _differs_from_previous(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """differs[i-1]: row i's value is not row i-1's (nulls equal each other, map entries in any order)."""
+    if pa.types.is_list(column.type) or pa.types.is_map(column.type):
+        values = column.to_pylist()
+        if pa.types.is_map(column.type):
+            values = [sorted(v) for v in values]
+        return np.fromiter((a != b for a, b in zip(values[1:], values[:-1])), dtype=bool, count=len(values) - 1)
+    current, previous = column.slice(1), column.slice(0, len(column) - 1)
+    both_null = pc.and_(pc.is_null(current), pc.is_null(previous))
+    unequal = pc.fill_null(pc.not_equal(current, previous), True)
+    return pc.and_not(unequal, both_null).to_numpy(zero_copy_only=False)
+
+
 def deduplicate(events: pa.Table) -> DedupResult:
     """Rules 1 and 2: identical copies of an event_id collapse to one, differing copies all conflict.
 
-    Content identity is the `fingerprint` column. Among identical copies the one read first by
-    (source, offset) is kept.
+    Content is every event field, not where it was read from, so the same event in JSON v1, JSON
+    v2 or Avro is one event. Among identical copies the one read first by (source, offset) is
+    kept. Only event_ids that occur more than once are sorted and compared.
     """
-    order = pc.sort_indices(events, sort_keys=[("event_id", "ascending"), ("fingerprint", "ascending"),
-                                               ("source", "ascending"), ("offset", "ascending")])
-    events = events.take(order)
-    first_of_id = starts_of_runs(events, ["event_id"])
-    first_of_content = starts_of_runs(events, ["event_id", "fingerprint"])
+    events = events.combine_chunks()
+    id_counts = events.select(["event_id"]).group_by("event_id").aggregate([([], "count_all")])
+    repeated_ids = id_counts.filter(pc.greater(id_counts.column("count_all"), 1)).column("event_id")
+    if len(repeated_ids) == 0:
+        return DedupResult(events, events.slice(0, 0), 0)
+    is_repeated = pc.is_in(events.column("event_id"), value_set=repeated_ids.combine_chunks())
+    singles, repeated = events.filter(pc.invert(is_repeated)), events.filter(is_repeated)
+
+    keys = pa.table({"event_id": repeated.column("event_id"), "source": repeated.column("source").cast(pa.string()),
+                     "offset": repeated.column("offset")})
+    repeated = repeated.take(pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names]))
+    first_of_id = starts_of_runs(repeated, ["event_id"])
+    changed = np.zeros(repeated.num_rows, dtype=bool)
+    for name in EVENT_FIELD_NAMES:
+        changed[1:] |= _differs_from_previous(repeated.column(name))
     group = np.cumsum(first_of_id) - 1
-    # A group conflicts if any row starts a new content without starting a new event_id.
-    conflicting_group = np.bincount(group, weights=first_of_content & ~first_of_id,
-                                    minlength=group[-1] + 1 if len(group) else 0) > 0
-    conflict = conflicting_group[group] if len(group) else np.zeros(0, dtype=bool)
+    # Equality is transitive: an event_id is consistent iff each copy equals the one before it.
+    conflicting_group = np.bincount(group, weights=changed & ~first_of_id) > 0
+    conflict = conflicting_group[group]
     keep = first_of_id & ~conflict
     duplicates = int(np.count_nonzero(~first_of_id & ~conflict))
-    return DedupResult(events.filter(pa.array(keep)), events.filter(pa.array(conflict)), duplicates)
+    kept = pa.concat_tables([singles, repeated.filter(pa.array(keep))])
+    return DedupResult(kept, repeated.filter(pa.array(conflict)), duplicates)
 
 
 def resolve_latest(events: pa.Table) -> LifecycleResult:
@@ -66,15 +93,37 @@ def resolve_latest(events: pa.Table) -> LifecycleResult:
 
     A winning DELETE leaves no vote. Event ids must already be unique (see `deduplicate`).
     """
-    events = events.take(pc.sort_indices(events, sort_keys=LATEST_WINS_ORDER))
+    events = events.combine_chunks()
     n = events.num_rows
-    starts = starts_of_runs(events, ["dataset", "item_id", "annotator_id"])
-    last_of_group = np.empty(n, dtype=bool)
-    last_of_group[:-1] = starts[1:]
-    if n:
-        last_of_group[-1] = True
-    winners = events.filter(pa.array(last_of_group))
-    is_delete = pc.equal(winners.column("action"), "DELETE")
+    if n == 0:
+        return LifecycleResult(events, 0, 0)
+    key_codes = [factorize_sorted(events.column(name))[0] for name in VOTE_KEY]
+    revision = events.column("revision").to_numpy()
+    event_time = events.column("event_time").to_numpy()
+    order = np.lexsort((event_time, revision, *reversed(key_codes)))
+    sorted_keys = [codes[order] for codes in key_codes]
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    for codes in sorted_keys:
+        starts[1:] |= codes[1:] != codes[:-1]
+    last = np.flatnonzero(np.append(starts[1:], True))  # sorted position of each group's last row
+    first = np.flatnonzero(starts)
+    winners = order[last]
+
+    # Equal (revision, event_time) at the top of a group: the greatest event_id wins. Rare, so
+    # settled in Python without sorting every event_id.
+    previous = last - 1
+    tied = (previous >= first) & (revision[order[np.maximum(previous, 0)]] == revision[winners]) & \
+        (event_time[order[np.maximum(previous, 0)]] == event_time[winners])
+    if tied.any():
+        event_ids = events.column("event_id")
+        for group in np.flatnonzero(tied):
+            top = winners[group]
+            candidates = [int(order[p]) for p in range(first[group], last[group] + 1)
+                          if revision[order[p]] == revision[top] and event_time[order[p]] == event_time[top]]
+            winners[group] = max(candidates, key=lambda row: event_ids[row].as_py())
+
+    winner_rows = events.take(pa.array(winners))
+    is_delete = pc.equal(winner_rows.column("action"), "DELETE")
     deleted = int(pc.sum(is_delete).as_py() or 0)
-    votes = winners.filter(pc.invert(is_delete))
-    return LifecycleResult(votes, n - winners.num_rows, deleted)
+    return LifecycleResult(winner_rows.filter(pc.invert(is_delete)), n - len(winners), deleted)

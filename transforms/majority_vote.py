@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 
 class VoteTally(NamedTuple):
@@ -20,18 +18,6 @@ class VoteTally(NamedTuple):
     num_votes: np.ndarray     # int64
     agreement: np.ndarray     # float64, NaN below two votes
     is_tie: np.ndarray        # bool
-
-
-def factorize_sorted(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """(codes, uniques): uniques sorted ascending, values == uniques[codes]. Nulls are not allowed."""
-    encoded = pc.dictionary_encode(pa.chunked_array([values]) if isinstance(values, pa.Array) else values)
-    encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
-    dictionary = encoded.dictionary
-    order = pc.sort_indices(dictionary).to_numpy()
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    return codes, dictionary.take(pa.array(order))
 
 
 def majority_vote(item_idx: np.ndarray, label_idx: np.ndarray, n_items: int, n_labels: int,

@@ -1,14 +1,17 @@
-"""The Arrow layout of validated events on the hot path, and a column builder for it.
+"""The Arrow layout of validated events on the hot path, a column builder, and stable bucketing.
 
 Between parsing and writing, events travel as `pa.RecordBatch`es with EVENT_SCHEMA: the latest
-event schema's fields, plus where each event came from (for dead letters) and its content
-fingerprint (for deduplication).
+event schema's fields, where each event came from (for dead letters), and crc32 hashes of event_id and item_id that pick shuffle buckets. Raw bytes
+are not carried: the few dead letters that need them after the shuffle re-read them from
+(source, offset).
 """
 from __future__ import annotations
 
+import itertools
 import zlib
-from typing import Iterable, Sequence
+from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 
 EVENT_FIELDS = (
@@ -28,78 +31,105 @@ EVENT_FIELDS = (
 )
 PROVENANCE_FIELDS = (
     pa.field("schema_version", pa.int8(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
+    pa.field("source", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+    pa.field("raw_format", pa.dictionary(pa.int32(), pa.string()), nullable=False),
     pa.field("offset", pa.int64(), nullable=False),
-    pa.field("raw", pa.binary(), nullable=False),
-    pa.field("raw_format", pa.string(), nullable=False),
-    pa.field("fingerprint", pa.binary(16), nullable=False),
+    pa.field("event_id_hash", pa.uint32(), nullable=False),
 )
-EVENT_SCHEMA = pa.schema(EVENT_FIELDS + PROVENANCE_FIELDS)
+# Bucketing key of the item-level shuffles, carried from parsing through to consensus.
+ITEM_HASH_FIELD = pa.field("item_id_hash", pa.uint32(), nullable=False)
+EVENT_SCHEMA = pa.schema(EVENT_FIELDS + (ITEM_HASH_FIELD,) + PROVENANCE_FIELDS)
 EVENT_FIELD_NAMES = tuple(f.name for f in EVENT_FIELDS)
+_EVENT_ID, _ITEM_ID = EVENT_FIELD_NAMES.index("event_id"), EVENT_FIELD_NAMES.index("item_id")
 # After deduplication only what lifecycle and consensus read is kept.
-VOTE_SCHEMA = pa.schema(EVENT_FIELDS)
+VOTE_SCHEMA = pa.schema(EVENT_FIELDS + (ITEM_HASH_FIELD,))
 
 
 class EventColumns:
-    """Accumulates validated events column by column, then builds one RecordBatch."""
+    """Accumulates the validated events of one source, then builds one RecordBatch.
 
-    def __init__(self) -> None:
-        self._columns: list[list] = [[] for _ in EVENT_SCHEMA]
+    Rows are kept as the validator's tuples and transposed once at the end, which is much
+    cheaper than appending to one Python list per column.
+    """
+
+    def __init__(self, source: str, raw_format: str) -> None:
+        self.source = source
+        self.raw_format = raw_format
+        self._rows: list[tuple] = []
+        self._versions: list[int] = []
+        self._offsets: list[int] = []
+        self._item_hashes: list[int] = []
+        self._event_hashes: list[int] = []
 
     def __len__(self) -> int:
-        return len(self._columns[0])
+        return len(self._rows)
 
-    def append(self, values: Sequence, schema_version: int, source: str, offset: int,
-               raw: bytes, raw_format: str, fingerprint: bytes) -> None:
-        columns = self._columns
-        for column, value in zip(columns, values):
-            column.append(value)
-        n = len(values)
-        columns[n].append(schema_version)
-        columns[n + 1].append(source)
-        columns[n + 2].append(offset)
-        columns[n + 3].append(raw)
-        columns[n + 4].append(raw_format)
-        columns[n + 5].append(fingerprint)
+    def append(self, values: tuple, schema_version: int, offset: int) -> None:
+        self._rows.append(values)
+        self._event_hashes.append(key_hash(values[_EVENT_ID]))
+        self._item_hashes.append(key_hash(values[_ITEM_ID]))
+        self._versions.append(schema_version)
+        self._offsets.append(offset)
 
     def to_record_batch(self) -> pa.RecordBatch:
-        arrays = []
-        for field, values in zip(EVENT_SCHEMA, self._columns):
-            if pa.types.is_map(field.type):
-                values = [list(m.items()) for m in values]
-            arrays.append(pa.array(values, type=field.type))
+        n = len(self._rows)
+        columns = list(zip(*self._rows)) if n else [() for _ in EVENT_FIELDS]
+        arrays = [_to_arrow(values, field.type) for values, field in zip(columns, EVENT_FIELDS)]
+        zeros = pa.array(np.zeros(n, dtype=np.int32))
+        arrays += [
+            pa.array(self._item_hashes, pa.uint32()),
+            pa.array(self._versions, pa.int8()),
+            pa.DictionaryArray.from_arrays(zeros, pa.array([self.source])),
+            pa.DictionaryArray.from_arrays(zeros, pa.array([self.raw_format])),
+            pa.array(self._offsets, pa.int64()),
+            pa.array(self._event_hashes, pa.uint32()),
+        ]
         return pa.RecordBatch.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+def _to_arrow(values: tuple, arrow_type: pa.DataType) -> pa.Array:
+    if pa.types.is_map(arrow_type):
+        offsets = _offsets_of(values)
+        keys = pa.array(list(itertools.chain.from_iterable(m.keys() for m in values)), pa.string())
+        items = pa.array(list(itertools.chain.from_iterable(m.values() for m in values)), pa.string())
+        return pa.MapArray.from_arrays(offsets, keys, items, type=arrow_type)
+    if pa.types.is_list(arrow_type):
+        flat = pa.array(list(itertools.chain.from_iterable(values)), arrow_type.value_type)
+        return pa.ListArray.from_arrays(_offsets_of(values), flat, type=arrow_type)
+    return pa.array(values, arrow_type)
+
+
+def _offsets_of(values: tuple) -> pa.Array:
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int32, count=len(values)), out=offsets[1:])
+    return pa.array(offsets)
 
 
 def empty_events() -> pa.Table:
     return EVENT_SCHEMA.empty_table()
 
 
-def stable_bucket(key: str, num_buckets: int) -> int:
-    """Bucket of a key, the same in every process and Python version (unlike hash())."""
-    return zlib.crc32(key.encode("utf-8")) % num_buckets
+def key_hash(key: str) -> int:
+    """Bucketing hash of a key: the same in every process and Python version (unlike hash())."""
+    return zlib.crc32(key.encode("utf-8"))
 
 
-def split_by_bucket(batch: pa.RecordBatch | pa.Table, key_column: str,
+def split_by_bucket(batch: pa.RecordBatch | pa.Table, hash_column: str,
                     num_buckets: int) -> Iterable[tuple[int, pa.RecordBatch | pa.Table]]:
-    """(bucket, rows of that bucket) for each non-empty bucket, rows keyed by stable_bucket(key)."""
-    if num_buckets == 1:
-        if batch.num_rows:
-            yield 0, batch
-        return
-    import numpy as np
+    """(bucket, rows of that bucket) for each non-empty bucket; bucket = key_hash % num_buckets.
 
-    # Hash each distinct key once: items repeat across their votes.
-    encoded = pa.chunked_array([batch.column(key_column)]).dictionary_encode().combine_chunks()
-    distinct = encoded.dictionary.to_pylist()
-    bucket_of_distinct = np.fromiter((stable_bucket(k, num_buckets) for k in distinct),
-                                     dtype=np.int32, count=len(distinct))
-    buckets = bucket_of_distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+    `hash_column` holds key_hash of the key (computed once, while parsing).
+    """
+    if batch.num_rows == 0:
+        return
+    if num_buckets == 1:
+        yield 0, batch
+        return
+    buckets = batch.column(hash_column).to_numpy().astype(np.int64) % num_buckets
     order = np.argsort(buckets, kind="stable")
     sorted_buckets = buckets[order]
     bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(order)]))
     for start, end in zip(starts, ends):
-        if end > start:
-            yield int(sorted_buckets[start]), batch.take(pa.array(order[start:end]))
+        yield int(sorted_buckets[start]), batch.take(pa.array(order[start:end]))

@@ -12,6 +12,7 @@ from apache_beam import pvalue
 from labelbeam.transforms import dead_letters as dl
 from labelbeam.transforms.lifecycle import deduplicate, resolve_latest
 from labelbeam.transforms.record_batches import EVENT_SCHEMA, VOTE_SCHEMA, split_by_bucket
+from labelbeam.transforms.sources import fetch_raw_events
 
 VOTES = "votes"
 DEFAULT_BUCKETS = 16
@@ -22,23 +23,29 @@ def _bucket_table(rows: list, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def conflict_dead_letters(conflicts: pa.Table) -> list[dl.DeadLetter]:
+    """EVENT_ID_CONFLICT dead letters for every copy, with raw bytes re-read from their sources."""
+    rows = conflicts.select(["event_id", "schema_version", "source", "raw_format", "offset"]).to_pylist()
+    copies: dict[str, int] = {}
+    offsets_by_source: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        copies[row["event_id"]] = copies.get(row["event_id"], 0) + 1
+        offsets_by_source.setdefault((row["source"], row["raw_format"]), []).append(row["offset"])
+    raw = {key: fetch_raw_events(key[0], key[1], offsets) for key, offsets in sorted(offsets_by_source.items())}
+    return [dl.DeadLetter(dl.EVENT_ID_CONFLICT,
+                          f"event_id: {copies[row['event_id']]} copies of {row['event_id']!r} differ in content",
+                          raw[(row["source"], row["raw_format"])][row["offset"]], row["raw_format"],
+                          row["schema_version"], row["source"], row["offset"], row["event_id"])
+            for row in rows]
+
+
 class DeduplicateFn(beam.DoFn):
     def process(self, bucket_and_batches):
         _, batches = bucket_and_batches
         result = deduplicate(_bucket_table(list(batches), EVENT_SCHEMA))
-        conflicts = result.conflicts
-        copies: dict[str, int] = {}
-        for event_id in conflicts.column("event_id").to_pylist():
-            copies[event_id] = copies.get(event_id, 0) + 1
-        columns = {name: conflicts.column(name).to_pylist()
-                   for name in ("event_id", "raw", "raw_format", "schema_version", "source", "offset")}
-        for i, event_id in enumerate(columns["event_id"]):
-            yield pvalue.TaggedOutput(dl.DEAD_LETTER, dl.DeadLetter(
-                dl.EVENT_ID_CONFLICT,
-                f"event_id: {copies[event_id]} copies of {event_id!r} differ in content",
-                columns["raw"][i], columns["raw_format"][i], columns["schema_version"][i],
-                columns["source"][i], columns["offset"][i], event_id))
-        yield pvalue.TaggedOutput(dl.COUNTS, {"invalid": conflicts.num_rows, "duplicates": result.duplicates,
+        for letter in conflict_dead_letters(result.conflicts):
+            yield pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+        yield pvalue.TaggedOutput(dl.COUNTS, {"invalid": result.conflicts.num_rows, "duplicates": result.duplicates,
                                               "valid": result.kept.num_rows})
         if result.kept.num_rows:
             yield result.kept.select(VOTE_SCHEMA.names)
@@ -57,7 +64,7 @@ class DeduplicateEvents(beam.PTransform):
     def expand(self, batches):
         num_buckets = self._num_buckets
         return (batches
-                | "KeyByEventId" >> beam.FlatMap(lambda b: split_by_bucket(b, "event_id", num_buckets))
+                | "KeyByEventId" >> beam.FlatMap(lambda b: split_by_bucket(b, "event_id_hash", num_buckets))
                 | "GroupByEventId" >> beam.GroupByKey()
                 | "Deduplicate" >> beam.ParDo(DeduplicateFn()).with_outputs(
                     dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID))
@@ -87,6 +94,6 @@ class ResolveLifecycle(beam.PTransform):
     def expand(self, events):
         num_buckets = self._num_buckets
         return (events
-                | "KeyByItem" >> beam.FlatMap(lambda t: split_by_bucket(t, "item_id", num_buckets))
+                | "KeyByItem" >> beam.FlatMap(lambda t: split_by_bucket(t, "item_id_hash", num_buckets))
                 | "GroupByItem" >> beam.GroupByKey()
                 | "ResolveLatest" >> beam.ParDo(ResolveLifecycleFn()).with_outputs(dl.COUNTS, main=VOTES))

@@ -123,7 +123,8 @@ def read_json_lines(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVE
             stream.seek(start - 1)
             offset = start - 1 + len(stream.readline())
         offsets, payloads = [], []
-        for line in stream:
+        # Beam's CompressedFile has readline() but is not iterable.
+        for line in iter(stream.readline, b""):
             if end >= 0 and offset >= end:
                 break
             if line.strip():
@@ -158,6 +159,24 @@ def read_avro_records(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_E
                 offsets, payloads, records = [], [], []
         if records:
             yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
+
+
+def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[int, bytes]:
+    """Raw bytes of the events at `offsets` of one source (line offsets for JSON, record indexes for Avro).
+
+    For the rare dead letters decided after the shuffle, which does not carry raw bytes.
+    """
+    wanted = set(offsets)
+    found: dict[int, bytes] = {}
+    if raw_format == "avro":
+        for chunk in read_avro_records(ByteRange(source, raw_format, 0, -1)):
+            found.update((o, p) for o, p in zip(chunk.offsets, chunk.payloads) if o in wanted)
+        return found
+    with FileSystems.open(source) as stream:
+        for offset in sorted(wanted):
+            stream.seek(offset)
+            found[offset] = stream.readline().rstrip(b"\r\n")
+    return found
 
 
 class ReadRangeFn(beam.DoFn):
