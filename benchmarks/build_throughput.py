@@ -305,8 +305,6 @@ def read_events(events_dir: Path) -> list[Any]:
                     # fastavro decodes timestamp-millis to datetime; the JSON wire carries epoch millis.
                     if isinstance(record.get("event_time"), dt.datetime):
                         record["event_time"] = (record["event_time"] - _EPOCH) // _ONE_MS
-                    if record.get("confidence") is not None:   # a float32 on the Avro wire
-                        record["confidence"] = float(np.float32(record["confidence"]))
                     record["schema_version"] = version
                     objects.append(record)
         elif path.suffix in (".jsonl", ".json", ".ndjson"):
@@ -388,8 +386,10 @@ def check_schema(objects: list[Any], rejections: Rejections) -> dict[str, np.nda
                                   dtype=bool, count=n), "SCHEMA_MISMATCH")
 
     columns: dict[str, np.ndarray] = {}
-    for name in V2_FIELDS:   # in schema order: a row's first bad field decides its reason
-        values = [o.get(name, MISSING) for o in objects]
+    absent = [MISSING] * len(V2_FIELDS)
+    rows_of_values = [tuple(map(o.get, V2_FIELDS, absent)) for o in objects]
+    # In schema order: a row's first bad field decides its reason.
+    for name, values in zip(V2_FIELDS, zip(*rows_of_values) if n else [()] * len(V2_FIELDS)):
         column = _object_array(values)
         types = _types(values)
         present = types != _Missing
@@ -410,6 +410,7 @@ def check_schema(objects: list[Any], rejections: Rejections) -> dict[str, np.nda
         rejections.reject(~ok, "SCHEMA_MISMATCH")
         _fill(column, ~present, DEFAULTS.get(name))
         columns[name] = column
+    del rows_of_values
     return columns
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable, NamedTuple
 import apache_beam as beam
 import fastavro
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -109,13 +110,20 @@ def write_dead_letter_shards(version_dir: str, letters: list[DeadLetter], rows_p
     return entries
 
 
-def label_summary(labels: pa.Table) -> dict[str, Any]:
+def label_summary(labels: pa.Table, vote_labels: list[str]) -> dict[str, Any]:
     statuses = labels.column("status").value_counts().to_pylist()
     return {
         "items": labels.num_rows,
-        "labels": sorted(v for v in labels.column("label").unique().to_pylist() if v is not None),
+        "labels": sorted(vote_labels),
         "status": {entry["values"]: entry["counts"] for entry in sorted(statuses, key=lambda e: e["values"])},
     }
+
+
+def distinct_vote_labels(votes: pa.Table) -> list[str]:
+    """Single labels and multi-label entries of some votes, without repeats."""
+    single = votes.column("label").drop_null().unique().to_pylist()
+    multi = pc.list_flatten(votes.column("labels")).unique().to_pylist()
+    return sorted(set(single) | set(multi))
 
 
 def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -155,7 +163,10 @@ class WriteManifestFn(beam.DoFn):
 
 
 class PublishVersion(beam.PTransform):
-    """{labels: pa.Table*, dead_letters: DeadLetter*, counts: dict*} -> the written manifest (one dict)."""
+    """{labels: pa.Table*, dead_letters: DeadLetter*, counts: dict*, vote_labels: str*} -> the manifest.
+
+    `vote_labels` are the labels the votes used (the manifest's label set when none was given).
+    """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any],
                  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD):
@@ -177,7 +188,10 @@ class PublishVersion(beam.PTransform):
                           | "GatherDeadLetters" >> beam.combiners.ToList()
                           | "WriteDeadLetters" >> beam.FlatMap(
                               lambda letters: write_dead_letter_shards(version_dir, letters, rows_per_shard)))
-        summary = labels | "SummarizeLabels" >> beam.Map(label_summary)
+        vote_labels = (inputs["vote_labels"]
+                       | "DistinctVoteLabels" >> beam.Distinct()
+                       | "GatherVoteLabels" >> beam.combiners.ToList())
+        summary = labels | "SummarizeLabels" >> beam.Map(label_summary, beam.pvalue.AsSingleton(vote_labels))
         counts = inputs["counts"] | "SumCounts" >> beam.CombineGlobally(sum_counts)
         return ((label_files, rejected_files)
                 | "FlattenFiles" >> beam.Flatten()
