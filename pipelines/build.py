@@ -51,7 +51,7 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events)
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
     unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets)
-    standing = unique[dl.VALID] | "ResolveLifecycle" >> ResolveLifecycle(tuning.num_buckets)
+    standing = unique[dl.VALID] | "ResolveLifecycle" >> ResolveLifecycle()
     labels = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method)
     dead_letters = (parsed[dl.DEAD_LETTER], unique[dl.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
     counts = (parsed[dl.COUNTS], unique[dl.COUNTS], standing[dl.COUNTS]) | "FlattenCounts" >> beam.Flatten()

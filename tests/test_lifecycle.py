@@ -156,10 +156,11 @@ def test_dedup_and_lifecycle_in_beam_are_order_and_split_independent(tmp_path):
         batches = [batch for path in paths for batch in file_table(path).to_batches()]
         with TestPipeline(runner="FnApiRunner") as pipeline:
             unique = pipeline | beam.Create(batches) | DeduplicateEvents(num_buckets)
-            standing = unique[dl.VALID] | ResolveLifecycle(num_buckets)
+            standing = unique[dl.VALID] | ResolveLifecycle()
             votes = standing[VOTES] | beam.FlatMap(
                 lambda t: list(zip(*(t.column(c).to_pylist() for c in ("item_id", "annotator_id", "label")))))
-            reasons = unique[dl.DEAD_LETTER] | beam.Map(lambda letter: (letter.reason, letter.event_id))
+            reasons = (unique[dl.DEAD_LETTER] | beam.FlatMap(dl.from_record_batch)
+                       | beam.Map(lambda letter: (letter.reason, letter.event_id)))
             assert_that(votes, equal_to(expected), label="Votes")
             assert_that(reasons, equal_to([("EVENT_ID_CONFLICT", "e4")] * 2), label="Conflicts")
             duplicates = unique[dl.COUNTS] | beam.Map(lambda c: c["duplicates"]) | beam.CombineGlobally(sum)

@@ -616,7 +616,7 @@ def test_validate_events_splits_a_mixed_chunk_into_valid_rows_and_dead_letter_re
     with TestPipeline(runner="FnApiRunner") as p:
         out = p | beam.Create([json_chunk(MIXED_LINES)]) | ValidateEvents(RULES)
         assert_that(num_rows(out[dl.VALID]), equal_to([3]), label="ThreeValid")
-        assert_that(out[dl.DEAD_LETTER] | beam.Map(lambda d: (d.event_id, d.reason)),
+        assert_that(out[dl.DEAD_LETTER] | beam.FlatMap(dl.from_record_batch) | beam.Map(lambda d: (d.event_id, d.reason)),
                     equal_to([(None, dl.MALFORMED_JSON), ("bad-label", dl.UNKNOWN_LABEL),
                               ("bad-version", dl.UNKNOWN_SCHEMA_VERSION), ("late", dl.BAD_TIMESTAMP)]),
                     label="DeadReasons")
@@ -648,7 +648,8 @@ def test_validate_events_counts_conserve_read_equals_valid_plus_invalid():
     with TestPipeline(runner="FnApiRunner") as p:
         out = p | beam.Create(chunks) | ValidateEvents(RULES)
         valid = out[dl.VALID] | "ValidCount" >> beam.Map(lambda batch: ("valid", batch.num_rows))
-        dead = out[dl.DEAD_LETTER] | "DeadCount" >> beam.Map(lambda _: ("dead_letters", 1))
+        dead = (out[dl.DEAD_LETTER] | "DeadLetters" >> beam.FlatMap(dl.from_record_batch)
+                | "DeadCount" >> beam.Map(lambda _: ("dead_letters", 1)))
         counts = out[dl.COUNTS] | "ReadInvalid" >> beam.FlatMap(
             lambda c: [("read", c["read"]), ("invalid", c["invalid"])])
         totals = (valid, dead, counts) | beam.Flatten() | beam.CombinePerKey(sum)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# Tags of the multi-output transforms.
+import pyarrow as pa
+
+# Tags of the multi-output transforms. DEAD_LETTER elements are pa.RecordBatches of DEAD_LETTER_SCHEMA
+# (one per parsed chunk): per-element dead letters would cost Beam a pickle of their type each.
 VALID = "valid"
 DEAD_LETTER = "dead_letter"
 COUNTS = "counts"
@@ -33,5 +36,23 @@ class DeadLetter(NamedTuple):
     offset: int
     event_id: str | None = None
 
-    def sort_key(self) -> tuple:
-        return (self.source, self.offset, self.reason, self.raw, self.detail)
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("detail", pa.string(), nullable=False),
+    pa.field("raw", pa.binary(), nullable=False),
+    pa.field("raw_format", pa.string(), nullable=False),
+    pa.field("schema_version", pa.int32()),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("offset", pa.int64(), nullable=False),
+    pa.field("event_id", pa.string()),
+])
+SORT_ORDER = [(name, "ascending") for name in ("source", "offset", "reason", "raw", "detail")]
+
+
+def to_record_batch(letters: list[DeadLetter]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([letter._asdict() for letter in letters], schema=DEAD_LETTER_SCHEMA)
+
+
+def from_record_batch(batch: pa.RecordBatch | pa.Table) -> list[DeadLetter]:
+    return [DeadLetter(**row) for row in batch.to_pylist()]

@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from labelbeam.schemas import registry
 from labelbeam.transforms import version_store
 from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
-from labelbeam.transforms.dead_letters import DeadLetter
+from labelbeam.transforms import dead_letters as dl
 
 COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items")
 DEFAULT_ROWS_PER_SHARD = 1_000_000
@@ -99,13 +99,13 @@ def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int) 
     return entries
 
 
-def write_dead_letter_shards(version_dir: str, letters: list[DeadLetter], rows_per_shard: int) -> list[FileEntry]:
-    letters = sorted(letters, key=DeadLetter.sort_key)
-    num_shards = num_shards_for(len(letters), rows_per_shard)
+def write_dead_letter_shards(version_dir: str, batches: list[pa.RecordBatch], rows_per_shard: int) -> list[FileEntry]:
+    letters = pa.Table.from_batches(batches, schema=dl.DEAD_LETTER_SCHEMA).sort_by(dl.SORT_ORDER)
+    num_shards = num_shards_for(letters.num_rows, rows_per_shard)
     schema = registry.load_schema_json(registry.DEAD_LETTER_SCHEMA_FILE)
     entries = []
     for i, name in enumerate(shard_names("rejected/dead_letters", ".avro", num_shards)):
-        shard = [letter._asdict() for letter in letters[i * rows_per_shard:(i + 1) * rows_per_shard]]
+        shard = letters.slice(i * rows_per_shard, rows_per_shard).to_pylist()
         entries.append(write_file(version_dir, name, avro_bytes(schema, shard, name), len(shard)))
     return entries
 
@@ -163,7 +163,7 @@ class WriteManifestFn(beam.DoFn):
 
 
 class PublishVersion(beam.PTransform):
-    """{labels: pa.Table*, dead_letters: DeadLetter*, counts: dict*, vote_labels: str*} -> the manifest.
+    """{labels: pa.Table*, dead_letters: pa.RecordBatch*, counts: dict*, vote_labels: str*} -> the manifest.
 
     `vote_labels` are the labels the votes used (the manifest's label set when none was given).
     """

@@ -49,40 +49,41 @@ class EventColumns:
     """Accumulates the validated events of one source, then builds one RecordBatch.
 
     Rows are kept as the validator's tuples and transposed once at the end, which is much
-    cheaper than appending to one Python list per column.
+    cheaper than appending to one Python list per column. The lists are public so the parser's
+    hot loop can bind their append methods.
     """
 
     def __init__(self, source: str, raw_format: str) -> None:
         self.source = source
         self.raw_format = raw_format
-        self._rows: list[tuple] = []
-        self._versions: list[int] = []
-        self._offsets: list[int] = []
-        self._item_hashes: list[int] = []
-        self._event_hashes: list[int] = []
+        self.rows: list[tuple] = []
+        self.versions: list[int] = []
+        self.offsets: list[int] = []
+        self.event_hashes: list[int] = []
+        self.item_hashes: list[int] = []
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self.rows)
 
     def append(self, values: tuple, schema_version: int, offset: int) -> None:
-        self._rows.append(values)
-        self._event_hashes.append(key_hash(values[_EVENT_ID]))
-        self._item_hashes.append(key_hash(values[_ITEM_ID]))
-        self._versions.append(schema_version)
-        self._offsets.append(offset)
+        self.rows.append(values)
+        self.versions.append(schema_version)
+        self.offsets.append(offset)
+        self.event_hashes.append(key_hash(values[_EVENT_ID]))
+        self.item_hashes.append(key_hash(values[_ITEM_ID]))
 
     def to_record_batch(self) -> pa.RecordBatch:
-        n = len(self._rows)
-        columns = list(zip(*self._rows)) if n else [() for _ in EVENT_FIELDS]
+        n = len(self.rows)
+        columns = list(zip(*self.rows)) if n else [() for _ in EVENT_FIELDS]
         arrays = [_to_arrow(values, field.type) for values, field in zip(columns, EVENT_FIELDS)]
         zeros = pa.array(np.zeros(n, dtype=np.int32))
         arrays += [
-            pa.array(self._item_hashes, pa.uint32()),
-            pa.array(self._versions, pa.int8()),
+            pa.array(self.item_hashes, pa.uint32()),
+            pa.array(self.versions, pa.int8()),
             pa.DictionaryArray.from_arrays(zeros, pa.array([self.source])),
             pa.DictionaryArray.from_arrays(zeros, pa.array([self.raw_format])),
-            pa.array(self._offsets, pa.int64()),
-            pa.array(self._event_hashes, pa.uint32()),
+            pa.array(self.offsets, pa.int64()),
+            pa.array(self.event_hashes, pa.uint32()),
         ]
         return pa.RecordBatch.from_arrays(arrays, schema=EVENT_SCHEMA)
 

@@ -1,12 +1,15 @@
 """Beam glue for the lifecycle cores: DeduplicateEvents (rules 1-2) and ResolveLifecycle (rules 3-4).
 
-Both shuffle Arrow batches by a stable hash bucket of their key, so every row of one key meets in
-one place, then call the pure cores in lifecycle.py on each bucket.
+Events are shuffled once, by a stable hash bucket of item_id, so every event of an item meets in
+one place: deduplication and latest-wins both run there. Copies of one event_id can only land in
+different item buckets if their item_ids differ, which makes them a conflict; a light shuffle of
+the event ids alone finds those, and they reach the item buckets as a side input.
 """
 from __future__ import annotations
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam import pvalue
 
 from labelbeam.transforms import dead_letters as dl
@@ -20,32 +23,50 @@ DEFAULT_BUCKETS = 16
 
 def _bucket_table(rows: list, schema: pa.Schema) -> pa.Table:
     tables = [pa.Table.from_batches([r]) if isinstance(r, pa.RecordBatch) else r for r in rows]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
 
 
 def conflict_dead_letters(conflicts: pa.Table) -> list[dl.DeadLetter]:
     """EVENT_ID_CONFLICT dead letters for every copy, with raw bytes re-read from their sources."""
     rows = conflicts.select(["event_id", "schema_version", "source", "raw_format", "offset"]).to_pylist()
-    copies: dict[str, int] = {}
     offsets_by_source: dict[tuple[str, str], list[int]] = {}
     for row in rows:
-        copies[row["event_id"]] = copies.get(row["event_id"], 0) + 1
         offsets_by_source.setdefault((row["source"], row["raw_format"]), []).append(row["offset"])
     raw = {key: fetch_raw_events(key[0], key[1], offsets) for key, offsets in sorted(offsets_by_source.items())}
-    return [dl.DeadLetter(dl.EVENT_ID_CONFLICT,
-                          f"event_id: {copies[row['event_id']]} copies of {row['event_id']!r} differ in content",
+    return [dl.DeadLetter(dl.EVENT_ID_CONFLICT, f"event_id: copies of {row['event_id']!r} differ in content",
                           raw[(row["source"], row["raw_format"])][row["offset"]], row["raw_format"],
                           row["schema_version"], row["source"], row["offset"], row["event_id"])
             for row in rows]
 
 
+def event_ids_by_bucket(item_bucket: int, events: pa.Table, num_buckets: int):
+    """(event_id bucket, (item bucket, distinct event ids)) for the light conflict shuffle."""
+    ids = events.select(["event_id", "event_id_hash"])
+    for id_bucket, part in split_by_bucket(ids, "event_id_hash", num_buckets):
+        yield id_bucket, (item_bucket, pc.unique(part.column("event_id")))
+
+
+def ids_in_several_item_buckets(id_bucket_and_parts) -> list[str]:
+    _, parts = id_bucket_and_parts
+    parts = list(parts)
+    seen = pa.table({
+        "event_id": pa.chunked_array([ids for _, ids in parts], pa.string()),
+        "item_bucket": pa.chunked_array([pa.array([bucket] * len(ids), pa.int64()) for bucket, ids in parts],
+                                        pa.int64()),
+    })
+    per_id = seen.group_by("event_id").aggregate([("item_bucket", "count_distinct")])
+    return per_id.filter(pc.greater(per_id.column("item_bucket_count_distinct"), 1)).column("event_id").to_pylist()
+
+
 class DeduplicateFn(beam.DoFn):
-    def process(self, bucket_and_batches):
-        _, batches = bucket_and_batches
-        result = deduplicate(_bucket_table(list(batches), EVENT_SCHEMA))
-        for letter in conflict_dead_letters(result.conflicts):
-            yield pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-        yield pvalue.TaggedOutput(dl.COUNTS, {"invalid": result.conflicts.num_rows, "duplicates": result.duplicates,
+    def process(self, bucket_and_events, cross_item_conflicts):
+        _, events = bucket_and_events
+        across = pc.is_in(events.column("event_id"), value_set=pa.array(cross_item_conflicts, pa.string()))
+        result = deduplicate(events.filter(pc.invert(across)))
+        conflicts = pa.concat_tables([result.conflicts, events.filter(across)])
+        if conflicts.num_rows:
+            yield pvalue.TaggedOutput(dl.DEAD_LETTER, dl.to_record_batch(conflict_dead_letters(conflicts)))
+        yield pvalue.TaggedOutput(dl.COUNTS, {"invalid": conflicts.num_rows, "duplicates": result.duplicates,
                                               "valid": result.kept.num_rows})
         if result.kept.num_rows:
             yield result.kept.select(VOTE_SCHEMA.names)
@@ -54,26 +75,36 @@ class DeduplicateFn(beam.DoFn):
 class DeduplicateEvents(beam.PTransform):
     """RecordBatches of events -> {VALID: pa.Table (VOTE_SCHEMA), DEAD_LETTER, COUNTS}.
 
-    Output tables hold unique event_ids; provenance columns are dropped. Order is not meaningful.
+    Output tables hold unique event_ids, and each holds every unique event of the items it
+    contains (what ResolveLifecycle needs). Provenance columns are dropped. Order is not meaningful.
     """
 
     def __init__(self, num_buckets: int = DEFAULT_BUCKETS):
         super().__init__()
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be positive, got {num_buckets}")
         self._num_buckets = num_buckets
 
     def expand(self, batches):
         num_buckets = self._num_buckets
-        return (batches
-                | "KeyByEventId" >> beam.FlatMap(lambda b: split_by_bucket(b, "event_id_hash", num_buckets))
-                | "GroupByEventId" >> beam.GroupByKey()
-                | "Deduplicate" >> beam.ParDo(DeduplicateFn()).with_outputs(
-                    dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID))
+        by_item = (batches
+                   | "KeyByItem" >> beam.FlatMap(lambda b: split_by_bucket(b, "item_id_hash", num_buckets))
+                   | "GroupByItem" >> beam.GroupByKey()
+                   | "ConcatBuckets" >> beam.MapTuple(lambda bucket, parts: (bucket, _bucket_table(list(parts),
+                                                                                                  EVENT_SCHEMA))))
+        cross_item_conflicts = (by_item
+                                | "KeyEventIds" >> beam.FlatMapTuple(
+                                    lambda bucket, events: event_ids_by_bucket(bucket, events, num_buckets))
+                                | "GroupByEventId" >> beam.GroupByKey()
+                                | "FindCrossItemConflicts" >> beam.FlatMap(ids_in_several_item_buckets))
+        return by_item | "Deduplicate" >> beam.ParDo(
+            DeduplicateFn(), cross_item_conflicts=pvalue.AsList(cross_item_conflicts)).with_outputs(
+            dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID)
 
 
 class ResolveLifecycleFn(beam.DoFn):
-    def process(self, bucket_and_tables):
-        _, tables = bucket_and_tables
-        result = resolve_latest(_bucket_table(list(tables), VOTE_SCHEMA))
+    def process(self, events: pa.Table):
+        result = resolve_latest(events)
         yield pvalue.TaggedOutput(dl.COUNTS, {"superseded": result.superseded, "deleted": result.deleted,
                                               "votes": result.votes.num_rows})
         if result.votes.num_rows:
@@ -83,17 +114,9 @@ class ResolveLifecycleFn(beam.DoFn):
 class ResolveLifecycle(beam.PTransform):
     """Unique events -> {VOTES: pa.Table, COUNTS}: the standing vote of each annotator on each item.
 
-    Every output table holds all votes of the items it contains, so per-item consensus needs no
-    further shuffle.
+    Each input table must hold every event of the items it contains, as DeduplicateEvents emits
+    them; so does each output table, so per-item consensus needs no further shuffle.
     """
 
-    def __init__(self, num_buckets: int = DEFAULT_BUCKETS):
-        super().__init__()
-        self._num_buckets = num_buckets
-
     def expand(self, events):
-        num_buckets = self._num_buckets
-        return (events
-                | "KeyByItem" >> beam.FlatMap(lambda t: split_by_bucket(t, "item_id_hash", num_buckets))
-                | "GroupByItem" >> beam.GroupByKey()
-                | "ResolveLatest" >> beam.ParDo(ResolveLifecycleFn()).with_outputs(dl.COUNTS, main=VOTES))
+        return events | "ResolveLatest" >> beam.ParDo(ResolveLifecycleFn()).with_outputs(dl.COUNTS, main=VOTES)

@@ -6,7 +6,11 @@ the range its first byte falls in. Avro container files and compressed files are
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import io
+import itertools
+import json
 from typing import Iterator, NamedTuple
 
 import apache_beam as beam
@@ -43,13 +47,19 @@ class ByteRange(NamedTuple):
 
 
 class RawChunk(NamedTuple):
-    """Consecutive raw events of one source: JSON lines, or decoded Avro records with their datums."""
+    """Consecutive raw events of one source: JSON lines (payloads), or decoded Avro records.
+
+    Avro records carry no payload bytes: the datum is re-encoded only for a dead letter.
+    """
     source: str
     raw_format: str
     offsets: list[int]
-    payloads: list[bytes]
+    payloads: list[bytes] | None
     records: list[dict] | None = None
     writer_schema: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
 
 
 def _is_dir(pattern: str) -> bool:
@@ -114,51 +124,63 @@ def plan_ranges(files: list[InputFile], range_bytes: int = DEFAULT_RANGE_BYTES) 
 
 
 def read_json_lines(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[RawChunk]:
-    """Lines starting inside the range, in chunks; blank lines are not events and are skipped."""
+    """Lines starting inside the range, in chunks; blank lines are not events and are skipped.
+
+    The range is read as one block and split in C, which is several times faster than iterating
+    lines in Python.
+    """
     path, _, start, end = byte_range
     with FileSystems.open(path) as stream:
-        offset = 0
+        position = 0
         if start > 0:
             # The line that straddles `start` belongs to the previous range.
             stream.seek(start - 1)
-            offset = start - 1 + len(stream.readline())
-        offsets, payloads = [], []
-        # Beam's CompressedFile has readline() but is not iterable.
-        for line in iter(stream.readline, b""):
-            if end >= 0 and offset >= end:
-                break
-            if line.strip():
-                offsets.append(offset)
-                payloads.append(line.rstrip(b"\r\n"))
-                if len(payloads) >= chunk_events:
-                    yield RawChunk(path, "json", offsets, payloads)
-                    offsets, payloads = [], []
-            offset += len(line)
-        if payloads:
-            yield RawChunk(path, "json", offsets, payloads)
+            position = start - 1 + len(stream.readline())
+        if end < 0:
+            block = stream.read()
+        elif position >= end:
+            return
+        else:
+            block = stream.read(end - position)
+            if block and not block.endswith(b"\n"):
+                block += stream.readline()  # finish the last line, which started inside the range
+    lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    line_offsets = itertools.accumulate((len(line) + 1 for line in lines), initial=position)
+    events = [(offset, line.rstrip(b"\r")) for offset, line in zip(line_offsets, lines) if line.strip()]
+    for first in range(0, len(events), chunk_events):
+        part = events[first:first + chunk_events]
+        yield RawChunk(path, "json", [offset for offset, _ in part], [line for _, line in part])
 
 
 def read_avro_records(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[RawChunk]:
     """Records of an Avro container file under their writer schema; offset is the record index."""
-    import io
-
     path = byte_range.path
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
         reader = fastavro.reader(stream)
         writer_schema = reader.writer_schema
-        parsed = fastavro.parse_schema(writer_schema)
-        offsets, payloads, records = [], [], []
+        offsets, records = [], []
         for index, record in enumerate(reader):
-            datum = io.BytesIO()
-            fastavro.schemaless_writer(datum, parsed, record)
             offsets.append(index)
-            payloads.append(datum.getvalue())
             records.append(record)
             if len(records) >= chunk_events:
-                yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
-                offsets, payloads, records = [], [], []
+                yield RawChunk(path, "avro", offsets, None, records, writer_schema)
+                offsets, records = [], []
         if records:
-            yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
+            yield RawChunk(path, "avro", offsets, None, records, writer_schema)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_writer_schema(schema_json: str) -> dict:
+    return fastavro.parse_schema(json.loads(schema_json))
+
+
+def avro_datum(writer_schema: dict, record: dict) -> bytes:
+    """The record's Avro binary encoding under its writer schema: the raw bytes of an Avro event."""
+    datum = io.BytesIO()
+    fastavro.schemaless_writer(datum, _parsed_writer_schema(json.dumps(writer_schema, sort_keys=True)), record)
+    return datum.getvalue()
 
 
 def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[int, bytes]:
@@ -170,7 +192,8 @@ def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[i
     found: dict[int, bytes] = {}
     if raw_format == "avro":
         for chunk in read_avro_records(ByteRange(source, raw_format, 0, -1)):
-            found.update((o, p) for o, p in zip(chunk.offsets, chunk.payloads) if o in wanted)
+            found.update((o, avro_datum(chunk.writer_schema, r)) for o, r in zip(chunk.offsets, chunk.records)
+                         if o in wanted)
         return found
     with FileSystems.open(source) as stream:
         for offset in sorted(wanted):
