@@ -18,8 +18,7 @@ import uuid
 from typing import Any
 
 from labelbeam.pipelines.code_version import code_version
-from labelbeam.pipelines.options import (BuildConfig, LabelbeamTuningOptions, UserError, add_build_arguments,
-                                         parse_labels)
+from labelbeam.pipelines.options import BuildConfig, UserError, add_build_arguments, parse_labels
 
 DEFAULT_OUTPUT = "labelbeam-data"
 SAMPLE_DIR = "labelbeam-sample"
@@ -37,7 +36,7 @@ class BuildOutcome:
 
 
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
-                   tuning: LabelbeamTuningOptions, rows_per_shard: int):
+                   tuning, rows_per_shard: int):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
     import apache_beam as beam
 
@@ -95,6 +94,7 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
     """Publish the next version of config.dataset, or report that the latest is up to date."""
     import apache_beam as beam
 
+    from labelbeam.pipelines.tuning import LabelbeamTuningOptions
     from labelbeam.schemas import registry
     from labelbeam.transforms import version_store
     from labelbeam.transforms.sources import InputError, match_inputs

@@ -3,31 +3,18 @@
 The contract flags (--input, --labels, ...) are parsed with argparse rather than declared on a
 PipelineOptions subclass because Dataflow's GoogleCloudOptions already owns `--labels` (job labels);
 everything the CLI does not recognise passes through to Beam untouched. Tuning knobs that never
-change results are a PipelineOptions subclass, so they travel with the other pipeline options.
+change results are a PipelineOptions subclass (tuning.py, imported only when a build runs, so
+--help stays fast).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from apache_beam.options.pipeline_options import PipelineOptions
 
 
 class UserError(Exception):
     """Bad arguments or inputs: reported as one line, exit code 2, no traceback."""
-
-
-class LabelbeamTuningOptions(PipelineOptions):
-    """Knobs that change speed, never the published bytes."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--num_buckets", type=int, default=16,
-                            help="Shuffle buckets for deduplication and lifecycle (parallelism).")
-        parser.add_argument("--chunk_events", type=int, default=20_000,
-                            help="Events per parsed Arrow batch.")
-        parser.add_argument("--range_bytes", type=int, default=64 << 20,
-                            help="JSON Lines files larger than this are read in ranges by several workers.")
 
 
 @dataclasses.dataclass(frozen=True)
