@@ -250,9 +250,9 @@ def _fast_test(schema: Any, var: str) -> str:
     if kind == "enum":
         return f"type({var}) is str and {var} in {frozenset(schema['symbols'])!r}"
     if kind == "array" and schema["items"] == "string":
-        return f"type({var}) is list and all(type(x) is str for x in {var})"
+        return f"type({var}) is list and (not {var} or all(type(x) is str for x in {var}))"
     if kind == "map" and schema["values"] == "string":
-        return f"type({var}) is dict and all(type(x) is str for x in {var}.values())"
+        return f"type({var}) is dict and (not {var} or all(type(x) is str for x in {var}.values()))"
     return "False"
 
 

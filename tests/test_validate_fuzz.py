@@ -121,3 +121,19 @@ def test_parse_chunk_puts_every_line_in_exactly_one_output(lines):
     assert sorted(valid_offsets + [letter.offset for letter in dead]) == offsets
     for letter in dead:
         assert letter.raw == lines[offsets.index(letter.offset)]
+
+
+@FUZZ
+@given(lines=st.lists(payloads, min_size=1, max_size=12), rules=st.sampled_from(sorted(PARSERS)))
+def test_parse_chunk_fast_path_agrees_with_parse_one_on_every_line(lines, rules):
+    """parse_chunk takes an inline happy path; parse_one is the careful path. They must agree."""
+    parser = PARSERS[rules]
+    columns, dead = parser.parse_chunk(RawChunk("f.jsonl", "json", list(range(len(lines))), lines))
+    accepted_by_chunk = dict(zip(columns.offsets, zip(columns.rows, columns.versions)))
+    rejected_by_chunk = {letter.offset: letter.reason for letter in dead}
+    for offset, line in enumerate(lines):
+        careful = parser.parse_one(line, None, None, "json")
+        if isinstance(careful, Rejected):
+            assert rejected_by_chunk.get(offset) == careful.reason
+        else:
+            assert accepted_by_chunk.get(offset) == careful

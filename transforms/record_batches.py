@@ -7,7 +7,6 @@ are not carried: the few dead letters that need them after the shuffle re-read t
 """
 from __future__ import annotations
 
-import itertools
 import zlib
 from typing import Iterable
 
@@ -91,11 +90,11 @@ class EventColumns:
 def _to_arrow(values: tuple, arrow_type: pa.DataType) -> pa.Array:
     if pa.types.is_map(arrow_type):
         offsets = _offsets_of(values)
-        keys = pa.array(list(itertools.chain.from_iterable(m.keys() for m in values)), pa.string())
-        items = pa.array(list(itertools.chain.from_iterable(m.values() for m in values)), pa.string())
+        keys = pa.array([key for entries in values for key in entries], pa.string())
+        items = pa.array([item for entries in values for item in entries.values()], pa.string())
         return pa.MapArray.from_arrays(offsets, keys, items, type=arrow_type)
     if pa.types.is_list(arrow_type):
-        flat = pa.array(list(itertools.chain.from_iterable(values)), arrow_type.value_type)
+        flat = pa.array([item for items in values for item in items], arrow_type.value_type)
         return pa.ListArray.from_arrays(_offsets_of(values), flat, type=arrow_type)
     return pa.array(values, arrow_type)
 
