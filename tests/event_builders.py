@@ -14,6 +14,18 @@ DATASET = "pets"
 RULES = ValidationRules.at(DATASET, NOW_MS)
 
 
+PETS_EVENT_TIME_MS = 1_699_996_400_000  # 2023-11-14T21:13:20Z
+DROP = object()  # an override that removes the field
+
+
+def v1_event(**overrides) -> dict:
+    """A valid v1 wire event of dataset "pets" (no schema_version); DROP removes a field."""
+    obj = {"event_id": "e1", "dataset": "pets", "item_id": "item-1", "annotator_id": "ann-1", "label": "cat",
+           "action": "UPSERT", "event_time": PETS_EVENT_TIME_MS}
+    obj.update(overrides)
+    return {k: v for k, v in obj.items() if v is not DROP}
+
+
 def event(event_id: str, item: str = "i1", annotator: str = "a1", label: str | None = "cat",
           action: str = "UPSERT", time_ms: int = T0, **v2_fields) -> dict:
     """A wire event; any v2 field (revision=..., metadata=...) makes it schema v2."""
@@ -61,5 +73,5 @@ def event_batches(events: list[dict], source: str = "events.jsonl", rules: Valid
     return event_table(events, source, rules).to_batches()
 
 
-__all__ = ["EventColumns", "NOW_MS", "T0", "DATASET", "RULES", "event", "lines", "chunk", "event_table",
+__all__ = ["PETS_EVENT_TIME_MS", "DROP", "v1_event", "EventColumns", "NOW_MS", "T0", "DATASET", "RULES", "event", "lines", "chunk", "event_table",
            "event_batches", "write_jsonl", "file_table"]

@@ -5,23 +5,13 @@ import io
 import fastavro
 import pytest
 
+from event_builders import PETS_EVENT_TIME_MS, v1_event
 from labelbeam.schemas import registry
 
-EVENT_TIME_MS = 1_699_999_000_000
+EVENT_TIME_MS = PETS_EVENT_TIME_MS
 
 
-def v1_record(**overrides):
-    record = {
-        "event_id": "e1",
-        "dataset": "pets",
-        "item_id": "item-1",
-        "annotator_id": "ann-1",
-        "label": "cat",
-        "action": "UPSERT",
-        "event_time": EVENT_TIME_MS,
-    }
-    record.update(overrides)
-    return record
+v1_record = v1_event
 
 
 def write_then_read(writer_schema_json, records, reader_schema=None):

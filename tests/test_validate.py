@@ -9,34 +9,21 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from event_builders import DROP, PETS_EVENT_TIME_MS, v1_event
+
 from labelbeam.schemas import registry
 from labelbeam.transforms import dead_letters as dl
 from labelbeam.transforms.sources import RawChunk
 from labelbeam.transforms.validate import EventParser, Rejected, ValidateEvents, ValidationRules
 
 NOW_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z, the build's clock
-EVENT_TIME_MS = NOW_MS - 3_600_000
+EVENT_TIME_MS = PETS_EVENT_TIME_MS  # an hour before NOW_MS
 ONE_DAY_MS = 24 * 3600 * 1000
 Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 LABELS = frozenset({"cat", "dog", "bird"})
 RULES = ValidationRules.at("pets", NOW_MS, LABELS)
 LATEST_FIELDS = tuple(f["name"] for f in registry.event_schema(2)["fields"])
-DROP = object()  # an override that removes the field
-
-
-def event(**overrides):
-    """A valid v1 JSON event (no schema_version); DROP removes a field."""
-    obj = {
-        "event_id": "e1",
-        "dataset": "pets",
-        "item_id": "item-1",
-        "annotator_id": "ann-1",
-        "label": "cat",
-        "action": "UPSERT",
-        "event_time": EVENT_TIME_MS,
-    }
-    obj.update(overrides)
-    return {k: v for k, v in obj.items() if v is not DROP}
+event = v1_event
 
 
 def event_v2(**overrides):
@@ -154,53 +141,22 @@ def test_label_as_number_is_schema_mismatch_at_label():
     assert result.schema_version == 1
 
 
-def test_non_string_element_of_labels_is_schema_mismatch_at_its_index():
-    result = rejected(line(event_v2(label=None, labels=["cat", 5])))
+@pytest.mark.parametrize("payload, path, version", [
+    (event_v2(label=None, labels=["cat", 5]), "labels[1]", 2),
+    (event_v2(labels="cat"), "labels", 2),
+    (event_v2(metadata={"tool": "ls", "k": 5}), "metadata.k", 2),
+    (event(event_time="2023-11-14T21:13:20Z"), "event_time", 1),
+    (event(event_time=True), "event_time", 1),  # a bool is not a long
+    (event(event_time=float(EVENT_TIME_MS)), "event_time", 1),
+    (event(event_time=2**64 - 1), "event_time", 1),  # beyond the long range
+    (event_v2(revision=2**31), "revision", 2),  # beyond the int range
+], ids=["labels-element", "labels-not-list", "metadata-value", "time-string", "time-bool", "time-float",
+        "time-beyond-long", "revision-beyond-int"])
+def test_wrong_type_is_schema_mismatch_at_the_field_path(payload, path, version):
+    result = rejected(line(payload))
     assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("labels[1]")
-    assert result.schema_version == 2
-
-
-def test_labels_not_a_list_is_schema_mismatch_at_labels():
-    result = rejected(line(event_v2(labels="cat")))
-    assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("labels")
-
-
-def test_non_string_metadata_value_is_schema_mismatch_at_its_key():
-    result = rejected(line(event_v2(metadata={"tool": "ls", "k": 5})))
-    assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("metadata.k")
-
-
-def test_event_time_as_string_is_schema_mismatch_at_event_time():
-    result = rejected(line(event(event_time="2023-11-14T21:13:20Z")))
-    assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("event_time")
-
-
-def test_event_time_as_bool_is_schema_mismatch_not_a_long():
-    result = rejected(line(event(event_time=True)))
-    assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("event_time")
-
-
-def test_event_time_as_float_is_schema_mismatch():
-    result = rejected(line(event(event_time=float(EVENT_TIME_MS))))
-    assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("event_time")
-
-
-def test_event_time_beyond_long_range_is_schema_mismatch():
-    result = rejected(line(event(event_time=2**64 - 1)))
-    assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("event_time")
-
-
-def test_revision_beyond_int_range_is_schema_mismatch():
-    result = rejected(line(event_v2(revision=2**31)))
-    assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("revision")
+    assert result.detail.startswith(path)
+    assert result.schema_version == version
 
 
 def test_v2_field_without_schema_version_2_is_schema_mismatch_unknown_field():
