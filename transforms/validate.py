@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 from zlib import crc32
 import datetime as dt
 from typing import Any, Iterator, NamedTuple
@@ -57,6 +58,7 @@ class EventParser:
         names = self._latest.field_names
         self._index = {name: names.index(name) for name in names}
         self._validate_by_version = {v: validator.validate for v, validator in self._validators.items()}
+        self._accepts = _semantic_check(rules)
         # The fast path unpacks values by position: pin the layout it relies on.
         assert names[:10] == ("event_id", "dataset", "item_id", "annotator_id", "label", "action", "event_time",
                               "revision", "labels", "score"), names
@@ -64,25 +66,23 @@ class EventParser:
     def parse_chunk(self, chunk: RawChunk) -> tuple[EventColumns, list[dl.DeadLetter]]:
         """Every payload of the chunk becomes exactly one valid row or one dead letter."""
         columns, dead = EventColumns(chunk.source, chunk.raw_format), []
-        if chunk.raw_format == "avro":
-            items = self._avro_objects(chunk)
-        else:
-            items = ((payload, None) for payload in chunk.payloads)
         # The hot loop: the happy path inline; anything unusual goes to parse_one, which decides
         # the precise reason. Both paths accept exactly the same events (see the fuzz tests).
         loads, accepts, validators = orjson.loads, self._accepts, self._validate_by_version
         add_row, add_version, add_offset = columns.rows.append, columns.versions.append, columns.offsets.append
         add_event_hash, add_item_hash = columns.event_hashes.append, columns.item_hashes.append
         is_json = chunk.raw_format == "json"
-        payloads = chunk.payloads if is_json else chunk.records
-        for offset, payload, (obj, version) in zip(chunk.offsets, payloads, items):
-            values = None
+        if is_json:
+            candidates = zip(chunk.offsets, chunk.payloads, chunk.payloads, itertools.repeat(None))
+        else:
+            candidates = ((offset, record, obj, version) for offset, record, (obj, version)
+                          in zip(chunk.offsets, chunk.records, self._avro_objects(chunk)))
+        for offset, payload, obj, version in candidates:
             try:
                 if is_json:
                     obj = loads(payload)
                     version = obj.get("schema_version", 1)
-                if type(version) is int:
-                    values = validators[version](obj)
+                values = validators[version](obj) if type(version) is int else None
             except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, SchemaViolation):
                 values = None
             if values is not None and accepts(values):
@@ -101,20 +101,6 @@ class EventParser:
             else:
                 columns.append(*result, offset)
         return columns, dead
-
-    def _accepts(self, values: tuple) -> bool:
-        """True if the schema-valid values pass every semantic rule (the fast path's check)."""
-        rules = self.rules
-        event_id, dataset, item_id, annotator_id, label, action, event_time, _, labels, score = values[:10]
-        if not (event_id and item_id and annotator_id and dataset == rules.dataset
-                and rules.min_event_time_ms <= event_time <= rules.max_event_time_ms):
-            return False
-        if action == "DELETE":
-            return label is None and not labels
-        if label is None and not labels and score is None:
-            return False
-        allowed = rules.labels
-        return allowed is None or ((label is None or label in allowed) and all(x in allowed for x in labels))
 
     @staticmethod
     def _avro_datum(chunk: RawChunk, obj: Any) -> bytes:
@@ -185,6 +171,25 @@ class EventParser:
                 if candidate not in rules.labels:
                     return dl.UNKNOWN_LABEL, f"label: {candidate!r} is not in the label set"
         return None
+
+
+def _semantic_check(rules: ValidationRules):
+    """A fast predicate: do schema-valid values pass every semantic rule? (parse_one says why not.)"""
+    dataset, low, high, allowed = rules.dataset, rules.min_event_time_ms, rules.max_event_time_ms, rules.labels
+
+    def accepts(values: tuple) -> bool:
+        if not (values[0] and values[2] and values[3] and values[1] == dataset and low <= values[6] <= high):
+            return False
+        label, labels = values[4], values[8]
+        if values[5] == "DELETE":
+            return label is None and not labels
+        if label is None:
+            if not labels and values[9] is None:
+                return False
+        elif allowed is not None and label not in allowed:
+            return False
+        return not labels or allowed is None or all(x in allowed for x in labels)
+    return accepts
 
 
 class _Unresolvable(NamedTuple):
