@@ -165,3 +165,16 @@ def test_dedup_and_lifecycle_in_beam_are_order_and_split_independent(tmp_path):
             assert_that(reasons, equal_to([("EVENT_ID_CONFLICT", "e4")] * 2), label="Conflicts")
             duplicates = unique[dl.COUNTS] | beam.Map(lambda c: c["duplicates"]) | beam.CombineGlobally(sum)
             assert_that(duplicates, equal_to([1]), label="Duplicates")
+
+
+def test_list_and_map_differences_are_found_among_many_repeated_ids():
+    events = []
+    for i in range(30):
+        metadata = {"k": str(i % 3)} if i % 2 else {}
+        events += [event(f"e{i}", labels=["cat"] * (i % 3), metadata=metadata, label=None if i % 3 else "cat")] * 2
+    events += [event("e1", labels=["cat", "dog"], metadata={"k": "1"}, label=None),  # other labels
+               event("e3", metadata={"k": "0", "x": "1"}),                          # extra map entry
+               event("e5", labels=["dog", "dog"], metadata={"k": "2"}, label=None)]  # same length, other values
+    result = deduplicate(event_table(events))
+    assert sorted(set(result.conflicts.column("event_id").to_pylist())) == ["e1", "e3", "e5"]
+    assert result.duplicates == 27

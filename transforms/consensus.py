@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms.factorize import factorize_sorted
 from labelbeam.transforms.majority_vote import VoteTally, majority_vote
 
@@ -59,7 +60,7 @@ class PerItemMethod(ConsensusMethod):
         """All votes of some items -> one CONSENSUS_SCHEMA row per item, sorted by item_id."""
 
     def expand_votes(self, votes):
-        return votes | "AggregatePerItem" >> beam.Map(self.aggregate)
+        return votes | "AggregatePerItem" >> beam.Map(self.aggregate).with_output_types(pa.Table)
 
 
 def tally_to_table(item_ids: pa.Array, label_names: pa.Array, tally: VoteTally, min_votes: int) -> pa.Table:

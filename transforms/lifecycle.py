@@ -45,12 +45,21 @@ def starts_of_runs(table: pa.Table, columns: list[str]) -> np.ndarray:
 
 def _differs_from_previous(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """differs[i-1]: row i's value is not row i-1's (nulls equal each other, map entries in any order)."""
+    n = len(column)
     if pa.types.is_list(column.type) or pa.types.is_map(column.type):
-        values = column.to_pylist()
-        if pa.types.is_map(column.type):
-            values = [sorted(v) for v in values]
-        return np.fromiter((a != b for a, b in zip(values[1:], values[:-1])), dtype=bool, count=len(values) - 1)
-    current, previous = column.slice(1), column.slice(0, len(column) - 1)
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        lengths = np.diff(array.offsets.to_numpy())  # offsets honour slicing; lists here are never null
+        differs = lengths[1:] != lengths[:-1]
+        # Only pairs of equal, non-zero length need their entries compared (most lists are empty).
+        pairs = np.flatnonzero(~differs & (lengths[1:] > 0))
+        if len(pairs):
+            current = column.take(pa.array(pairs + 1)).to_pylist()
+            previous = column.take(pa.array(pairs)).to_pylist()
+            if pa.types.is_map(column.type):
+                current, previous = [sorted(v) for v in current], [sorted(v) for v in previous]
+            differs[pairs] = np.fromiter((a != b for a, b in zip(current, previous)), dtype=bool, count=len(pairs))
+        return differs
+    current, previous = column.slice(1), column.slice(0, n - 1)
     both_null = pc.and_(pc.is_null(current), pc.is_null(previous))
     unequal = pc.fill_null(pc.not_equal(current, previous), True)
     return pc.and_not(unequal, both_null).to_numpy(zero_copy_only=False)

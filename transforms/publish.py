@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from labelbeam.schemas import registry
 from labelbeam.transforms import version_store
 from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
+from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms import dead_letters as dl
 
 COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items")
@@ -181,7 +182,7 @@ class PublishVersion(beam.PTransform):
         version_dir, rows_per_shard = self._version_dir, self._rows_per_shard
         labels = (inputs["labels"]
                   | "GatherLabels" >> beam.combiners.ToList()
-                  | "SortLabels" >> beam.Map(sorted_labels))
+                  | "SortLabels" >> beam.Map(sorted_labels).with_output_types(pa.Table))
         label_files = labels | "WriteLabels" >> beam.FlatMap(
             lambda table: write_label_shards(version_dir, table, rows_per_shard))
         rejected_files = (inputs["dead_letters"]

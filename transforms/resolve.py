@@ -3,15 +3,19 @@
 Events are shuffled once, by a stable hash bucket of item_id, so every event of an item meets in
 one place: deduplication and latest-wins both run there. Copies of one event_id can only land in
 different item buckets if their item_ids differ, which makes them a conflict; a light shuffle of
-the event ids alone finds those, and they reach the item buckets as a side input.
+(event id, item bucket) pairs finds those, and they reach the item buckets as a side input.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 
+from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms import dead_letters as dl
 from labelbeam.transforms.lifecycle import deduplicate, resolve_latest
 from labelbeam.transforms.record_batches import EVENT_SCHEMA, VOTE_SCHEMA, split_by_bucket
@@ -39,28 +43,29 @@ def conflict_dead_letters(conflicts: pa.Table) -> list[dl.DeadLetter]:
             for row in rows]
 
 
-def event_ids_by_bucket(item_bucket: int, events: pa.Table, num_buckets: int):
-    """(event_id bucket, (item bucket, distinct event ids)) for the light conflict shuffle."""
-    ids = events.select(["event_id", "event_id_hash"])
+def event_ids_by_bucket(events: pa.RecordBatch, num_buckets: int):
+    """(event_id bucket, (event ids, their item buckets)) for the light conflict shuffle."""
+    item_bucket = events.column("item_id_hash").to_numpy().astype(np.int64) % num_buckets
+    ids = pa.table({"event_id": events.column("event_id"), "event_id_hash": events.column("event_id_hash"),
+                    "item_bucket": item_bucket})
     for id_bucket, part in split_by_bucket(ids, "event_id_hash", num_buckets):
-        yield id_bucket, (item_bucket, pc.unique(part.column("event_id")))
+        yield id_bucket, (part.column("event_id").combine_chunks(), part.column("item_bucket").combine_chunks())
 
 
 def ids_in_several_item_buckets(id_bucket_and_parts) -> list[str]:
+    """Event ids seen in more than one item bucket: their copies differ in item_id, so they conflict."""
     _, parts = id_bucket_and_parts
     parts = list(parts)
-    seen = pa.table({
-        "event_id": pa.chunked_array([ids for _, ids in parts], pa.string()),
-        "item_bucket": pa.chunked_array([pa.array([bucket] * len(ids), pa.int64()) for bucket, ids in parts],
-                                        pa.int64()),
-    })
+    seen = pa.table({"event_id": pa.chunked_array([ids for ids, _ in parts], pa.string()),
+                     "item_bucket": pa.chunked_array([buckets for _, buckets in parts], pa.int64())})
     per_id = seen.group_by("event_id").aggregate([("item_bucket", "count_distinct")])
     return per_id.filter(pc.greater(per_id.column("item_bucket_count_distinct"), 1)).column("event_id").to_pylist()
 
 
 class DeduplicateFn(beam.DoFn):
-    def process(self, bucket_and_events, cross_item_conflicts):
-        _, events = bucket_and_events
+    def process(self, bucket_and_batches, cross_item_conflicts):
+        _, batches = bucket_and_batches
+        events = _bucket_table(list(batches), EVENT_SCHEMA)
         across = pc.is_in(events.column("event_id"), value_set=pa.array(cross_item_conflicts, pa.string()))
         result = deduplicate(events.filter(pc.invert(across)))
         conflicts = pa.concat_tables([result.conflicts, events.filter(across)])
@@ -87,19 +92,18 @@ class DeduplicateEvents(beam.PTransform):
 
     def expand(self, batches):
         num_buckets = self._num_buckets
-        by_item = (batches
-                   | "KeyByItem" >> beam.FlatMap(lambda b: split_by_bucket(b, "item_id_hash", num_buckets))
-                   | "GroupByItem" >> beam.GroupByKey()
-                   | "ConcatBuckets" >> beam.MapTuple(lambda bucket, parts: (bucket, _bucket_table(list(parts),
-                                                                                                  EVENT_SCHEMA))))
-        cross_item_conflicts = (by_item
-                                | "KeyEventIds" >> beam.FlatMapTuple(
-                                    lambda bucket, events: event_ids_by_bucket(bucket, events, num_buckets))
+        # Both keyings run in the parsing stage; only the light id shuffle must finish first.
+        cross_item_conflicts = (batches
+                                | "KeyEventIds" >> beam.FlatMap(event_ids_by_bucket, num_buckets).with_output_types(
+                                    Tuple[int, Tuple[pa.Array, pa.Array]])
                                 | "GroupByEventId" >> beam.GroupByKey()
                                 | "FindCrossItemConflicts" >> beam.FlatMap(ids_in_several_item_buckets))
-        return by_item | "Deduplicate" >> beam.ParDo(
-            DeduplicateFn(), cross_item_conflicts=pvalue.AsList(cross_item_conflicts)).with_outputs(
-            dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID)
+        return (batches
+                | "KeyByItem" >> beam.FlatMap(lambda b: split_by_bucket(b, "item_id_hash", num_buckets))
+                .with_output_types(Tuple[int, pa.RecordBatch])
+                | "GroupByItem" >> beam.GroupByKey()
+                | "Deduplicate" >> beam.ParDo(DeduplicateFn(), cross_item_conflicts=pvalue.AsList(cross_item_conflicts))
+                .with_output_types(pa.Table).with_outputs(dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID))
 
 
 class ResolveLifecycleFn(beam.DoFn):
@@ -119,4 +123,5 @@ class ResolveLifecycle(beam.PTransform):
     """
 
     def expand(self, events):
-        return events | "ResolveLatest" >> beam.ParDo(ResolveLifecycleFn()).with_outputs(dl.COUNTS, main=VOTES)
+        return events | "ResolveLatest" >> beam.ParDo(ResolveLifecycleFn()).with_output_types(pa.Table).with_outputs(
+            dl.COUNTS, main=VOTES)

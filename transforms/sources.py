@@ -18,6 +18,8 @@ import fastavro
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from labelbeam.transforms.arrow_coder import PickledCoder
+
 AVRO_MAGIC = b"Obj\x01"
 EVENT_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".avro", ".jsonl.gz", ".json.gz", ".ndjson.gz")
 DEFAULT_RANGE_BYTES = 64 << 20
@@ -202,6 +204,19 @@ def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[i
     return found
 
 
+class RawChunkCoder(PickledCoder):
+    """Estimates a chunk's size from its payload bytes (JSON) or record count (Avro), not by encoding."""
+
+    def estimate_size(self, value: RawChunk) -> int:
+        if value.payloads is not None:
+            return sum(map(len, value.payloads))
+        return 200 * len(value.offsets)
+
+
+beam.coders.registry.register_coder(RawChunk, RawChunkCoder)
+
+
+@beam.typehints.with_output_types(RawChunk)
 class ReadRangeFn(beam.DoFn):
     def __init__(self, chunk_events: int):
         super().__init__()

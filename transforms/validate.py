@@ -15,9 +15,11 @@ from typing import Any, Iterator, NamedTuple
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
 from apache_beam import pvalue
 
 from labelbeam.schemas import registry
+from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.schemas.validation import EventValidator, SchemaViolation
 from labelbeam.transforms import dead_letters as dl
 from labelbeam.transforms.record_batches import EventColumns
@@ -265,6 +267,7 @@ class ValidateEvents(beam.PTransform):
         self._rules = rules
 
     def expand(self, chunks):
-        parsed = chunks | "Parse" >> beam.ParDo(ParseEventsFn(self._rules)).with_outputs(
+        parsed = chunks | "Parse" >> beam.ParDo(ParseEventsFn(self._rules)).with_output_types(
+            pa.RecordBatch).with_outputs(
             dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID)
         return {dl.VALID: parsed[dl.VALID], dl.DEAD_LETTER: parsed[dl.DEAD_LETTER], dl.COUNTS: parsed[dl.COUNTS]}
