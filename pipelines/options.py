@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+DEFAULT_ROWS_PER_SHARD = 1_000_000
+
 
 
 class UserError(Exception):
@@ -26,7 +28,7 @@ class BuildConfig:
     method: str = "mv"
     weights_path: str | None = None
     min_votes: int = 1
-    rows_per_shard: int = 1_000_000
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     force: bool = False
     truth_path: str | None = None  # known true labels (the embedded sample's) for the summary
 
@@ -44,7 +46,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default 1)")
-    parser.add_argument("--rows-per-shard", type=int, default=1_000_000, help=argparse.SUPPRESS)
+    parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true",
                         help="publish a new version even if inputs, params and code are unchanged")
 

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from labelbeam.transforms.resolve import DEFAULT_BUCKETS
+from labelbeam.transforms.sources import DEFAULT_CHUNK_EVENTS, DEFAULT_RANGE_BYTES
+
 
 class LabelbeamTuningOptions(PipelineOptions):
     """Knobs that change speed, never the published bytes."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--num_buckets", type=int, default=16,
+        parser.add_argument("--num_buckets", type=int, default=DEFAULT_BUCKETS,
                             help="Shuffle buckets for deduplication and lifecycle (parallelism).")
-        parser.add_argument("--chunk_events", type=int, default=20_000,
+        parser.add_argument("--chunk_events", type=int, default=DEFAULT_CHUNK_EVENTS,
                             help="Events per parsed Arrow batch.")
-        parser.add_argument("--range_bytes", type=int, default=64 << 20,
+        parser.add_argument("--range_bytes", type=int, default=DEFAULT_RANGE_BYTES,
                             help="JSON Lines files larger than this are read in ranges by several workers.")

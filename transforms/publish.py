@@ -26,7 +26,6 @@ from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow
 from labelbeam.transforms import dead_letters as dl
 
 COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items")
-DEFAULT_ROWS_PER_SHARD = 1_000_000
 AVRO_CODEC = "deflate"
 
 
@@ -169,8 +168,7 @@ class PublishVersion(beam.PTransform):
     `vote_labels` are the labels the votes used (the manifest's label set when none was given).
     """
 
-    def __init__(self, version_dir: str, manifest_base: dict[str, Any],
-                 rows_per_shard: int = DEFAULT_ROWS_PER_SHARD):
+    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int):
         super().__init__()
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")

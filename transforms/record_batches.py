@@ -105,10 +105,6 @@ def _offsets_of(values: tuple) -> pa.Array:
     return pa.array(offsets)
 
 
-def empty_events() -> pa.Table:
-    return EVENT_SCHEMA.empty_table()
-
-
 def key_hash(key: str) -> int:
     """Bucketing hash of a key: the same in every process and Python version (unlike hash())."""
     return zlib.crc32(key.encode("utf-8"))
