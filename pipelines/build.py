@@ -59,24 +59,37 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
             | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard))
 
 
+def _read_csv_option(flag: str, path: str, parse):
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return parse(stream.read())
+    except OSError as err:
+        raise UserError(f"cannot read {flag} {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise UserError(f"{flag} {path}: {err}") from None
+
+
 def make_method(config: BuildConfig):
-    from labelbeam.transforms.consensus import METHODS, MajorityVote, WeightedMajorityVote, read_weights_csv
+    from labelbeam.transforms.consensus import (METHODS, DawidSkene, MajorityVote, WeightedMajorityVote,
+                                                read_gold_csv, read_weights_csv)
 
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r} is not one of {', '.join(sorted(METHODS))}")
+    if config.weights_path and config.method != "wmv":
+        raise UserError("--weights only applies to --method wmv")
+    if config.gold_path and config.method != "ds":
+        raise UserError("--gold only applies to --method ds")
     if config.method == "wmv":
         if not config.weights_path:
             raise UserError("--method wmv needs --weights CSV (annotator_id,weight rows)")
-        try:
-            with open(config.weights_path, encoding="utf-8") as stream:
-                weights = read_weights_csv(stream.read())
-            return WeightedMajorityVote(weights, min_votes=config.min_votes)
-        except OSError as err:
-            raise UserError(f"cannot read --weights {config.weights_path}: {err.strerror}") from None
-        except ValueError as err:
-            raise UserError(f"--weights {config.weights_path}: {err}") from None
-    if config.weights_path:
-        raise UserError("--weights only applies to --method wmv")
+        return WeightedMajorityVote(_read_csv_option("--weights", config.weights_path, read_weights_csv),
+                                    min_votes=config.min_votes)
+    if config.method == "ds":
+        gold = _read_csv_option("--gold", config.gold_path, read_gold_csv) if config.gold_path else {}
+        unknown = sorted({label for label in gold.values()} - set(config.labels)) if config.labels else []
+        if unknown:
+            raise UserError(f"--gold {config.gold_path}: labels {unknown} are not in --labels")
+        return DawidSkene(min_votes=config.min_votes, gold=gold)
     return MajorityVote(min_votes=config.min_votes)
 
 
@@ -190,8 +203,8 @@ def sample_config(args: argparse.Namespace) -> BuildConfig:
         inputs=(os.path.join(SAMPLE_DIR, "events"),), output=args.output or DEFAULT_OUTPUT,
         dataset=args.dataset or description["dataset"],
         labels=parse_labels(args.labels) or tuple(description["labels"]), method=args.method,
-        weights_path=args.weights, min_votes=args.min_votes, rows_per_shard=args.rows_per_shard,
-        force=args.force, truth_path=os.path.join(SAMPLE_DIR, "truth.csv"))
+        weights_path=args.weights, gold_path=args.gold, min_votes=args.min_votes,
+        rows_per_shard=args.rows_per_shard, force=args.force, truth_path=os.path.join(SAMPLE_DIR, "truth.csv"))
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -203,7 +216,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         raise UserError("--output ROOT is required with --input")
     return BuildConfig(inputs=tuple(args.input), output=args.output, dataset=args.dataset,
                        labels=parse_labels(args.labels), method=args.method, weights_path=args.weights,
-                       min_votes=args.min_votes, rows_per_shard=args.rows_per_shard, force=args.force)
+                       gold_path=args.gold, min_votes=args.min_votes, rows_per_shard=args.rows_per_shard,
+                       force=args.force)
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:

@@ -27,6 +27,7 @@ class BuildConfig:
     labels: tuple[str, ...] | None = None
     method: str = "mv"
     weights_path: str | None = None
+    gold_path: str | None = None
     min_votes: int = 1
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     force: bool = False
@@ -41,9 +42,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset to build (events of other datasets are rejected)")
     parser.add_argument("--labels", help="comma-separated label set; other labels are rejected "
                                          "(default: inferred from the votes and recorded)")
-    parser.add_argument("--method", default="mv", help="consensus method: mv (majority vote) or wmv "
-                                                       "(weighted, needs --weights)")
+    parser.add_argument("--method", default="mv", help="consensus method: mv (majority vote), wmv "
+                                                       "(weighted, needs --weights) or ds (Dawid-Skene)")
     parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
+    parser.add_argument("--gold", metavar="CSV", help="item_id,label rows of known answers; --method ds "
+                                                     "keeps these items at their label while fitting")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default 1)")
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)

@@ -188,6 +188,37 @@ def test_rows_per_shard_splits_parquet_and_avro_at_the_same_rows(sample, tmp_pat
     assert parquet_rows == outcome.manifest["counts"]["items"]
 
 
+def test_dawid_skene_build_is_more_accurate_than_majority_vote_on_the_sample(sample, first_build, tmp_path):
+    sample_dir, description = sample
+    config, majority = first_build
+    outcome = run_build(config_for(sample_dir, description, tmp_path, method="ds"), BEAM_ARGS)
+    assert outcome.manifest["params"]["method"] == "ds"
+    assert outcome.manifest["counts"] == majority.manifest["counts"]
+    ds_accuracy, _ = accuracy_against(config.truth_path, outcome)
+    mv_accuracy, _ = accuracy_against(config.truth_path, majority)
+    assert ds_accuracy > mv_accuracy
+    table = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
+    assert all(0 < c <= 1 for c in table.column("confidence").to_pylist())
+
+
+def test_dawid_skene_keeps_gold_items_at_their_gold_label(sample, tmp_path):
+    sample_dir, description = sample
+    truth = list(csv.DictReader(open(sample_dir / "truth.csv")))[:30]
+    # Gold that contradicts the truth must still win: it is what the user says is right.
+    labels = description["labels"]
+    gold = {row["item_id"]: labels[(labels.index(row["label"]) + 1) % len(labels)] for row in truth}
+    gold_path = tmp_path / "gold.csv"
+    gold_path.write_text("item_id,label\n" + "".join(f"{item},{label}\n" for item, label in gold.items()))
+    outcome = run_build(config_for(sample_dir, description, tmp_path / "out", method="ds", gold_path=str(gold_path)),
+                        BEAM_ARGS)
+    rows = {r["item_id"]: r for r in pq.read_table(
+        os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet")).to_pylist()}
+    for item, label in gold.items():
+        if item in rows:
+            assert (rows[item]["label"], rows[item]["confidence"]) == (label, 1.0)
+    assert outcome.manifest["params"]["gold_items"] == len(gold)
+
+
 # The CLI, as a user runs it
 
 def labelbeam(*args, cwd=None):
@@ -218,6 +249,8 @@ def test_cli_build_versions_and_show(sample, tmp_path):
     (["build", "--method", "wmv"], "needs --weights"),
     (["build", "--min-votes", "0"], "--min-votes"),
     (["build", "--labels", " , "], "--labels"),
+    (["build", "--gold", "g.csv"], "--gold only applies to --method ds"),
+    (["build", "--method", "ds", "--gold", "/nonexistent/gold.csv"], "cannot read --gold"),
     (["show", "/nonexistent-root", "--dataset", "d"], "no published versions"),
 ])
 def test_cli_user_errors_exit_2_with_one_line_and_no_traceback(args, message, tmp_path):

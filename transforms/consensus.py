@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import abc
 import csv
+import hashlib
 import io
+import json
 import math
 from typing import ClassVar
 
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms.dawid_skene import Answers, dawid_skene
 from labelbeam.transforms.factorize import factorize_sorted
 from labelbeam.transforms.majority_vote import VoteTally, majority_vote
 
@@ -133,7 +136,73 @@ def read_weights_csv(text: str) -> dict[str, float]:
     return weights
 
 
-METHODS: dict[str, type[ConsensusMethod]] = {m.name: m for m in (MajorityVote, WeightedMajorityVote)}
+class DawidSkene(ConsensusMethod):
+    """Dawid-Skene EM (per-annotator confusion matrices); confidence is the posterior of the label.
+
+    This is the in-process path: all votes are gathered on one worker and fitted there, which
+    suits datasets that fit in one machine's memory. Gold items (item_id -> label) are clamped.
+    """
+    name = "ds"
+
+    def __init__(self, min_votes: int = 1, gold: dict[str, str] | None = None, max_iter: int = 100,
+                 tol: float = 1e-5, smoothing: float = 0.01):
+        super().__init__(min_votes)
+        self.gold = dict(sorted((gold or {}).items()))
+        self.max_iter, self.tol, self.smoothing = max_iter, tol, smoothing
+
+    def params(self) -> dict:
+        return {**super().params(), "max_iter": self.max_iter, "tol": self.tol, "smoothing": self.smoothing,
+                "gold_items": len(self.gold),
+                "gold_sha256": hashlib.sha256(json.dumps(self.gold).encode()).hexdigest() if self.gold else None}
+
+    def expand_votes(self, votes):
+        return (votes
+                | "GatherVotes" >> beam.combiners.ToList()
+                | "FitDawidSkene" >> beam.Map(self.fit).with_output_types(pa.Table))
+
+    def fit(self, tables: list[pa.Table]) -> pa.Table:
+        votes = pa.concat_tables(tables) if tables else None
+        if votes is None or votes.num_rows == 0:
+            return CONSENSUS_SCHEMA.empty_table()
+        item_idx, item_ids = factorize_sorted(votes.column("item_id"))
+        labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
+        votes_with_label = votes.filter(pa.array(labeled))
+        label_values = pa.chunked_array([votes_with_label.column("label"), pa.array(sorted(set(self.gold.values())),
+                                                                                   pa.string())])
+        label_idx_all, label_names = factorize_sorted(label_values)
+        label_idx = label_idx_all[:votes_with_label.num_rows]
+        worker_idx, worker_ids = factorize_sorted(votes_with_label.column("annotator_id"))
+        answers = Answers(item_idx[labeled], worker_idx, label_idx, len(item_ids), len(worker_ids), len(label_names))
+        label_position = {name: i for i, name in enumerate(label_names.to_pylist())}
+        item_position = {name: i for i, name in enumerate(item_ids.to_pylist())}
+        gold = np.full(len(item_ids), -1)
+        for item, label in self.gold.items():
+            if item in item_position:
+                gold[item_position[item]] = label_position[label]
+        fit = dawid_skene(answers, self.max_iter, self.tol, self.smoothing, gold if self.gold else None)
+        tally = majority_vote(answers.item, answers.label, answers.n_items, answers.n_labels)
+        has_votes = tally.num_votes > 0
+        top_two = np.sort(fit.posteriors, axis=1)[:, -2:] if answers.n_labels > 1 else None
+        is_tie = (top_two[:, 0] == top_two[:, 1]) if top_two is not None else np.zeros(len(item_ids), bool)
+        posterior_tally = VoteTally(np.where(has_votes, fit.posteriors.argmax(axis=1), -1),
+                                    np.where(has_votes, fit.posteriors.max(axis=1), 0.0),
+                                    tally.num_votes, tally.agreement, is_tie & has_votes)
+        return tally_to_table(item_ids, label_names, posterior_tally, self.min_votes)
+
+
+def read_gold_csv(text: str) -> dict[str, str]:
+    """item_id,label rows (header optional) -> {item_id: label}."""
+    gold = {}
+    for line_number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or (line_number == 1 and row[:2] in (["item_id", "label"], ["task", "label"])):
+            continue
+        if len(row) != 2 or not row[0]:
+            raise ValueError(f"gold line {line_number}: expected item_id,label, got {row}")
+        gold[row[0]] = row[1]
+    return gold
+
+
+METHODS: dict[str, type[ConsensusMethod]] = {m.name: m for m in (MajorityVote, WeightedMajorityVote, DawidSkene)}
 
 
 class ComputeConsensus(beam.PTransform):

@@ -1,0 +1,117 @@
+"""Dawid-Skene truth inference: pure numpy EM over sparse answers. No Beam here.
+
+Model: each item has a true class k with prior pi_k; annotator w answers l with probability
+theta[w, k, l]. EM alternates the E-step (posterior over each item's class) and the M-step
+(priors and confusion matrices from expected counts), in log space.
+
+Choices (documented contracts, not tuned to any dataset):
+- Initialisation from soft majority vote (each item's vote shares), so EM starts from the answer a
+  plain vote gives and only moves where the annotators' estimated skills say so.
+- Dirichlet smoothing: `smoothing` pseudo-answers are added to every confusion cell and prior, so
+  an annotator seen once does not get a confusion row of exact zeros and ones.
+- Convergence on parameters, not likelihood: stop when the largest change of any prior or
+  confusion probability is below `tol`, or after `max_iter` iterations.
+- Gold items keep a one-hot posterior on their known class at every E-step (clamping), so they
+  anchor the annotators' confusion matrices.
+- Ties in the final posterior take the smallest class index, as majority vote does.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Answers(NamedTuple):
+    """Sparse answers: answer j says annotator worker[j] gave item[j] the class label[j]."""
+    item: np.ndarray
+    worker: np.ndarray
+    label: np.ndarray
+    n_items: int
+    n_workers: int
+    n_labels: int
+
+
+class DawidSkeneResult(NamedTuple):
+    posteriors: np.ndarray    # [n_items, n_labels], rows sum to 1
+    priors: np.ndarray        # [n_labels]
+    confusions: np.ndarray    # [n_workers, n_labels (true), n_labels (answered)], rows sum to 1
+    iterations: int
+    converged: bool
+    log_likelihood: float     # of the observed answers under the final parameters
+
+
+def _per_item_sum(answers: Answers, values: np.ndarray) -> np.ndarray:
+    """[n_items, K] sums of per-answer rows `values` [n_answers, K] over each item's answers."""
+    n_labels = values.shape[1]
+    flat = answers.item[:, None] * n_labels + np.arange(n_labels)[None, :]
+    return np.bincount(flat.ravel(), weights=values.ravel(), minlength=answers.n_items * n_labels) \
+        .reshape(answers.n_items, n_labels)
+
+
+def vote_shares(answers: Answers) -> np.ndarray:
+    """Soft majority vote: each item's share of answers per class; uniform for items without answers."""
+    counts = np.zeros((answers.n_items, answers.n_labels))
+    np.add.at(counts, (answers.item, answers.label), 1.0)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.where(totals > 0, counts / np.maximum(totals, 1), 1.0 / answers.n_labels)
+
+
+def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log priors, log confusions) maximising the expected complete likelihood, with Dirichlet smoothing."""
+    n_labels = answers.n_labels
+    # expected[w, k, l] = sum over answers (w, l) of P(item's class = k)
+    cell = answers.worker * n_labels + answers.label
+    by_cell = np.stack([np.bincount(cell, weights=posteriors[answers.item, k],
+                                    minlength=answers.n_workers * n_labels) for k in range(n_labels)], axis=1)
+    expected = by_cell.reshape(answers.n_workers, n_labels, n_labels).transpose(0, 2, 1)  # [w, l, k] -> [w, k, l]
+    confusions = expected + smoothing
+    confusions /= confusions.sum(axis=2, keepdims=True)
+    priors = posteriors.sum(axis=0) + smoothing
+    priors /= priors.sum()
+    with np.errstate(divide="ignore"):  # without smoothing, an unseen cell has probability 0
+        return np.log(priors), np.log(confusions)
+
+
+def e_step(answers: Answers, log_priors: np.ndarray, log_confusions: np.ndarray,
+           gold: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """(posteriors [n_items, K], log-likelihood of the answers). gold[i] >= 0 clamps item i to that class."""
+    contributions = log_confusions[answers.worker, :, answers.label]   # [n_answers, K]
+    log_joint = log_priors[None, :] + _per_item_sum(answers, contributions)
+    top = log_joint.max(axis=1, keepdims=True)
+    log_evidence = top + np.log(np.exp(log_joint - top).sum(axis=1, keepdims=True))
+    posteriors = np.exp(log_joint - log_evidence)
+    if gold is not None:
+        clamped = gold >= 0
+        posteriors[clamped] = 0.0
+        posteriors[clamped, gold[clamped]] = 1.0
+    return posteriors, float(log_evidence.sum())
+
+
+def dawid_skene(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: float = 0.01,
+                gold: np.ndarray | None = None) -> DawidSkeneResult:
+    """Fit Dawid-Skene by EM; see the module docstring for initialisation, smoothing and stopping."""
+    if answers.n_labels < 1:
+        raise ValueError("Dawid-Skene needs at least one class")
+    if smoothing < 0:
+        raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+    posteriors = vote_shares(answers)
+    if gold is not None:
+        clamped = gold >= 0
+        posteriors[clamped] = 0.0
+        posteriors[clamped, gold[clamped]] = 1.0
+    log_priors, log_confusions = m_step(answers, posteriors, smoothing)
+    converged = False
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        posteriors, _ = e_step(answers, log_priors, log_confusions, gold)
+        new_log_priors, new_log_confusions = m_step(answers, posteriors, smoothing)
+        change = max(np.abs(np.exp(new_log_confusions) - np.exp(log_confusions)).max(initial=0.0),
+                     np.abs(np.exp(new_log_priors) - np.exp(log_priors)).max(initial=0.0))
+        log_priors, log_confusions = new_log_priors, new_log_confusions
+        if change < tol:
+            converged = True
+            break
+    posteriors, log_likelihood = e_step(answers, log_priors, log_confusions, gold)
+    return DawidSkeneResult(posteriors, np.exp(log_priors), np.exp(log_confusions), iterations, converged,
+                            log_likelihood)
