@@ -66,12 +66,26 @@ def _check_string(value, path):
     return value
 
 
-def _check_number(value, path):
-    if type(value) is float:
+# Largest finite magnitudes. NaN and infinities are rejected: NaN != NaN would make identical
+# retries look like conflicting copies, and a float beyond float32 would silently become inf.
+_FLOAT_MAX = {"float": 3.4028234663852886e38, "double": 1.7976931348623157e308}
+
+
+def _number_checker(kind: str) -> Checker:
+    limit = _FLOAT_MAX[kind]
+
+    def check(value, path):
+        if type(value) is int:
+            try:
+                value = float(value)
+            except OverflowError:
+                raise SchemaViolation(SCHEMA_MISMATCH, path, f"integer too large for {kind}") from None
+        elif type(value) is not float:
+            raise _mismatch(path, "number", value)
+        if not -limit <= value <= limit:
+            raise SchemaViolation(SCHEMA_MISMATCH, path, f"{value!r} is not a finite {kind}")
         return value
-    if type(value) is int:
-        return float(value)
-    raise _mismatch(path, "number", value)
+    return check
 
 
 def _check_boolean(value, path):
@@ -107,7 +121,7 @@ def compile_checker(schema: Any) -> Checker:
     if kind == "long":
         return _integer_checker(_INT64, "long", logical in ("timestamp-millis", "timestamp-micros"))
     if kind in ("float", "double"):
-        return _check_number
+        return _number_checker(kind)
     if kind == "boolean":
         return _check_boolean
     if kind == "null":
@@ -246,7 +260,8 @@ def _fast_test(schema: Any, var: str) -> str:
         low, high = _INT32 if kind == "int" else _INT64
         return f"type({var}) is int and {low} <= {var} <= {high}"
     if kind in ("float", "double"):
-        return f"type({var}) is float"
+        limit = _FLOAT_MAX[kind]
+        return f"type({var}) is float and {-limit!r} <= {var} <= {limit!r}"
     if kind == "enum":
         return f"type({var}) is str and {var} in {frozenset(schema['symbols'])!r}"
     if kind == "array" and schema["items"] == "string":

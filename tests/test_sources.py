@@ -77,9 +77,22 @@ def test_avro_files_are_recognised_by_their_magic_and_read_as_records(tmp_path):
     [chunk] = read_avro_records(ByteRange(str(path), "avro", 0, -1))
     assert chunk.offsets == [0, 1]
     assert [r["event_id"] for r in chunk.records] == ["e1", "e2"]
+    assert chunk.records[1]["event_time"] == event("e2")["event_time"]  # wire millis, not a datetime
     [(index, datum)] = fetch_raw_events(str(path), "avro", [1]).items()
     decoded = fastavro.schemaless_reader(io.BytesIO(datum), fastavro.parse_schema(chunk.writer_schema))
-    assert (index, decoded) == (1, chunk.records[1])
+    assert index == 1 and datum == chunk.payloads[1]
+    assert int(decoded.pop("event_time").timestamp() * 1000) == chunk.records[1]["event_time"]
+    assert decoded == {k: v for k, v in chunk.records[1].items() if k != "event_time"}
+
+
+def test_avro_timestamp_beyond_datetime_range_is_read_not_fatal(tmp_path):
+    path = tmp_path / "events.avro"
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, registry.load_schema_json(registry.event_schema_file(1)),
+                    [{**event("e1"), "event_time": 2**62}])
+    path.write_bytes(buffer.getvalue())
+    [chunk] = read_avro_records(ByteRange(str(path), "avro", 0, -1))
+    assert chunk.records[0]["event_time"] == 2**62
 
 
 def test_fetch_raw_events_rereads_json_lines_by_offset(tmp_path):

@@ -13,7 +13,7 @@ from event_builders import DROP, PETS_EVENT_TIME_MS, v1_event
 
 from labelbeam.schemas import registry
 from labelbeam.transforms import dead_letters as dl
-from labelbeam.transforms.sources import RawChunk
+from labelbeam.transforms.sources import ByteRange, RawChunk, read_avro_records
 from labelbeam.transforms.validate import EventParser, Rejected, ValidateEvents, ValidationRules
 
 NOW_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z, the build's clock
@@ -610,3 +610,29 @@ def test_validate_events_counts_conserve_read_equals_valid_plus_invalid():
             lambda c: [("read", c["read"]), ("invalid", c["invalid"])])
         totals = (valid, dead, counts) | beam.Flatten() | beam.CombinePerKey(sum)
         assert_that(totals, check_conservation)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("score", float("nan")), ("score", float("inf")), ("confidence", 1e39), ("confidence", float("-inf")),
+    ("score", 10**400),
+])
+def test_non_finite_or_out_of_range_numbers_are_schema_mismatch(field, value):
+    # NaN != NaN would turn identical retries into conflicts; 1e39 would silently become float32 inf.
+    # Passed as a decoded record: JSON cannot carry NaN or infinities, Avro can.
+    result = EventParser(RULES).parse_one(b"", event_v2(**{field: value}), 2, "avro")
+    assert isinstance(result, Rejected)
+    assert result.reason == dl.SCHEMA_MISMATCH
+    assert result.detail.startswith(field)
+
+
+def test_avro_retries_with_a_nan_score_are_rejected_not_conflicting(tmp_path):
+    schema = registry.load_schema_json(registry.event_schema_file(2))
+    record = {**{k: v for k, v in event_v2().items() if k != "schema_version"}, "score": float("nan")}
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, schema, [record, record])
+    path = tmp_path / "nan.avro"
+    path.write_bytes(buffer.getvalue())
+    [chunk] = read_avro_records(ByteRange(str(path), "avro", 0, -1))
+    columns, dead = EventParser(RULES).parse_chunk(chunk)
+    assert len(columns) == 0
+    assert [(d.reason, d.offset) for d in dead] == [(dl.SCHEMA_MISMATCH, 0), (dl.SCHEMA_MISMATCH, 1)]

@@ -6,7 +6,6 @@ the range its first byte falls in. Avro container files and compressed files are
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import io
 import itertools
@@ -49,14 +48,11 @@ class ByteRange(NamedTuple):
 
 
 class RawChunk(NamedTuple):
-    """Consecutive raw events of one source: JSON lines (payloads), or decoded Avro records.
-
-    Avro records carry no payload bytes: the datum is re-encoded only for a dead letter.
-    """
+    """Consecutive raw events of one source: JSON lines, or Avro records with their raw datums."""
     source: str
     raw_format: str
     offsets: list[int]
-    payloads: list[bytes] | None
+    payloads: list[bytes]
     records: list[dict] | None = None
     writer_schema: dict | None = None
 
@@ -156,33 +152,46 @@ def read_json_lines(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVE
         yield RawChunk(path, "json", [offset for offset, _ in part], [line for _, line in part])
 
 
+def _without_logical_types(schema):
+    """The schema with every logicalType annotation removed, so values decode as their base type.
+
+    Timestamps then stay the wire's integers: a value outside Python's datetime range becomes a
+    BAD_TIMESTAMP dead letter instead of an OverflowError that fails the whole file.
+    """
+    if isinstance(schema, dict):
+        return {key: _without_logical_types(value) for key, value in schema.items() if key != "logicalType"}
+    if isinstance(schema, list):
+        return [_without_logical_types(branch) for branch in schema]
+    return schema
+
+
 def read_avro_records(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[RawChunk]:
-    """Records of an Avro container file under their writer schema; offset is the record index."""
+    """Records of an Avro container file under their writer schema; offset is the record index.
+
+    Each record's payload is its raw datum: its bytes in the decompressed block.
+    """
     path = byte_range.path
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-        reader = fastavro.reader(stream)
-        writer_schema = reader.writer_schema
-        offsets, records = [], []
-        for index, record in enumerate(reader):
-            offsets.append(index)
-            records.append(record)
-            if len(records) >= chunk_events:
-                yield RawChunk(path, "avro", offsets, None, records, writer_schema)
-                offsets, records = [], []
+        blocks = fastavro.block_reader(stream)
+        writer_schema = blocks.writer_schema
+        plain_schema = fastavro.parse_schema(_without_logical_types(writer_schema))
+        offsets, payloads, records = [], [], []
+        index = 0
+        for block in blocks:
+            data = block.bytes_
+            start = data.tell()
+            block_bytes = data.getvalue()
+            for _ in range(block.num_records):
+                records.append(fastavro.schemaless_reader(data, plain_schema, None))
+                end = data.tell()
+                payloads.append(block_bytes[start:end])
+                offsets.append(index)
+                start, index = end, index + 1
+                if len(records) >= chunk_events:
+                    yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
+                    offsets, payloads, records = [], [], []
         if records:
-            yield RawChunk(path, "avro", offsets, None, records, writer_schema)
-
-
-@functools.lru_cache(maxsize=16)
-def _parsed_writer_schema(schema_json: str) -> dict:
-    return fastavro.parse_schema(json.loads(schema_json))
-
-
-def avro_datum(writer_schema: dict, record: dict) -> bytes:
-    """The record's Avro binary encoding under its writer schema: the raw bytes of an Avro event."""
-    datum = io.BytesIO()
-    fastavro.schemaless_writer(datum, _parsed_writer_schema(json.dumps(writer_schema, sort_keys=True)), record)
-    return datum.getvalue()
+            yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
 
 
 def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[int, bytes]:
@@ -194,8 +203,7 @@ def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[i
     found: dict[int, bytes] = {}
     if raw_format == "avro":
         for chunk in read_avro_records(ByteRange(source, raw_format, 0, -1)):
-            found.update((o, avro_datum(chunk.writer_schema, r)) for o, r in zip(chunk.offsets, chunk.records)
-                         if o in wanted)
+            found.update((o, p) for o, p in zip(chunk.offsets, chunk.payloads) if o in wanted)
         return found
     with FileSystems.open(source) as stream:
         for offset in sorted(wanted):
@@ -205,12 +213,10 @@ def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[i
 
 
 class RawChunkCoder(PickledCoder):
-    """Estimates a chunk's size from its payload bytes (JSON) or record count (Avro), not by encoding."""
+    """Estimates a chunk's size from its payload bytes, not by encoding it."""
 
     def estimate_size(self, value: RawChunk) -> int:
-        if value.payloads is not None:
-            return sum(map(len, value.payloads))
-        return 200 * len(value.offsets)
+        return sum(map(len, value.payloads))
 
 
 beam.coders.registry.register_coder(RawChunk, RawChunkCoder)

@@ -23,7 +23,7 @@ from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow
 from labelbeam.schemas.validation import EventValidator, SchemaViolation
 from labelbeam.transforms import dead_letters as dl
 from labelbeam.transforms.record_batches import EventColumns
-from labelbeam.transforms.sources import RawChunk, avro_datum
+from labelbeam.transforms.sources import RawChunk
 
 # Events older than this are clock bugs, not annotations.
 MIN_EVENT_TIME_MS = int(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -77,8 +77,8 @@ class EventParser:
         if is_json:
             candidates = zip(chunk.offsets, chunk.payloads, chunk.payloads, itertools.repeat(None))
         else:
-            candidates = ((offset, record, obj, version) for offset, record, (obj, version)
-                          in zip(chunk.offsets, chunk.records, self._avro_objects(chunk)))
+            candidates = ((offset, payload, obj, version) for offset, payload, (obj, version)
+                          in zip(chunk.offsets, chunk.payloads, self._avro_objects(chunk)))
         for offset, payload, obj, version in candidates:
             try:
                 if is_json:
@@ -96,18 +96,12 @@ class EventParser:
                 continue
             result = self.parse_one(payload, obj, version, chunk.raw_format)
             if isinstance(result, Rejected):
-                raw = payload if is_json else self._avro_datum(chunk, obj)
-                dead.append(dl.DeadLetter(result.reason, result.detail, raw, chunk.raw_format,
+                dead.append(dl.DeadLetter(result.reason, result.detail, payload, chunk.raw_format,
                                           result.schema_version, chunk.source, offset,
                                           _event_id_of(obj, payload, chunk.raw_format)))
             else:
                 columns.append(*result, offset)
         return columns, dead
-
-    @staticmethod
-    def _avro_datum(chunk: RawChunk, obj: Any) -> bytes:
-        record = obj.record if isinstance(obj, _Unresolvable) else obj
-        return avro_datum(chunk.writer_schema, record)
 
     def _avro_objects(self, chunk: RawChunk) -> Iterator[tuple[Any, int | None]]:
         version = registry.event_version_of(chunk.writer_schema)
