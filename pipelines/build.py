@@ -147,11 +147,14 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
         "labels_source": "given" if config.labels else "inferred",
     }
     options = pipeline_options(beam_args)
+    tuning = options.view_as(LabelbeamTuningOptions)
+    for flag in ("num_buckets", "chunk_events", "range_bytes"):
+        if getattr(tuning, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(tuning, flag)}")
     rules = ValidationRules.at(dataset, int(now.timestamp() * 1000),
                                frozenset(config.labels) if config.labels else None)
     with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, files, rules, method, version_dir, manifest_base,
-                       options.view_as(LabelbeamTuningOptions), config.rows_per_shard)
+        build_pipeline(pipeline, files, rules, method, version_dir, manifest_base, tuning, config.rows_per_shard)
     manifest = version_store.read_manifest(root, dataset, version)
     if manifest is None:
         raise RuntimeError(f"the pipeline finished but wrote no manifest for version {version}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import glob
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import fastavro
 import numpy as np
 import orjson
 
+from labelbeam.pipelines.options import UserError
 from labelbeam.schemas import registry
 
 SAMPLE_DATASET = "sample"
@@ -193,8 +195,10 @@ def write_sample(output_dir: str, n_events: int, seed: int) -> dict[str, Any]:
     sample = generate_events(n_events, seed)
     events_dir = os.path.join(output_dir, "events")
     os.makedirs(events_dir, exist_ok=True)
-    for stale in os.listdir(events_dir):
-        os.remove(os.path.join(events_dir, stale))
+    # Remove what an earlier, larger sample wrote here (more JSON files), and nothing else.
+    for stale in glob.glob(os.path.join(events_dir, "events-*.jsonl")) + \
+            glob.glob(os.path.join(events_dir, "events-v2.avro")):
+        os.remove(stale)
     n_json_files = max(1, min(8, n_events // 100_000 + 2))
     json_files = [io.BytesIO() for _ in range(n_json_files)]
     avro_records: list[dict] = []
@@ -233,7 +237,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     if args.events < 1:
-        raise ValueError(f"--events must be positive, got {args.events}")
+        raise UserError(f"--events must be positive, got {args.events}")
     description = write_sample(args.output, args.events, args.seed)
     expected = description["expected"]
     print(f"wrote {expected['read']} events ({expected['invalid']} invalid, {expected['duplicates']} duplicates) "

@@ -14,7 +14,6 @@ import dataclasses
 DEFAULT_ROWS_PER_SHARD = 1_000_000
 
 
-
 class UserError(Exception):
     """Bad arguments or inputs: reported as one line, exit code 2, no traceback."""
 

@@ -123,8 +123,7 @@ def resolution_problems(reader: Any, writer: Any, path: str = "") -> list[str]:
 
 
 def _strip_logical(schema: Any) -> Any:
-    if isinstance(schema, dict) and "logicalType" in schema and schema["type"] in _PRIMITIVE_PROMOTIONS:
-        return schema["type"]
+    """{"type": "long", "logicalType": ...} and {"type": "long"} both resolve as "long"."""
     if isinstance(schema, dict) and schema.get("type") in _PRIMITIVE_PROMOTIONS:
         return schema["type"]
     return schema

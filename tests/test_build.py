@@ -250,6 +250,8 @@ def test_cli_build_versions_and_show(sample, tmp_path):
     (["build", "--min-votes", "0"], "--min-votes"),
     (["build", "--labels", " , "], "--labels"),
     (["build", "--gold", "g.csv"], "--gold only applies to --method ds"),
+    (["build", "--chunk_events=0"], "--chunk_events"),
+    (["generate", "--output", "o", "--events", "0"], "--events"),
     (["build", "--method", "ds", "--gold", "/nonexistent/gold.csv"], "cannot read --gold"),
     (["show", "/nonexistent-root", "--dataset", "d"], "no published versions"),
 ])

@@ -59,6 +59,13 @@ def test_glob_and_file_inputs_are_merged_without_repeats(tmp_path):
     assert [f.path for f in match_inputs([a, str(tmp_path / "*.jsonl")])] == [a, str(tmp_path / "b.jsonl")]
 
 
+def test_one_file_spelled_several_ways_is_read_once(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "a.jsonl", [event("e1")])
+    monkeypatch.chdir(tmp_path)
+    found = match_inputs(["a.jsonl", "./a.jsonl", str(tmp_path / "a.jsonl"), "*.jsonl", "."])
+    assert [f.path for f in found] == [str(tmp_path / "a.jsonl")]
+
+
 def test_missing_input_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no file matches"):
         match_inputs([str(tmp_path / "nope-*.jsonl")])

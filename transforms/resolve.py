@@ -25,9 +25,8 @@ VOTES = "votes"
 DEFAULT_BUCKETS = 16
 
 
-def _bucket_table(rows: list, schema: pa.Schema) -> pa.Table:
-    tables = [pa.Table.from_batches([r]) if isinstance(r, pa.RecordBatch) else r for r in rows]
-    return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
+def _bucket_table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches(batches, schema=schema).combine_chunks()
 
 
 def conflict_dead_letters(conflicts: pa.Table) -> list[dl.DeadLetter]:

@@ -10,6 +10,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 from typing import Iterator, NamedTuple
 
 import apache_beam as beam
@@ -63,7 +64,6 @@ class RawChunk(NamedTuple):
 def _is_dir(pattern: str) -> bool:
     if "://" in pattern:
         return pattern.endswith("/")
-    import os
     return os.path.isdir(pattern)
 
 
@@ -73,7 +73,7 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
     Sorted by path and de-duplicated. Raises InputError for a pattern that matches no file.
     """
     paths: dict[str, int] = {}
-    for pattern in patterns:
+    for pattern in map(_canonical, patterns):
         if _is_dir(pattern):
             glob = FileSystems.join(pattern, "**")
             found = [m for m in _match(glob) if m.path.endswith(EVENT_FILE_SUFFIXES)]
@@ -84,8 +84,13 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
             if not found:
                 raise InputError(f"no file matches {pattern}")
         for metadata in found:
-            paths[metadata.path] = metadata.size_in_bytes
+            paths[_canonical(metadata.path)] = metadata.size_in_bytes
     return [_describe(path, size) for path, size in sorted(paths.items())]
+
+
+def _canonical(path: str) -> str:
+    """One spelling per file or pattern: ./a.jsonl, a.jsonl and /abs/a.jsonl must not be read three times."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _match(pattern: str):
@@ -241,6 +246,8 @@ class ReadEvents(beam.PTransform):
         super().__init__()
         if not files:
             raise ValueError("ReadEvents needs at least one input file")
+        if range_bytes < 1 or chunk_events < 1:
+            raise ValueError(f"range_bytes and chunk_events must be positive, got {range_bytes} and {chunk_events}")
         self._ranges = plan_ranges(files, range_bytes)
         self._chunk_events = chunk_events
 

@@ -1,4 +1,4 @@
-"""Parse + validate raw events: RawChunks -> {VALID: RecordBatch, DEAD_LETTER: DeadLetter, COUNTS}.
+"""Parse + validate raw events: RawChunks -> {VALID: RecordBatch, DEAD_LETTER: RecordBatch, COUNTS}.
 
 Every raw event ends up in exactly one of VALID or DEAD_LETTER; COUNTS carries how many were read,
 so conservation is checked against an independent count.
@@ -40,6 +40,10 @@ class ValidationRules:
     max_event_time_ms: int
     labels: frozenset[str] | None = None  # None: any label (the set is inferred and recorded)
     min_event_time_ms: int = MIN_EVENT_TIME_MS
+
+    def __post_init__(self):
+        if not self.dataset:
+            raise ValueError("ValidationRules needs a non-empty dataset name")
 
     @classmethod
     def at(cls, dataset: str, now_ms: int, labels: frozenset[str] | None = None) -> "ValidationRules":
@@ -235,8 +239,9 @@ class ParseEventsFn(beam.DoFn):
 
     def setup(self):
         self._parser = EventParser(self._rules)
+        # Runner-visible progress; the manifest's counts come from the COUNTS output, not these.
         self._read = beam.metrics.Metrics.counter("labelbeam", "read")
-        self._invalid = beam.metrics.Metrics.counter("labelbeam", "invalid")
+        self._rejected = beam.metrics.Metrics.counter("labelbeam", "rejected_while_parsing")
 
     def process(self, chunk: RawChunk):
         with gc_paused():
@@ -244,7 +249,7 @@ class ParseEventsFn(beam.DoFn):
             batch = columns.to_record_batch() if len(columns) else None
             del columns  # free the parsed rows before the collector runs again
         self._read.inc(len(chunk))
-        self._invalid.inc(len(dead))
+        self._rejected.inc(len(dead))
         yield pvalue.TaggedOutput(dl.COUNTS, {"read": len(chunk), "invalid": len(dead)})
         if dead:
             yield pvalue.TaggedOutput(dl.DEAD_LETTER, dl.to_record_batch(dead))
