@@ -39,20 +39,20 @@ class MaceResult(NamedTuple):
     log_likelihood: float            # of the observed answers under the final parameters
 
 
-def answer_probabilities(answers: Answers, competence: np.ndarray,
-                         spam_distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P(answer | its label is the true class), P(answer | it is not)) per answer."""
-    knows = competence[answers.worker]
-    if_other = (1.0 - knows) * spam_distribution[answers.worker, answers.label]
-    return knows + if_other, if_other
+def answer_probabilities(competence: np.ndarray, spam_distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n_workers, K] tables: P(annotator answers l | true class is l), P(annotator answers l | it is not)."""
+    if_other = (1.0 - competence[:, None]) * spam_distribution
+    return competence[:, None] + if_other, if_other
 
 
 def e_step(answers: Answers, log_priors: np.ndarray, competence: np.ndarray, spam_distribution: np.ndarray,
            gold: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """(posteriors [n_items, K], log-likelihood of the answers). gold[i] >= 0 clamps item i to that class."""
-    if_true, if_other = answer_probabilities(answers, competence, spam_distribution)
+    if_true, if_other = answer_probabilities(competence, spam_distribution)
     with np.errstate(divide="ignore"):   # probability 0 only without smoothing
-        log_joint = log_priors[None, :] + class_log_likelihoods(answers, np.log(if_true), np.log(if_other))
+        log_if_true, log_if_other = np.log(if_true).ravel(), np.log(if_other).ravel()
+    cell = answers.worker * answers.n_labels + answers.label
+    log_joint = log_priors[None, :] + class_log_likelihoods(answers, log_if_true[cell], log_if_other[cell])
     return posteriors_from_log_joint(answers, log_joint, gold)
 
 
@@ -65,15 +65,16 @@ def m_step(answers: Answers, posteriors: np.ndarray, competence: np.ndarray, spa
     rest of it counts as spam on its label. Annotators without answers get theta = 0.5 and a uniform xi.
     """
     n_workers, n_labels = answers.n_workers, answers.n_labels
-    if_true, _ = answer_probabilities(answers, competence, spam_distribution)
-    knows = competence[answers.worker]
-    known = posteriors[answers.item, answers.label] * np.divide(knows, if_true, out=np.zeros_like(knows),
-                                                                where=if_true > 0)
+    if_true, _ = answer_probabilities(competence, spam_distribution)
+    knows = np.broadcast_to(competence[:, None], if_true.shape)
+    known_if_true = np.divide(knows, if_true, out=np.zeros(if_true.shape), where=if_true > 0)
+    cell = answers.worker * n_labels + answers.label
+    known = posteriors[answers.item, answers.label] * known_if_true.ravel()[cell]
     expected_known = np.bincount(answers.worker, weights=known, minlength=n_workers)
     n_answers = np.bincount(answers.worker, minlength=n_workers).astype(np.float64)
     new_competence = np.divide(expected_known + smoothing, n_answers + 2.0 * smoothing,
                                out=np.full(n_workers, 0.5), where=n_answers + 2.0 * smoothing > 0)
-    spam = np.bincount(answers.worker * n_labels + answers.label, weights=1.0 - known,
+    spam = np.bincount(cell, weights=1.0 - known,
                        minlength=n_workers * n_labels).reshape(n_workers, n_labels) + smoothing
     spam_totals = spam.sum(axis=1, keepdims=True)
     new_spam = np.divide(spam, spam_totals, out=np.full((n_workers, n_labels), 1.0 / n_labels),

@@ -56,8 +56,16 @@ def canonical_answers(answers: Answers) -> Answers:
                                ("label", label, answers.n_labels)):
         if len(codes) and (codes.min() < 0 or codes.max() >= bound):
             raise ValueError(f"answers.{name} must lie in [0, {bound}); index the {name}s before fitting")
-    order = np.lexsort((label, worker, item))
-    return Answers(item[order], worker[order], label[order], answers.n_items, answers.n_workers, answers.n_labels)
+    n_items, n_workers, n_labels = answers.n_items, answers.n_workers, answers.n_labels
+    if n_items * n_workers * n_labels < 2 ** 62:   # one packed int64 key sorts ~50x faster than lexsort
+        key = (item * n_workers + worker) * n_labels + label
+        key.sort()
+        item, rest = np.divmod(key, n_workers * n_labels)
+        worker, label = np.divmod(rest, n_labels)
+    else:
+        order = np.lexsort((label, worker, item))
+        item, worker, label = item[order], worker[order], label[order]
+    return Answers(item, worker, label, n_items, n_workers, n_labels)
 
 
 def checked_gold(gold: np.ndarray | None, n_items: int, n_labels: int) -> np.ndarray | None:
@@ -134,12 +142,11 @@ def posteriors_from_log_joint(answers: Answers, log_joint: np.ndarray,
 def e_step(answers: Answers, log_priors: np.ndarray, accuracy: np.ndarray,
            gold: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """(posteriors [n_items, K], log-likelihood of the answers). gold[i] >= 0 clamps item i to that class."""
-    n_labels = answers.n_labels
-    right = accuracy[answers.worker]
     with np.errstate(divide="ignore"):   # accuracy 0 or 1 only without smoothing
-        log_if_true = np.log(right)
-        log_if_other = np.log1p(-right) - np.log(max(n_labels - 1, 1))
-    log_joint = log_priors[None, :] + class_log_likelihoods(answers, log_if_true, log_if_other)
+        log_if_true = np.log(accuracy)
+        log_if_other = np.log1p(-accuracy) - np.log(max(answers.n_labels - 1, 1))
+    log_joint = log_priors[None, :] + class_log_likelihoods(answers, log_if_true[answers.worker],
+                                                            log_if_other[answers.worker])
     return posteriors_from_log_joint(answers, log_joint, gold)
 
 
