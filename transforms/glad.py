@@ -53,7 +53,7 @@ class GaussianPrior(NamedTuple):
 
 
 def _log_sigmoid(x: np.ndarray) -> np.ndarray:
-    """log(1 / (1 + exp(-x))) without overflow: min(x, 0) - log1p(exp(-|x|)); ~4x faster than logaddexp."""
+    """log sigmoid(x) = min(x, 0) - log1p(exp(-|x|)): no overflow, and ~4x faster than -logaddexp(0, -x)."""
     tail = np.abs(x)
     np.negative(tail, out=tail)
     np.exp(tail, out=tail)
@@ -62,17 +62,17 @@ def _log_sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def answer_log_likelihoods(answers: Answers, ability: np.ndarray,
-                           log_inverse_difficulty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(log P(answer right), log P(this particular wrong answer)) per answer, stable for any alpha * beta."""
-    logit = ability[answers.worker] * np.exp(log_inverse_difficulty[answers.item])
+                           log_beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log P(answer right), log P(this particular wrong answer)) per answer; stable for any alpha * beta."""
+    logit = ability[answers.worker] * np.exp(log_beta[answers.item])
     log_if_other = _log_sigmoid(-logit) - np.log(max(answers.n_labels - 1, 1))
     return _log_sigmoid(logit), log_if_other
 
 
-def e_step(answers: Answers, log_priors: np.ndarray, ability: np.ndarray, log_inverse_difficulty: np.ndarray,
+def e_step(answers: Answers, log_priors: np.ndarray, ability: np.ndarray, log_beta: np.ndarray,
            gold: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """(posteriors [n_items, K], log-likelihood of the answers). gold[i] >= 0 clamps item i to that class."""
-    log_if_true, log_if_other = answer_log_likelihoods(answers, ability, log_inverse_difficulty)
+    log_if_true, log_if_other = answer_log_likelihoods(answers, ability, log_beta)
     log_joint = log_priors[None, :] + class_log_likelihoods(answers, log_if_true, log_if_other)
     return posteriors_from_log_joint(answers, log_joint, gold)
 
@@ -89,15 +89,17 @@ def _ascend(value: np.ndarray, prior: GaussianPrior, group: np.ndarray, p_right:
     n = len(value)
 
     def terms(candidate: np.ndarray, logit: np.ndarray, log_sigmoid: np.ndarray) -> np.ndarray:
-        # r log s + (1 - r) log(1 - s), with log(1 - s) = log s - logit: one logaddexp per answer.
+        # r log s + (1 - r) log(1 - s), with log(1 - s) = log s - logit: one log-sigmoid per answer.
         per_answer = log_sigmoid - (1.0 - p_right) * logit
-        return np.bincount(group, weights=per_answer, minlength=n) - 0.5 * (candidate - prior.mean) ** 2 / prior.variance
+        penalty = 0.5 * (candidate - prior.mean) ** 2 / prior.variance
+        return np.bincount(group, weights=per_answer, minlength=n) - penalty
 
     logit = logit_of(value)
     log_sigmoid = _log_sigmoid(logit)
     s = np.exp(log_sigmoid)
     slope = slope_of(logit)
-    gradient = np.bincount(group, weights=(p_right - s) * slope, minlength=n) - (value - prior.mean) / prior.variance
+    gradient = (np.bincount(group, weights=(p_right - s) * slope, minlength=n)
+                - (value - prior.mean) / prior.variance)
     curvature = np.bincount(group, weights=s * (1.0 - s) * slope ** 2, minlength=n) + 1.0 / prior.variance
     step = gradient / curvature
     before = terms(value, logit, log_sigmoid)
@@ -116,49 +118,48 @@ def _ascend(value: np.ndarray, prior: GaussianPrior, group: np.ndarray, p_right:
     return result
 
 
-def expected_log_posterior(answers: Answers, posteriors: np.ndarray, ability: np.ndarray,
-                           log_inverse_difficulty: np.ndarray, ability_prior: GaussianPrior = GaussianPrior(1.0, 1.0),
-                           log_inverse_difficulty_prior: GaussianPrior = GaussianPrior(1.0, 1.0)) -> float:
+def expected_log_posterior(answers: Answers, posteriors: np.ndarray, ability: np.ndarray, log_beta: np.ndarray,
+                           ability_prior: GaussianPrior = GaussianPrior(1.0, 1.0),
+                           log_beta_prior: GaussianPrior = GaussianPrior(1.0, 1.0)) -> float:
     """Q: expected complete-data log-likelihood of the answers plus the Gaussian log-priors, up to constants.
 
     Constants dropped: the class priors' term and the Gaussians' normalisers. The -log(K - 1) of each
     wrong answer is kept, so Q is comparable across K.
     """
     p_right = posteriors[answers.item, answers.label]
-    log_if_true, log_if_other = answer_log_likelihoods(answers, ability, log_inverse_difficulty)
+    log_if_true, log_if_other = answer_log_likelihoods(answers, ability, log_beta)
     answer_part = np.sum(p_right * log_if_true + (1.0 - p_right) * log_if_other)
     prior_part = -0.5 * (np.sum((ability - ability_prior.mean) ** 2) / ability_prior.variance
-                         + np.sum((log_inverse_difficulty - log_inverse_difficulty_prior.mean) ** 2)
-                         / log_inverse_difficulty_prior.variance)
+                         + np.sum((log_beta - log_beta_prior.mean) ** 2) / log_beta_prior.variance)
     return float(answer_part + prior_part)
 
 
-def m_step(answers: Answers, posteriors: np.ndarray, ability: np.ndarray, log_inverse_difficulty: np.ndarray,
-           ability_prior: GaussianPrior, log_inverse_difficulty_prior: GaussianPrior,
+def m_step(answers: Answers, posteriors: np.ndarray, ability: np.ndarray, log_beta: np.ndarray,
+           ability_prior: GaussianPrior, log_beta_prior: GaussianPrior,
            iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ability, log inverse difficulty) after `iterations` rounds of safeguarded ascent on Q; Q never decreases."""
+    """(ability, log beta) after `iterations` rounds of safeguarded ascent on Q. Q never decreases."""
     p_right = posteriors[answers.item, answers.label]
     for _ in range(iterations):
-        beta = np.exp(log_inverse_difficulty)[answers.item]
+        beta = np.exp(log_beta)[answers.item]
         ability = _ascend(ability, ability_prior, answers.worker, p_right,
                           lambda a: a[answers.worker] * beta, lambda logit: beta)
         alpha = ability[answers.worker]
-        log_inverse_difficulty = _ascend(log_inverse_difficulty, log_inverse_difficulty_prior, answers.item, p_right,
-                                         lambda b: alpha * np.exp(b)[answers.item], lambda logit: logit)
-    return ability, log_inverse_difficulty
+        log_beta = _ascend(log_beta, log_beta_prior, answers.item, p_right,
+                           lambda b: alpha * np.exp(b)[answers.item], lambda logit: logit)
+    return ability, log_beta
 
 
 def glad(answers: Answers, max_iter: int = 100, tol: float = 1e-5,
          ability_prior: GaussianPrior = GaussianPrior(1.0, 1.0),
-         log_inverse_difficulty_prior: GaussianPrior = GaussianPrior(1.0, 1.0),
+         log_beta_prior: GaussianPrior = GaussianPrior(1.0, 1.0),
          class_priors: np.ndarray | None = None, m_step_iterations: int = 5,
          gold: np.ndarray | None = None) -> GladResult:
     """Fit GLAD by (generalised) EM; see the module docstring for priors, M-step and stopping.
 
     `class_priors` [n_labels] are fixed, not learned (uniform when None), as in the paper.
     """
-    ability_prior, log_inverse_difficulty_prior = GaussianPrior(*ability_prior), GaussianPrior(*log_inverse_difficulty_prior)
-    if ability_prior.variance <= 0 or log_inverse_difficulty_prior.variance <= 0:
+    ability_prior, log_beta_prior = GaussianPrior(*ability_prior), GaussianPrior(*log_beta_prior)
+    if ability_prior.variance <= 0 or log_beta_prior.variance <= 0:
         raise ValueError("prior variances must be > 0; use a large variance for a weak prior")
     if m_step_iterations < 1:
         raise ValueError(f"m_step_iterations must be >= 1, got {m_step_iterations}")
@@ -166,25 +167,23 @@ def glad(answers: Answers, max_iter: int = 100, tol: float = 1e-5,
     gold = checked_gold(gold, answers.n_items, answers.n_labels)
     log_priors = fixed_log_priors(class_priors, answers.n_labels)
     ability = np.full(answers.n_workers, ability_prior.mean)
-    log_inverse_difficulty = np.full(answers.n_items, log_inverse_difficulty_prior.mean)
+    log_beta = np.full(answers.n_items, log_beta_prior.mean)
     posteriors = clamp_gold(vote_shares(answers), gold)
-    ability, log_inverse_difficulty = m_step(answers, posteriors, ability, log_inverse_difficulty,
-                                             ability_prior, log_inverse_difficulty_prior, m_step_iterations)
+    ability, log_beta = m_step(answers, posteriors, ability, log_beta, ability_prior, log_beta_prior,
+                               m_step_iterations)
     converged = False
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        posteriors, _ = e_step(answers, log_priors, ability, log_inverse_difficulty, gold)
-        new_ability, new_log_inverse_difficulty = m_step(answers, posteriors, ability, log_inverse_difficulty,
-                                                         ability_prior, log_inverse_difficulty_prior,
-                                                         m_step_iterations)
+        posteriors, _ = e_step(answers, log_priors, ability, log_beta, gold)
+        new_ability, new_log_beta = m_step(answers, posteriors, ability, log_beta, ability_prior, log_beta_prior,
+                                           m_step_iterations)
         change = max(np.abs(new_ability - ability).max(initial=0.0),
-                     np.abs(new_log_inverse_difficulty - log_inverse_difficulty).max(initial=0.0))
-        ability, log_inverse_difficulty = new_ability, new_log_inverse_difficulty
+                     np.abs(new_log_beta - log_beta).max(initial=0.0))
+        ability, log_beta = new_ability, new_log_beta
         if change < tol:
             converged = True
             break
-    posteriors, log_likelihood = e_step(answers, log_priors, ability, log_inverse_difficulty, gold)
-    inverse_difficulty = np.exp(log_inverse_difficulty)
-    return GladResult(posteriors, ability, np.exp(-log_inverse_difficulty), inverse_difficulty,
-                      iterations, converged, log_likelihood)
+    posteriors, log_likelihood = e_step(answers, log_priors, ability, log_beta, gold)
+    return GladResult(posteriors, ability, np.exp(-log_beta), np.exp(log_beta), iterations, converged,
+                      log_likelihood)
 

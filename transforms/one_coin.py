@@ -56,8 +56,8 @@ def canonical_answers(answers: Answers) -> Answers:
                                ("label", label, answers.n_labels)):
         if len(codes) and (codes.min() < 0 or codes.max() >= bound):
             raise ValueError(f"answers.{name} must lie in [0, {bound}); index the {name}s before fitting")
-    n_items, n_workers, n_labels = answers.n_items, answers.n_workers, answers.n_labels
-    if n_items * n_workers * n_labels < 2 ** 62:   # one packed int64 key sorts ~50x faster than lexsort
+    n_items, n_workers, n_labels = int(answers.n_items), int(answers.n_workers), int(answers.n_labels)
+    if len(item) and n_items * n_workers * n_labels < 2 ** 62:   # one packed int64 key sorts ~50x faster
         key = (item * n_workers + worker) * n_labels + label
         key.sort()
         item, rest = np.divmod(key, n_workers * n_labels)
@@ -81,7 +81,7 @@ def checked_gold(gold: np.ndarray | None, n_items: int, n_labels: int) -> np.nda
 
 
 def fixed_log_priors(class_priors: np.ndarray | None, n_labels: int) -> np.ndarray:
-    """Log of `class_priors` normalised to sum 1; uniform when None. Raises ValueError unless K positive numbers."""
+    """Log of `class_priors` normalised to sum 1; uniform when None. Raises ValueError unless n_labels positive."""
     if class_priors is None:
         return np.full(n_labels, -np.log(n_labels))
     class_priors = np.asarray(class_priors, dtype=np.float64)
