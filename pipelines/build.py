@@ -70,26 +70,28 @@ def _read_csv_option(flag: str, path: str, parse):
 
 
 def make_method(config: BuildConfig):
-    from labelbeam.transforms.consensus import (METHODS, DawidSkene, MajorityVote, WeightedMajorityVote,
+    from labelbeam.transforms.consensus import (METHODS, AnnotatorModelMethod, MajorityVote, WeightedMajorityVote,
                                                 read_gold_csv, read_weights_csv)
 
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r} is not one of {', '.join(sorted(METHODS))}")
     if config.weights_path and config.method != "wmv":
         raise UserError("--weights only applies to --method wmv")
-    if config.gold_path and config.method != "ds":
-        raise UserError("--gold only applies to --method ds")
+    method_class = METHODS[config.method]
+    if config.gold_path and not issubclass(method_class, AnnotatorModelMethod):
+        raise UserError(f"--gold only applies to the annotator models: "
+                        f"{', '.join(sorted(n for n, m in METHODS.items() if issubclass(m, AnnotatorModelMethod)))}")
     if config.method == "wmv":
         if not config.weights_path:
             raise UserError("--method wmv needs --weights CSV (annotator_id,weight rows)")
         return WeightedMajorityVote(_read_csv_option("--weights", config.weights_path, read_weights_csv),
                                     min_votes=config.min_votes)
-    if config.method == "ds":
+    if issubclass(method_class, AnnotatorModelMethod):
         gold = _read_csv_option("--gold", config.gold_path, read_gold_csv) if config.gold_path else {}
         unknown = sorted({label for label in gold.values()} - set(config.labels)) if config.labels else []
         if unknown:
             raise UserError(f"--gold {config.gold_path}: labels {unknown} are not in --labels")
-        return DawidSkene(min_votes=config.min_votes, gold=gold)
+        return method_class(min_votes=config.min_votes, gold=gold)
     return MajorityVote(min_votes=config.min_votes)
 
 

@@ -41,11 +41,12 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset to build (events of other datasets are rejected)")
     parser.add_argument("--labels", help="comma-separated label set; other labels are rejected "
                                          "(default: inferred from the votes and recorded)")
-    parser.add_argument("--method", default="mv", help="consensus method: mv (majority vote), wmv "
-                                                       "(weighted, needs --weights) or ds (Dawid-Skene)")
+    parser.add_argument("--method", default="mv", help="consensus method: mv (majority vote), wmv (weighted, "
+                                                       "needs --weights), ds (Dawid-Skene), one_coin, glad, mace")
     parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
-    parser.add_argument("--gold", metavar="CSV", help="item_id,label rows of known answers; --method ds "
-                                                     "keeps these items at their label while fitting")
+    parser.add_argument("--gold", metavar="CSV", help="item_id,label rows of known answers; the annotator "
+                                                     "models (ds, one_coin, glad, mace) keep these items at "
+                                                     "their label while fitting")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default 1)")
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)

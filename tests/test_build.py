@@ -188,11 +188,13 @@ def test_rows_per_shard_splits_parquet_and_avro_at_the_same_rows(sample, tmp_pat
     assert parquet_rows == outcome.manifest["counts"]["items"]
 
 
-def test_dawid_skene_build_is_more_accurate_than_majority_vote_on_the_sample(sample, first_build, tmp_path):
+@pytest.mark.parametrize("method", ["ds", "one_coin", "glad", "mace"])
+def test_annotator_model_build_is_more_accurate_than_majority_vote_on_the_sample(
+        method, sample, first_build, tmp_path):
     sample_dir, description = sample
     config, majority = first_build
-    outcome = run_build(config_for(sample_dir, description, tmp_path, method="ds"), BEAM_ARGS)
-    assert outcome.manifest["params"]["method"] == "ds"
+    outcome = run_build(config_for(sample_dir, description, tmp_path, method=method), BEAM_ARGS)
+    assert outcome.manifest["params"]["method"] == method
     assert outcome.manifest["counts"] == majority.manifest["counts"]
     ds_accuracy, _ = accuracy_against(config.truth_path, outcome)
     mv_accuracy, _ = accuracy_against(config.truth_path, majority)
@@ -249,7 +251,7 @@ def test_cli_build_versions_and_show(sample, tmp_path):
     (["build", "--method", "wmv"], "needs --weights"),
     (["build", "--min-votes", "0"], "--min-votes"),
     (["build", "--labels", " , "], "--labels"),
-    (["build", "--gold", "g.csv"], "--gold only applies to --method ds"),
+    (["build", "--gold", "g.csv"], "--gold only applies to the annotator models"),
     (["build", "--chunk_events=0"], "--chunk_events"),
     (["generate", "--output", "o", "--events", "0"], "--events"),
     (["build", "--method", "ds", "--gold", "/nonexistent/gold.csv"], "cannot read --gold"),

@@ -23,7 +23,10 @@ import pyarrow.compute as pc
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms.dawid_skene import Answers, dawid_skene
 from labelbeam.transforms.factorize import factorize_sorted
+from labelbeam.transforms.glad import glad
+from labelbeam.transforms.mace import mace
 from labelbeam.transforms.majority_vote import VoteTally, majority_vote
+from labelbeam.transforms.one_coin import one_coin
 
 STATUS_OK = "ok"
 STATUS_TIE = "tie"
@@ -136,29 +139,32 @@ def read_weights_csv(text: str) -> dict[str, float]:
     return weights
 
 
-class DawidSkene(ConsensusMethod):
-    """Dawid-Skene EM (per-annotator confusion matrices); confidence is the posterior of the label.
+class AnnotatorModelMethod(ConsensusMethod):
+    """A model of annotators fitted over all votes at once; confidence is the label's posterior.
 
     This is the in-process path: all votes are gathered on one worker and fitted there, which
-    suits datasets that fit in one machine's memory. Gold items (item_id -> label) are clamped.
+    suits datasets that fit in one machine's memory. Gold items (item_id -> label) are clamped to
+    their label while fitting. Subclasses name the model and compute its posteriors.
     """
-    name = "ds"
+    max_iter: ClassVar[int] = 100
+    tol: ClassVar[float] = 1e-5
 
-    def __init__(self, min_votes: int = 1, gold: dict[str, str] | None = None, max_iter: int = 100,
-                 tol: float = 1e-5, smoothing: float = 0.01):
+    def __init__(self, min_votes: int = 1, gold: dict[str, str] | None = None):
         super().__init__(min_votes)
         self.gold = dict(sorted((gold or {}).items()))
-        self.max_iter, self.tol, self.smoothing = max_iter, tol, smoothing
 
     def params(self) -> dict:
-        return {**super().params(), "max_iter": self.max_iter, "tol": self.tol, "smoothing": self.smoothing,
-                "gold_items": len(self.gold),
+        return {**super().params(), "max_iter": self.max_iter, "tol": self.tol, "gold_items": len(self.gold),
                 "gold_sha256": hashlib.sha256(json.dumps(self.gold).encode()).hexdigest() if self.gold else None}
+
+    @abc.abstractmethod
+    def posteriors(self, answers: Answers, gold: np.ndarray | None) -> np.ndarray:
+        """[n_items, n_labels] posterior of each item's class."""
 
     def expand_votes(self, votes):
         return (votes
                 | "GatherVotes" >> beam.combiners.ToList()
-                | "FitDawidSkene" >> beam.Map(self.fit).with_output_types(pa.Table))
+                | "FitAnnotatorModel" >> beam.Map(self.fit).with_output_types(pa.Table))
 
     def fit(self, tables: list[pa.Table]) -> pa.Table:
         votes = pa.concat_tables(tables) if tables else None
@@ -167,27 +173,73 @@ class DawidSkene(ConsensusMethod):
         item_idx, item_ids = factorize_sorted(votes.column("item_id"))
         labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
         votes_with_label = votes.filter(pa.array(labeled))
-        label_values = pa.chunked_array([votes_with_label.column("label"), pa.array(sorted(set(self.gold.values())),
-                                                                                   pa.string())])
-        label_idx_all, label_names = factorize_sorted(label_values)
-        label_idx = label_idx_all[:votes_with_label.num_rows]
+        # Gold labels nobody voted for are classes too.
+        label_values = pa.chunked_array([votes_with_label.column("label"),
+                                         pa.array(sorted(set(self.gold.values())), pa.string())])
+        label_idx, label_names = factorize_sorted(label_values)
+        label_idx = label_idx[:votes_with_label.num_rows]
         worker_idx, worker_ids = factorize_sorted(votes_with_label.column("annotator_id"))
         answers = Answers(item_idx[labeled], worker_idx, label_idx, len(item_ids), len(worker_ids), len(label_names))
-        label_position = {name: i for i, name in enumerate(label_names.to_pylist())}
-        item_position = {name: i for i, name in enumerate(item_ids.to_pylist())}
-        gold = np.full(len(item_ids), -1)
-        for item, label in self.gold.items():
-            if item in item_position:
-                gold[item_position[item]] = label_position[label]
-        fit = dawid_skene(answers, self.max_iter, self.tol, self.smoothing, gold if self.gold else None)
+        gold = None
+        if self.gold:
+            label_position = {name: i for i, name in enumerate(label_names.to_pylist())}
+            item_position = {name: i for i, name in enumerate(item_ids.to_pylist())}
+            gold = np.full(len(item_ids), -1)
+            for item, label in self.gold.items():
+                if item in item_position:
+                    gold[item_position[item]] = label_position[label]
+        posteriors = self.posteriors(answers, gold)
         tally = majority_vote(answers.item, answers.label, answers.n_items, answers.n_labels)
         has_votes = tally.num_votes > 0
-        top_two = np.sort(fit.posteriors, axis=1)[:, -2:] if answers.n_labels > 1 else None
-        is_tie = (top_two[:, 0] == top_two[:, 1]) if top_two is not None else np.zeros(len(item_ids), bool)
-        posterior_tally = VoteTally(np.where(has_votes, fit.posteriors.argmax(axis=1), -1),
-                                    np.where(has_votes, fit.posteriors.max(axis=1), 0.0),
+        if answers.n_labels > 1:
+            top_two = np.sort(posteriors, axis=1)[:, -2:]
+            is_tie = top_two[:, 0] == top_two[:, 1]
+        else:
+            is_tie = np.zeros(len(item_ids), dtype=bool)
+        posterior_tally = VoteTally(np.where(has_votes, posteriors.argmax(axis=1), -1),
+                                    np.where(has_votes, posteriors.max(axis=1), 0.0),
                                     tally.num_votes, tally.agreement, is_tie & has_votes)
         return tally_to_table(item_ids, label_names, posterior_tally, self.min_votes)
+
+
+class DawidSkene(AnnotatorModelMethod):
+    """Dawid-Skene: a full confusion matrix per annotator."""
+    name = "ds"
+    smoothing = 0.01
+
+    def params(self) -> dict:
+        return {**super().params(), "smoothing": self.smoothing}
+
+    def posteriors(self, answers, gold):
+        return dawid_skene(answers, self.max_iter, self.tol, self.smoothing, gold).posteriors
+
+
+class OneCoin(AnnotatorModelMethod):
+    """One-coin Dawid-Skene: one accuracy per annotator, errors spread evenly."""
+    name = "one_coin"
+    smoothing = 0.01
+
+    def params(self) -> dict:
+        return {**super().params(), "smoothing": self.smoothing}
+
+    def posteriors(self, answers, gold):
+        return one_coin(answers, self.max_iter, self.tol, self.smoothing, gold).posteriors
+
+
+class Glad(AnnotatorModelMethod):
+    """GLAD: annotator ability times item difficulty."""
+    name = "glad"
+
+    def posteriors(self, answers, gold):
+        return glad(answers, self.max_iter, self.tol, gold=gold).posteriors
+
+
+class Mace(AnnotatorModelMethod):
+    """MACE: each annotator is a spammer with some probability, with their own spam distribution."""
+    name = "mace"
+
+    def posteriors(self, answers, gold):
+        return mace(answers, self.max_iter, self.tol, gold=gold).posteriors
 
 
 def read_gold_csv(text: str) -> dict[str, str]:
@@ -202,7 +254,8 @@ def read_gold_csv(text: str) -> dict[str, str]:
     return gold
 
 
-METHODS: dict[str, type[ConsensusMethod]] = {m.name: m for m in (MajorityVote, WeightedMajorityVote, DawidSkene)}
+METHODS: dict[str, type[ConsensusMethod]] = {
+    m.name: m for m in (MajorityVote, WeightedMajorityVote, DawidSkene, OneCoin, Glad, Mace)}
 
 
 class ComputeConsensus(beam.PTransform):
