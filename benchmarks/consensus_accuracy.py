@@ -17,6 +17,7 @@ run on accuracy; the exit code is 1 only if a dataset cannot be read.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -59,6 +60,14 @@ NUMERIC_NOTE = ("crowd-kit: categorical methods skipped on numeric data; crowd-k
                 "embedding is closest by cosine distance, which is degenerate for 1-D values)")
 
 Posteriors = Callable[[Answers], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Core:
+    """One of our methods; `run` is None when it is not available (then `note` says why)."""
+    method: str
+    run: Posteriors | None
+    note: str = "n/a"
 
 
 @dataclass(frozen=True)
@@ -162,23 +171,23 @@ def timed_cell(method: str, run: Callable[[], Any], score: Callable[[Any], float
         return Cell(method, note=f"crashed: {one_line(exc)}")
 
 
-def our_cores() -> list[tuple[str, Posteriors | None]]:
-    """Our majority vote and Dawid-Skene, plus the optional cores (None when not importable)."""
-    cores: list[tuple[str, Posteriors | None]] = [
-        ("ours mv", vote_shares),
-        (OUR_DS, lambda answers: dawid_skene(answers).posteriors),
-    ]
-    for method, module_name, function_name in OPTIONAL_CORES:
-        cores.append((method, optional_core(module_name, function_name)))
-    return cores
+def our_cores() -> list[Core]:
+    """Our majority vote and Dawid-Skene, plus whichever optional cores can be imported."""
+    cores = [Core("ours mv", vote_shares), Core(OUR_DS, lambda answers: dawid_skene(answers).posteriors)]
+    return cores + [optional_core(*spec) for spec in OPTIONAL_CORES]
 
 
-def optional_core(module_name: str, function_name: str) -> Posteriors | None:
+def optional_core(method: str, module_name: str, function_name: str) -> Core:
+    """The core, "n/a" if its module or function does not exist, "n/a (import ...)" if importing fails."""
     try:
         function = getattr(importlib.import_module(module_name), function_name)
-    except Exception:  # noqa: BLE001 - missing or half-written module: the column says n/a
-        return None
-    return lambda answers: function(answers).posteriors
+    except ModuleNotFoundError as exc:
+        return Core(method, None, "n/a" if exc.name == module_name else f"n/a (import {one_line(exc)})")
+    except AttributeError:
+        return Core(method, None)
+    except Exception as exc:  # noqa: BLE001 - e.g. a half-written module: report it, keep going
+        return Core(method, None, f"n/a (import {one_line(exc)})")
+    return Core(method, lambda answers: function(answers).posteriors)
 
 
 def accuracy_of_posteriors(encoded: Encoded) -> Callable[[np.ndarray], float]:
@@ -192,14 +201,14 @@ def accuracy_of_posteriors(encoded: Encoded) -> Callable[[np.ndarray], float]:
     return score
 
 
-def run_ours(encoded: Encoded, cores: Sequence[tuple[str, Posteriors | None]]) -> list[Cell]:
+def run_ours(encoded: Encoded, cores: Sequence[Core]) -> list[Cell]:
     score = accuracy_of_posteriors(encoded)
     cells = []
-    for method, core in cores:
-        if core is None:
-            cells.append(Cell(method, note="n/a"))
+    for core in cores:
+        if core.run is None:
+            cells.append(Cell(core.method, note=core.note))
         else:
-            cells.append(timed_cell(method, lambda core=core: core(encoded.answers), score))
+            cells.append(timed_cell(core.method, functools.partial(core.run, encoded.answers), score))
     return cells
 
 
@@ -209,6 +218,11 @@ def crowdkit_class(class_name: str) -> type | None:
     except ImportError:
         return None
     return getattr(aggregation, class_name, None)
+
+
+def fit_predict(aggregator: type, answers: pd.DataFrame) -> pd.Series:
+    """A fresh crowd-kit aggregator with default parameters, fitted on a copy of `answers`."""
+    return aggregator().fit_predict(answers.copy())   # copy: crowd-kit may add columns
 
 
 def accuracy_of_predictions(gold: pd.DataFrame) -> Callable[[pd.Series], float]:
@@ -226,8 +240,8 @@ def run_crowdkit(dataset: Dataset) -> list[Cell]:
         if aggregator is None:
             cells.append(Cell(method, note="n/a"))
         else:
-            frame = dataset.answers.copy()   # crowd-kit may add columns to what it is given
-            cells.append(timed_cell(method, lambda a=aggregator, f=frame: a().fit_predict(f), score))
+            run = functools.partial(fit_predict, aggregator, dataset.answers)
+            cells.append(timed_cell(method, run, score))
     return cells
 
 
@@ -246,7 +260,7 @@ def run_numeric(dataset: Dataset) -> list[Cell]:
     ]
 
 
-def run_dataset(dataset: Dataset, cores: Sequence[tuple[str, Posteriors | None]]) -> list[Cell]:
+def run_dataset(dataset: Dataset, cores: Sequence[Core]) -> list[Cell]:
     if dataset.kind == NUMERIC:
         return run_numeric(dataset)
     return run_ours(encode(dataset), cores) + run_crowdkit(dataset)
@@ -256,13 +270,17 @@ def run_dataset(dataset: Dataset, cores: Sequence[tuple[str, Posteriors | None]]
 # Report
 
 
+def scored(cells: Sequence[Cell], prefix: str = "") -> list[tuple[float, Cell]]:
+    """(score, cell) for the cells with a score whose method name starts with `prefix`."""
+    return [(cell.score, cell) for cell in cells if cell.score is not None and cell.method.startswith(prefix)]
+
+
 def best_scores(cells: Sequence[Cell], higher_is_better: bool) -> set[str]:
-    scored = [cell for cell in cells if cell.score is not None]
-    if not scored:
+    scores = [score for score, _ in scored(cells)]
+    if not scores:
         return set()
-    pick = max if higher_is_better else min
-    best = pick(cell.score for cell in scored)
-    return {cell.method for cell in scored if cell.score == best}
+    best = max(scores) if higher_is_better else min(scores)
+    return {cell.method for score, cell in scored(cells) if score == best}
 
 
 def format_score(cell: Cell, best: set[str]) -> str:
@@ -300,9 +318,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
                       *(line(row) for row in rows)])
 
 
-def best_of(cells: Sequence[Cell], prefix: str) -> Cell | None:
-    scored = [cell for cell in cells if cell.method.startswith(prefix) and cell.score is not None]
-    return max(scored, key=lambda cell: cell.score) if scored else None   # first listed wins a tie
+def best_of(cells: Sequence[Cell], prefix: str, higher_is_better: bool = True) -> Cell | None:
+    """The best-scoring cell among methods starting with `prefix`; the first listed wins a tie."""
+    candidates = scored(cells, prefix)
+    if not candidates:
+        return None
+    pick = max if higher_is_better else min
+    return pick(candidates, key=lambda pair: pair[0])[1]
 
 
 def describe(cell: Cell | None) -> str:
@@ -327,8 +349,7 @@ def categorical_summary(name: str, cells: Sequence[Cell]) -> str:
 
 
 def numeric_summary(name: str, cells: Sequence[Cell]) -> str:
-    scored = [cell for cell in cells if cell.score is not None]
-    ours = min(scored, key=lambda cell: cell.score) if scored else None
+    ours = best_of(cells, "ours ", higher_is_better=False)
     best = "none ran" if ours is None else f"{ours.method} MAE {ours.score:.4f}"
     return f"{name}: our best {best}; crowd-kit: no applicable aggregator, no comparison"
 
@@ -339,7 +360,8 @@ def print_report(kinds: dict[str, str], results: dict[str, list[Cell]]) -> None:
         if not chosen:
             continue
         higher_is_better = kind == CATEGORICAL
-        metric = "accuracy on gold tasks (higher is better)" if higher_is_better else "MAE vs gold (lower is better)"
+        metric = ("accuracy on gold tasks (higher is better)" if higher_is_better
+                  else "MAE vs gold (lower is better)")
         print(f"\n## {kind}: {metric}; '<method> s' = seconds; * = best in row\n")
         print(markdown_table(*table_rows(chosen, higher_is_better)))
         print()
@@ -389,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             dataset = load_dataset(folder)
             print(describe_dataset(dataset), flush=True)
-            cells = run_dataset(dataset, cores)   # encoding errors (bad values, gold without answers) land here
+            cells = run_dataset(dataset, cores)   # bad values, gold tasks without answers: ValueError
         except (OSError, ValueError) as exc:
             print(f"cannot read dataset {folder}: {one_line(exc)}", file=sys.stderr)
             unreadable += 1
