@@ -7,8 +7,8 @@ import pytest
 
 from event_builders import event, lines, write_jsonl
 from labelbeam.schemas import registry
-from labelbeam.transforms.sources import (ByteRange, InputError, fetch_raw_events, match_inputs, plan_ranges,
-                                          read_avro_records, read_json_lines)
+from labelbeam.transforms.sources import (ByteRange, InputError, avro_datum, fetch_raw_events, match_inputs,
+                                          plan_ranges, read_avro_records, read_json_lines)
 
 
 def read_all(byte_ranges):
@@ -87,7 +87,7 @@ def test_avro_files_are_recognised_by_their_magic_and_read_as_records(tmp_path):
     assert chunk.records[1]["event_time"] == event("e2")["event_time"]  # wire millis, not a datetime
     [(index, datum)] = fetch_raw_events(str(path), "avro", [1]).items()
     decoded = fastavro.schemaless_reader(io.BytesIO(datum), fastavro.parse_schema(chunk.writer_schema))
-    assert index == 1 and datum == chunk.payloads[1]
+    assert index == 1 and datum == avro_datum(chunk.writer_schema, chunk.records[1])
     assert int(decoded.pop("event_time").timestamp() * 1000) == chunk.records[1]["event_time"]
     assert decoded == {k: v for k, v in chunk.records[1].items() if k != "event_time"}
 
@@ -115,3 +115,26 @@ def test_input_checksums_identify_content(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [event("e2")])  # same size, other content
     after = match_inputs([a])[0]
     assert before.size_bytes == after.size_bytes and before.sha256 != after.sha256
+
+
+def test_re_encoded_avro_datums_equal_the_bytes_in_the_file(tmp_path):
+    """Dead letters of Avro events carry re-encoded datums: they must be the file's own bytes."""
+    schema = registry.load_schema_json(registry.event_schema_file(2))
+    records = [{**event(f"e{i}"), "revision": i, "labels": ["cat"] * (i % 3), "score": None if i % 2 else 0.5,
+                "duration_ms": i, "confidence": 0.25, "metadata": {"k": str(i), "z": "a"}} for i in range(50)]
+    path = tmp_path / "events.avro"
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, schema, records, codec="deflate", sync_interval=200)  # several blocks
+    path.write_bytes(buffer.getvalue())
+    in_file = []
+    with open(path, "rb") as stream:
+        for block in fastavro.block_reader(stream):
+            data, start = block.bytes_, block.bytes_.tell()
+            for _ in range(block.num_records):
+                fastavro.schemaless_reader(data, fastavro.parse_schema(schema), None)
+                in_file.append(data.getvalue()[start:data.tell()])
+                start = data.tell()
+    chunks = list(read_avro_records(ByteRange(str(path), "avro", 0, -1), chunk_events=7))
+    re_encoded = [avro_datum(c.writer_schema, r) for c in chunks for r in c.records]
+    assert re_encoded == in_file
+    assert [o for c in chunks for o in c.offsets] == list(range(50))

@@ -6,6 +6,7 @@ the range its first byte falls in. Avro container files and compressed files are
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -19,6 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from labelbeam.transforms.arrow_coder import PickledCoder
+from labelbeam.transforms.gc_pause import gc_paused
 
 AVRO_MAGIC = b"Obj\x01"
 EVENT_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".avro", ".jsonl.gz", ".json.gz", ".ndjson.gz")
@@ -49,7 +51,10 @@ class ByteRange(NamedTuple):
 
 
 class RawChunk(NamedTuple):
-    """Consecutive raw events of one source: JSON lines, or Avro records with their raw datums."""
+    """Consecutive raw events of one source: JSON lines, or decoded Avro records.
+
+    Avro payloads are empty placeholders; see `avro_datum` for a record's raw bytes.
+    """
     source: str
     raw_format: str
     offsets: list[int]
@@ -170,33 +175,79 @@ def _without_logical_types(schema):
     return schema
 
 
+class _PrefixedStream(io.RawIOBase):
+    """Reads `prefix` first, then the rest of `stream`: an Avro file under a replacement header."""
+
+    def __init__(self, prefix: bytes, stream):
+        super().__init__()
+        self._prefix = memoryview(prefix)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _plain_avro_reader(stream) -> tuple[fastavro.reader, dict]:
+    """(reader, writer schema): the file's records, decoded with logical types stripped.
+
+    Logical types do not change the binary encoding, so the file's blocks are read as they are,
+    under a rewritten header, by fastavro's C reader. Timestamps stay the wire's integers.
+    """
+    original = fastavro.reader(stream)
+    header_end = stream.tell()
+    writer_schema = original.writer_schema
+    plain_schema = _without_logical_types(writer_schema)
+    header = io.BytesIO()
+    fastavro.writer(header, plain_schema, [], codec=original.codec,
+                    sync_marker=original._header["sync"])  # same marker: the blocks end with it
+    prefixed = io.BufferedReader(_PrefixedStream(header.getvalue(), stream))  # a container of no blocks: a header
+    stream.seek(header_end)
+    return fastavro.reader(prefixed), writer_schema
+
+
 def read_avro_records(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[RawChunk]:
     """Records of an Avro container file under their writer schema; offset is the record index.
 
-    Each record's payload is its raw datum: its bytes in the decompressed block.
+    Payloads are empty: a record's raw datum is re-encoded (exactly) only when a dead letter
+    needs it, see `avro_datum`.
     """
     path = byte_range.path
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-        blocks = fastavro.block_reader(stream)
-        writer_schema = blocks.writer_schema
-        plain_schema = fastavro.parse_schema(_without_logical_types(writer_schema))
-        offsets, payloads, records = [], [], []
-        index = 0
-        for block in blocks:
-            data = block.bytes_
-            start = data.tell()
-            block_bytes = data.getvalue()
-            for _ in range(block.num_records):
-                records.append(fastavro.schemaless_reader(data, plain_schema, None))
-                end = data.tell()
-                payloads.append(block_bytes[start:end])
-                offsets.append(index)
-                start, index = end, index + 1
-                if len(records) >= chunk_events:
-                    yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
-                    offsets, payloads, records = [], [], []
-        if records:
-            yield RawChunk(path, "avro", offsets, payloads, records, writer_schema)
+        reader, writer_schema = _plain_avro_reader(stream)
+        first = 0
+        while True:
+            with gc_paused():  # decoding builds many dicts, no cycles
+                records = list(itertools.islice(reader, chunk_events))
+            if not records:
+                return
+            offsets = list(range(first, first + len(records)))
+            yield RawChunk(path, "avro", offsets, [b""] * len(records), records, writer_schema)
+            first += len(records)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_writer_schema(schema_json: str) -> dict:
+    return fastavro.parse_schema(json.loads(schema_json))
+
+
+def avro_datum(writer_schema: dict, record: dict) -> bytes:
+    """The record's Avro binary datum, as it was in the file (the encoding of given values is canonical).
+
+    Timestamps may be wire integers or datetimes: fastavro's logical writers accept both.
+    """
+    datum = io.BytesIO()
+    fastavro.schemaless_writer(datum, _parsed_writer_schema(json.dumps(writer_schema, sort_keys=True)), record)
+    return datum.getvalue()
 
 
 def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[int, bytes]:
@@ -208,7 +259,8 @@ def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[i
     found: dict[int, bytes] = {}
     if raw_format == "avro":
         for chunk in read_avro_records(ByteRange(source, raw_format, 0, -1)):
-            found.update((o, p) for o, p in zip(chunk.offsets, chunk.payloads) if o in wanted)
+            found.update((o, avro_datum(chunk.writer_schema, r)) for o, r in zip(chunk.offsets, chunk.records)
+                         if o in wanted)
         return found
     with FileSystems.open(source) as stream:
         for offset in sorted(wanted):
@@ -218,10 +270,10 @@ def fetch_raw_events(source: str, raw_format: str, offsets: list[int]) -> dict[i
 
 
 class RawChunkCoder(PickledCoder):
-    """Estimates a chunk's size from its payload bytes, not by encoding it."""
+    """Estimates a chunk's size from its payload bytes (or record count for Avro), not by encoding it."""
 
     def estimate_size(self, value: RawChunk) -> int:
-        return sum(map(len, value.payloads))
+        return sum(map(len, value.payloads)) if value.raw_format == "json" else 200 * len(value.offsets)
 
 
 beam.coders.registry.register_coder(RawChunk, RawChunkCoder)

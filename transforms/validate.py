@@ -5,9 +5,7 @@ so conservation is checked against an independent count.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import itertools
 from zlib import crc32
 import datetime as dt
@@ -22,8 +20,9 @@ from labelbeam.schemas import registry
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.schemas.validation import EventValidator, SchemaViolation
 from labelbeam.transforms import dead_letters as dl
+from labelbeam.transforms.gc_pause import gc_paused
 from labelbeam.transforms.record_batches import EventColumns
-from labelbeam.transforms.sources import RawChunk
+from labelbeam.transforms.sources import RawChunk, avro_datum
 
 # Events older than this are clock bugs, not annotations.
 MIN_EVENT_TIME_MS = int(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
@@ -100,7 +99,8 @@ class EventParser:
                 continue
             result = self.parse_one(payload, obj, version, chunk.raw_format)
             if isinstance(result, Rejected):
-                dead.append(dl.DeadLetter(result.reason, result.detail, payload, chunk.raw_format,
+                raw = payload if is_json else avro_datum(chunk.writer_schema, _record_of(obj))
+                dead.append(dl.DeadLetter(result.reason, result.detail, raw, chunk.raw_format,
                                           result.schema_version, chunk.source, offset,
                                           _event_id_of(obj, payload, chunk.raw_format)))
             else:
@@ -204,6 +204,10 @@ class Rejected(NamedTuple):
     schema_version: int | None
 
 
+def _record_of(obj: Any) -> dict:
+    return obj.record if isinstance(obj, _Unresolvable) else obj
+
+
 def _event_id_of(obj: Any, payload: bytes, raw_format: str) -> str | None:
     if raw_format == "json":
         try:
@@ -214,22 +218,6 @@ def _event_id_of(obj: Any, payload: bytes, raw_format: str) -> str | None:
         obj = obj.record
     event_id = obj.get("event_id") if isinstance(obj, dict) else None
     return event_id if isinstance(event_id, str) else None
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Pause the cyclic garbage collector around a hot loop that creates no reference cycles.
-
-    Parsing allocates millions of short-lived dicts and tuples; generation-2 collections
-    triggered by them cost more than the parsing itself (measured: 8.1 s vs 3.9 s per 1M events).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class ParseEventsFn(beam.DoFn):
