@@ -155,11 +155,13 @@ def read_json_lines(byte_range: ByteRange, chunk_events: int = DEFAULT_CHUNK_EVE
     lines = block.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
-    line_offsets = itertools.accumulate((len(line) + 1 for line in lines), initial=position)
-    events = [(offset, line.rstrip(b"\r")) for offset, line in zip(line_offsets, lines) if line.strip()]
-    for first in range(0, len(events), chunk_events):
-        part = events[first:first + chunk_events]
-        yield RawChunk(path, "json", [offset for offset, _ in part], [line for _, line in part])
+    offsets = list(itertools.accumulate(map((1).__add__, map(len, lines)), initial=position))[:-1]
+    # The smallest line starts above b" " only if no line is empty or starts with whitespace.
+    if lines and (min(lines)[:1] <= b" " or b"\r" in block):
+        kept = [(offset, line.rstrip(b"\r")) for offset, line in zip(offsets, lines) if line.strip()]
+        offsets, lines = [offset for offset, _ in kept], [line for _, line in kept]
+    for first in range(0, len(lines), chunk_events):
+        yield RawChunk(path, "json", offsets[first:first + chunk_events], lines[first:first + chunk_events])
 
 
 def _without_logical_types(schema):
