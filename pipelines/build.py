@@ -54,7 +54,7 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     labels = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method)
     dead_letters = (parsed[dl.DEAD_LETTER], unique[dl.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
     counts = (parsed[dl.COUNTS], unique[dl.COUNTS], standing[dl.COUNTS]) | "FlattenCounts" >> beam.Flatten()
-    vote_labels = standing[VOTES] | "ListVoteLabels" >> beam.FlatMap(distinct_vote_labels)
+    vote_labels = standing[VOTES] | "ListVoteLabels" >> beam.Map(distinct_vote_labels)
     return ({"labels": labels, "dead_letters": dead_letters, "counts": counts, "vote_labels": vote_labels}
             | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard))
 

@@ -178,3 +178,12 @@ def test_list_and_map_differences_are_found_among_many_repeated_ids():
     result = deduplicate(event_table(events))
     assert sorted(set(result.conflicts.column("event_id").to_pylist())) == ["e1", "e3", "e5"]
     assert result.duplicates == 27
+
+
+def test_event_id_hash_collisions_do_not_merge_different_ids():
+    table = event_table([event("e1"), event("e2", annotator="a2"), event("e3"), event("e3")])
+    collided = table.set_column(table.schema.get_field_index("event_id_hash"), "event_id_hash",
+                                pa.array([7] * table.num_rows, pa.uint32()))
+    result = deduplicate(collided)
+    assert sorted(result.kept.column("event_id").to_pylist()) == ["e1", "e2", "e3"]
+    assert (result.duplicates, result.conflicts.num_rows) == (1, 0)

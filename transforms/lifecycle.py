@@ -73,7 +73,12 @@ def deduplicate(events: pa.Table) -> DedupResult:
     kept. Only event_ids that occur more than once are sorted and compared.
     """
     events = events.combine_chunks()
-    id_counts = events.select(["event_id"]).group_by("event_id").aggregate([([], "count_all")])
+    # Equal ids have equal hashes: only rows whose event_id_hash repeats can repeat an id, so the
+    # string grouping runs on those few rows (hash collisions are sorted out by it).
+    _, hash_group, hash_count = np.unique(events.column("event_id_hash").to_numpy(), return_inverse=True,
+                                          return_counts=True)
+    candidates = events.filter(pa.array(hash_count[hash_group] > 1))
+    id_counts = candidates.select(["event_id"]).group_by("event_id").aggregate([([], "count_all")])
     repeated_ids = id_counts.filter(pc.greater(id_counts.column("count_all"), 1)).column("event_id")
     if len(repeated_ids) == 0:
         return DedupResult(events, events.slice(0, 0), 0)

@@ -126,6 +126,11 @@ def distinct_vote_labels(votes: pa.Table) -> list[str]:
     return sorted(set(single) | set(multi))
 
 
+def union_of_label_lists(label_lists: Iterable[list[str]]) -> list[str]:
+    """Sorted union; associative, so Beam may combine partial results in any grouping."""
+    return sorted(set().union(*label_lists))
+
+
 def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     total = {key: 0 for key in COUNT_KEYS}
     for part in parts:
@@ -163,9 +168,9 @@ class WriteManifestFn(beam.DoFn):
 
 
 class PublishVersion(beam.PTransform):
-    """{labels: pa.Table*, dead_letters: pa.RecordBatch*, counts: dict*, vote_labels: str*} -> the manifest.
+    """{labels: pa.Table*, dead_letters: pa.RecordBatch*, counts: dict*, vote_labels: list[str]*} -> manifest.
 
-    `vote_labels` are the labels the votes used (the manifest's label set when none was given).
+    `vote_labels` are lists of the labels the votes used (the manifest's label set when none was given).
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int):
@@ -187,9 +192,7 @@ class PublishVersion(beam.PTransform):
                           | "GatherDeadLetters" >> beam.combiners.ToList()
                           | "WriteDeadLetters" >> beam.FlatMap(
                               lambda letters: write_dead_letter_shards(version_dir, letters, rows_per_shard)))
-        vote_labels = (inputs["vote_labels"]
-                       | "DistinctVoteLabels" >> beam.Distinct()
-                       | "GatherVoteLabels" >> beam.combiners.ToList())
+        vote_labels = inputs["vote_labels"] | "UnionVoteLabels" >> beam.CombineGlobally(union_of_label_lists)
         summary = labels | "SummarizeLabels" >> beam.Map(label_summary, beam.pvalue.AsSingleton(vote_labels))
         counts = inputs["counts"] | "SumCounts" >> beam.CombineGlobally(sum_counts)
         return ((label_files, rejected_files)
