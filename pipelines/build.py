@@ -95,9 +95,31 @@ def make_method(config: BuildConfig):
     return MajorityVote(min_votes=config.min_votes)
 
 
+def reject_unknown_flags(beam_args: list[str]) -> None:
+    """Beam ignores flags it does not know, with only a log line: make a typo a usage error instead."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    # The same parser Beam's PipelineOptions.get_all_options builds from every options class.
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    _, unknown = parser.parse_known_args(beam_args)
+    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+    if flags:
+        known = [option for action in parser._actions for option in action.option_strings]
+        known += ["--input", "--output", "--dataset", "--labels", "--method", "--weights", "--gold",
+                  "--min-votes", "--force"]
+        close = difflib.get_close_matches(flags[0], known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UserError(f"unknown option {flags[0]}{hint}")
+
+
 def pipeline_options(beam_args: list[str]):
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    reject_unknown_flags(beam_args)
     args = list(beam_args)
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
         # Locally, skip the DirectRunner's attempt to download Prism (offline here) and its log noise.
@@ -148,7 +170,7 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
         "schema": registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE),
         "labels_source": "given" if config.labels else "inferred",
     }
-    options = pipeline_options(beam_args)
+    options = pipeline_options(beam_args)  # LabelbeamTuningOptions is imported above, so its flags are known
     tuning = options.view_as(LabelbeamTuningOptions)
     for flag in ("num_buckets", "chunk_events", "range_bytes"):
         if getattr(tuning, flag) < 1:

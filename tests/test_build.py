@@ -253,6 +253,8 @@ def test_cli_build_versions_and_show(sample, tmp_path):
     (["build", "--labels", " , "], "--labels"),
     (["build", "--gold", "g.csv"], "--gold only applies to the annotator models"),
     (["build", "--chunk_events=0"], "--chunk_events"),
+    (["build", "--min_votes", "3"], "did you mean --min-votes"),
+    (["build", "--as-of", "2026-01-01"], "unknown option --as-of"),
     (["generate", "--output", "o", "--events", "0"], "--events"),
     (["build", "--method", "ds", "--gold", "/nonexistent/gold.csv"], "cannot read --gold"),
     (["show", "/nonexistent-root", "--dataset", "d"], "no published versions"),
