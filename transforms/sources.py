@@ -306,7 +306,7 @@ class ReadEvents(beam.PTransform):
         self._chunk_events = chunk_events
 
     def expand(self, pbegin):
+        # Create reshuffles its elements (reshuffle=True), so the ranges already spread over workers.
         return (pbegin
-                | "PlanRanges" >> beam.Create(self._ranges)
-                | "SpreadRanges" >> beam.Reshuffle()
+                | "PlanRanges" >> beam.Create(self._ranges, reshuffle=True)
                 | "ReadRanges" >> beam.ParDo(ReadRangeFn(self._chunk_events)))
