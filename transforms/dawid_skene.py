@@ -57,20 +57,51 @@ def vote_shares(answers: Answers) -> np.ndarray:
     return np.where(totals > 0, counts / np.maximum(totals, 1), 1.0 / answers.n_labels)
 
 
-def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
-    """(log priors, log confusions) maximising the expected complete likelihood, with Dirichlet smoothing."""
+def expected_counts(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class counts [K], confusion counts [W, K, L]): the M-step's sufficient statistics.
+
+    Sums over answers, so statistics of disjoint sets of items add up: a distributed M-step
+    sums them across workers, then calls `parameters_from_counts` once.
+    """
     n_labels = answers.n_labels
-    # expected[w, k, l] = sum over answers (w, l) of P(item's class = k)
+    # confusion[w, k, l] = sum over answers (w, l) of P(item's class = k)
     cell = answers.worker * n_labels + answers.label
     by_cell = np.stack([np.bincount(cell, weights=posteriors[answers.item, k],
                                     minlength=answers.n_workers * n_labels) for k in range(n_labels)], axis=1)
-    expected = by_cell.reshape(answers.n_workers, n_labels, n_labels).transpose(0, 2, 1)  # [w, l, k] -> [w, k, l]
-    confusions = expected + smoothing
+    confusion = by_cell.reshape(answers.n_workers, n_labels, n_labels).transpose(0, 2, 1)  # [w, l, k] -> [w, k, l]
+    return posteriors.sum(axis=0), confusion
+
+
+def parameters_from_counts(class_counts: np.ndarray, confusion_counts: np.ndarray,
+                           smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log priors, log confusions) from summed expected counts, with Dirichlet smoothing."""
+    confusions = confusion_counts + smoothing
     confusions /= confusions.sum(axis=2, keepdims=True)
-    priors = posteriors.sum(axis=0) + smoothing
+    priors = class_counts + smoothing
     priors /= priors.sum()
     with np.errstate(divide="ignore"):  # without smoothing, an unseen cell has probability 0
         return np.log(priors), np.log(confusions)
+
+
+def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log priors, log confusions) maximising the expected complete likelihood, with Dirichlet smoothing."""
+    return parameters_from_counts(*expected_counts(answers, posteriors), smoothing)
+
+
+def parameter_change(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> float:
+    """Largest absolute change of any prior or confusion probability (the stopping rule)."""
+    (old_priors, old_confusions), (new_priors, new_confusions) = old, new
+    return max(np.abs(np.exp(new_confusions) - np.exp(old_confusions)).max(initial=0.0),
+               np.abs(np.exp(new_priors) - np.exp(old_priors)).max(initial=0.0))
+
+
+def clamp_gold(posteriors: np.ndarray, gold: np.ndarray | None) -> np.ndarray:
+    """Posteriors with gold items (gold[i] >= 0) set one-hot on their class."""
+    if gold is not None:
+        clamped = gold >= 0
+        posteriors[clamped] = 0.0
+        posteriors[clamped, gold[clamped]] = 1.0
+    return posteriors
 
 
 def e_step(answers: Answers, log_priors: np.ndarray, log_confusions: np.ndarray,
@@ -80,12 +111,7 @@ def e_step(answers: Answers, log_priors: np.ndarray, log_confusions: np.ndarray,
     log_joint = log_priors[None, :] + _per_item_sum(answers, contributions)
     top = log_joint.max(axis=1, keepdims=True)
     log_evidence = top + np.log(np.exp(log_joint - top).sum(axis=1, keepdims=True))
-    posteriors = np.exp(log_joint - log_evidence)
-    if gold is not None:
-        clamped = gold >= 0
-        posteriors[clamped] = 0.0
-        posteriors[clamped, gold[clamped]] = 1.0
-    return posteriors, float(log_evidence.sum())
+    return clamp_gold(np.exp(log_joint - log_evidence), gold), float(log_evidence.sum())
 
 
 def dawid_skene(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: float = 0.01,
@@ -95,23 +121,19 @@ def dawid_skene(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smooth
         raise ValueError("Dawid-Skene needs at least one class")
     if smoothing < 0:
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
-    posteriors = vote_shares(answers)
-    if gold is not None:
-        clamped = gold >= 0
-        posteriors[clamped] = 0.0
-        posteriors[clamped, gold[clamped]] = 1.0
-    log_priors, log_confusions = m_step(answers, posteriors, smoothing)
+    posteriors = clamp_gold(vote_shares(answers), gold)
+    parameters = m_step(answers, posteriors, smoothing)
     converged = False
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        posteriors, _ = e_step(answers, log_priors, log_confusions, gold)
-        new_log_priors, new_log_confusions = m_step(answers, posteriors, smoothing)
-        change = max(np.abs(np.exp(new_log_confusions) - np.exp(log_confusions)).max(initial=0.0),
-                     np.abs(np.exp(new_log_priors) - np.exp(log_priors)).max(initial=0.0))
-        log_priors, log_confusions = new_log_priors, new_log_confusions
+        posteriors, _ = e_step(answers, *parameters, gold)
+        new_parameters = m_step(answers, posteriors, smoothing)
+        change = parameter_change(parameters, new_parameters)
+        parameters = new_parameters
         if change < tol:
             converged = True
             break
+    log_priors, log_confusions = parameters
     posteriors, log_likelihood = e_step(answers, log_priors, log_confusions, gold)
     return DawidSkeneResult(posteriors, np.exp(log_priors), np.exp(log_confusions), iterations, converged,
                             log_likelihood)
