@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import os
+import pathlib
 import random
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def config_for(sample_dir, description, output, **overrides) -> BuildConfig:
 
 
 def sha256(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +126,7 @@ def test_unchanged_build_publishes_nothing_and_force_publishes_identical_bytes(s
     forced_files = {f["path"]: f["sha256"] for f in forced.manifest["files"]}
     assert first_files == forced_files
     for path in first_files:
-        assert open(os.path.join(first.version_dir, path), "rb").read() == \
-            open(os.path.join(forced.version_dir, path), "rb").read()
+        assert pathlib.Path(first.version_dir, path).read_bytes() == pathlib.Path(forced.version_dir, path).read_bytes()
 
 
 def test_changed_params_publish_a_new_version(sample, tmp_path):
@@ -205,7 +205,7 @@ def test_annotator_model_build_is_more_accurate_than_majority_vote_on_the_sample
 
 def test_dawid_skene_keeps_gold_items_at_their_gold_label(sample, tmp_path):
     sample_dir, description = sample
-    truth = list(csv.DictReader(open(sample_dir / "truth.csv")))[:30]
+    truth = list(csv.DictReader((sample_dir / "truth.csv").read_text().splitlines()))[:30]
     # Gold that contradicts the truth must still win: it is what the user says is right.
     labels = description["labels"]
     gold = {row["item_id"]: labels[(labels.index(row["label"]) + 1) % len(labels)] for row in truth}
@@ -278,7 +278,7 @@ def test_embedded_default_build_runs_with_no_arguments(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "published sample version 1" in first.stdout
     assert "accuracy vs known truth" in first.stdout
-    truth = list(csv.DictReader(open(tmp_path / "labelbeam-sample" / "truth.csv")))
+    truth = list(csv.DictReader((tmp_path / "labelbeam-sample" / "truth.csv").read_text().splitlines()))
     assert len(truth) > 0
     manifest = json.loads((tmp_path / "labelbeam-data" / "sample" / "versions" / "1" / "manifest.json").read_text())
     expected = json.loads((tmp_path / "labelbeam-sample" / "expected.json").read_text())["expected"]
