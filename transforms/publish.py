@@ -1,6 +1,6 @@
 """PublishVersion: write a version's label shards, dead letters and (last) its manifest.
 
-Files are written whole by one worker each from globally sorted rows, so the same rows always give
+Files are written whole by one worker from globally sorted rows, so the same rows always give
 byte-identical files: Parquet via pyarrow, Avro via fastavro with a sync marker derived from the
 content. All writes go through Beam FileSystems. The manifest is written create-only, after every
 file it lists, and only if the run's counts satisfy both conservation identities.
@@ -139,17 +139,32 @@ def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-class WriteManifestFn(beam.DoFn):
-    """Writes manifest.json last and create-only. A retried bundle that finds its own manifest is fine."""
+LABELS, DEAD_LETTERS, COUNTS, VOTE_LABELS = "labels", "dead_letters", "counts", "vote_labels"
 
-    def __init__(self, version_dir: str, manifest_base: dict[str, Any]):
+
+class WriteVersionFn(beam.DoFn):
+    """All parts of a version, gathered as (kind, value) pairs -> its files, then manifest.json.
+
+    Conservation is checked before anything is written. The manifest is written last and
+    create-only; a retried bundle writes the same bytes, and finding its own manifest is fine.
+    """
+
+    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int):
         super().__init__()
         self._version_dir = version_dir
         self._manifest_base = manifest_base
+        self._rows_per_shard = rows_per_shard
 
-    def process(self, files: list[FileEntry], counts: dict[str, int], summary: dict[str, Any]):
-        counts = {**counts, "items": summary["items"]}
+    def process(self, parts: list[tuple[str, Any]]):
+        by_kind: dict[str, list] = {LABELS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: []}
+        for kind, value in parts:
+            by_kind[kind].append(value)
+        labels = sorted_labels(by_kind[LABELS])
+        counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
         check_conservation(counts)
+        summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
+        files = write_label_shards(self._version_dir, labels, self._rows_per_shard) + \
+            write_dead_letter_shards(self._version_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
         manifest = {
             **self._manifest_base,
             "counts": counts,
@@ -171,6 +186,8 @@ class PublishVersion(beam.PTransform):
     """{labels: pa.Table*, dead_letters: pa.RecordBatch*, counts: dict*, vote_labels: list[str]*} -> manifest.
 
     `vote_labels` are lists of the labels the votes used (the manifest's label set when none was given).
+    Every part meets in one place: the files are written whole, from sorted rows, by one worker;
+    one gather instead of one per part keeps the graph small (each stage costs the runner time).
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int):
@@ -182,22 +199,11 @@ class PublishVersion(beam.PTransform):
         self._rows_per_shard = rows_per_shard
 
     def expand(self, inputs):
-        version_dir, rows_per_shard = self._version_dir, self._rows_per_shard
-        labels = (inputs["labels"]
-                  | "GatherLabels" >> beam.combiners.ToList()
-                  | "SortLabels" >> beam.Map(sorted_labels).with_output_types(pa.Table))
-        label_files = labels | "WriteLabels" >> beam.FlatMap(
-            lambda table: write_label_shards(version_dir, table, rows_per_shard))
-        rejected_files = (inputs["dead_letters"]
-                          | "GatherDeadLetters" >> beam.combiners.ToList()
-                          | "WriteDeadLetters" >> beam.FlatMap(
-                              lambda letters: write_dead_letter_shards(version_dir, letters, rows_per_shard)))
-        vote_labels = inputs["vote_labels"] | "UnionVoteLabels" >> beam.CombineGlobally(union_of_label_lists)
-        summary = labels | "SummarizeLabels" >> beam.Map(label_summary, beam.pvalue.AsSingleton(vote_labels))
-        counts = inputs["counts"] | "SumCounts" >> beam.CombineGlobally(sum_counts)
-        return ((label_files, rejected_files)
-                | "FlattenFiles" >> beam.Flatten()
-                | "GatherFiles" >> beam.combiners.ToList()
-                | "WriteManifest" >> beam.ParDo(WriteManifestFn(version_dir, self._manifest_base),
-                                                counts=beam.pvalue.AsSingleton(counts),
-                                                summary=beam.pvalue.AsSingleton(summary)))
+        return ((inputs[LABELS] | "TagLabels" >> beam.Map(lambda table: (LABELS, table)),
+                 inputs[DEAD_LETTERS] | "TagDeadLetters" >> beam.Map(lambda batch: (DEAD_LETTERS, batch)),
+                 inputs[COUNTS] | "TagCounts" >> beam.Map(lambda counts: (COUNTS, counts)),
+                 inputs[VOTE_LABELS] | "TagVoteLabels" >> beam.Map(lambda labels: (VOTE_LABELS, labels)))
+                | "FlattenParts" >> beam.Flatten()
+                | "GatherParts" >> beam.combiners.ToList()
+                | "WriteVersion" >> beam.ParDo(
+                    WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard)))
