@@ -29,9 +29,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from labelbeam.transforms.dawid_skene import Answers, vote_shares
-from labelbeam.transforms.one_coin import (canonical_answers, checked_gold, clamp_gold,
-                                           class_log_likelihoods, fixed_log_priors, posteriors_from_log_joint)
+from labelbeam.transforms.dawid_skene import Answers, clamp_gold, vote_shares
+from labelbeam.transforms.one_coin import (canonical_answers, checked_gold, class_log_likelihoods,
+                                           fixed_log_priors, posteriors_from_log_joint)
 
 _MAX_HALVINGS = 30
 _ROUNDING = 1e-12   # a step that changes a term of Q by less than this (relative) is not a decrease

@@ -25,9 +25,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from labelbeam.transforms.dawid_skene import Answers, vote_shares
-from labelbeam.transforms.one_coin import (canonical_answers, checked_gold, clamp_gold,
-                                           class_log_likelihoods, fixed_log_priors, posteriors_from_log_joint)
+from labelbeam.transforms.dawid_skene import Answers, clamp_gold, vote_shares
+from labelbeam.transforms.one_coin import (canonical_answers, checked_gold, class_log_likelihoods,
+                                           fixed_log_priors, posteriors_from_log_joint)
 
 
 class MaceResult(NamedTuple):

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from labelbeam.transforms.dawid_skene import Answers, vote_shares
+from labelbeam.transforms.dawid_skene import Answers, clamp_gold, vote_shares
 
 
 class OneCoinResult(NamedTuple):
@@ -88,15 +88,6 @@ def fixed_log_priors(class_priors: np.ndarray | None, n_labels: int) -> np.ndarr
     if class_priors.shape != (n_labels,) or not (class_priors > 0).all():
         raise ValueError(f"class_priors must be {n_labels} positive numbers, got {class_priors!r}")
     return np.log(class_priors / class_priors.sum())
-
-
-def clamp_gold(posteriors: np.ndarray, gold: np.ndarray | None) -> np.ndarray:
-    """`posteriors` with every item i that has gold[i] >= 0 set one-hot on gold[i] (in place)."""
-    if gold is not None:
-        clamped = gold >= 0
-        posteriors[clamped] = 0.0
-        posteriors[clamped, gold[clamped]] = 1.0
-    return posteriors
 
 
 def class_log_likelihoods(answers: Answers, log_if_true: np.ndarray, log_if_other: np.ndarray) -> np.ndarray:
