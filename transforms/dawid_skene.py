@@ -17,9 +17,12 @@ Choices (documented contracts, not tuned to any dataset):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
+
+
+P = TypeVar("P")  # an EM model's parameters
 
 
 class Answers(NamedTuple):
@@ -88,11 +91,30 @@ def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[
     return parameters_from_counts(*expected_counts(answers, posteriors), smoothing)
 
 
+def largest_change(old: tuple[np.ndarray, ...], new: tuple[np.ndarray, ...]) -> float:
+    """Largest absolute difference between paired arrays (0 for empty ones)."""
+    return max((np.abs(b - a).max(initial=0.0) for a, b in zip(old, new)), default=0.0)
+
+
 def parameter_change(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> float:
     """Largest absolute change of any prior or confusion probability (the stopping rule)."""
-    (old_priors, old_confusions), (new_priors, new_confusions) = old, new
-    return max(np.abs(np.exp(new_confusions) - np.exp(old_confusions)).max(initial=0.0),
-               np.abs(np.exp(new_priors) - np.exp(old_priors)).max(initial=0.0))
+    return largest_change(tuple(map(np.exp, old)), tuple(map(np.exp, new)))
+
+
+def run_em(parameters: P, e_step: Callable[[P], np.ndarray], m_step: Callable[[np.ndarray, P], P],
+           change: Callable[[P, P], float], max_iter: int, tol: float) -> tuple[P, int, bool]:
+    """Alternate posteriors = e_step(parameters) and parameters = m_step(posteriors, parameters).
+
+    Stops when change(old, new) < tol (converged) or after max_iter iterations, never because the
+    likelihood wobbles. Returns (parameters, iterations run, converged). Every EM core here uses it.
+    """
+    for iteration in range(1, max_iter + 1):
+        new_parameters = m_step(e_step(parameters), parameters)
+        moved = change(parameters, new_parameters)
+        parameters = new_parameters
+        if moved < tol:
+            return parameters, iteration, True
+    return parameters, max_iter, False
 
 
 def clamp_gold(posteriors: np.ndarray, gold: np.ndarray | None) -> np.ndarray:
@@ -121,18 +143,11 @@ def dawid_skene(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smooth
         raise ValueError("Dawid-Skene needs at least one class")
     if smoothing < 0:
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
-    posteriors = clamp_gold(vote_shares(answers), gold)
-    parameters = m_step(answers, posteriors, smoothing)
-    converged = False
-    iterations = 0
-    for iterations in range(1, max_iter + 1):
-        posteriors, _ = e_step(answers, *parameters, gold)
-        new_parameters = m_step(answers, posteriors, smoothing)
-        change = parameter_change(parameters, new_parameters)
-        parameters = new_parameters
-        if change < tol:
-            converged = True
-            break
+    parameters, iterations, converged = run_em(
+        m_step(answers, clamp_gold(vote_shares(answers), gold), smoothing),
+        lambda params: e_step(answers, *params, gold)[0],
+        lambda posteriors, _: m_step(answers, posteriors, smoothing),
+        parameter_change, max_iter, tol)
     log_priors, log_confusions = parameters
     posteriors, log_likelihood = e_step(answers, log_priors, log_confusions, gold)
     return DawidSkeneResult(posteriors, np.exp(log_priors), np.exp(log_confusions), iterations, converged,

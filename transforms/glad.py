@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from labelbeam.transforms.dawid_skene import Answers, clamp_gold, vote_shares
+from labelbeam.transforms.dawid_skene import Answers, clamp_gold, largest_change, run_em, vote_shares
 from labelbeam.transforms.one_coin import (canonical_answers, checked_gold, class_log_likelihoods,
                                            fixed_log_priors, posteriors_from_log_joint)
 
@@ -168,21 +168,13 @@ def glad(answers: Answers, max_iter: int = 100, tol: float = 1e-5,
     log_priors = fixed_log_priors(class_priors, answers.n_labels)
     ability = np.full(answers.n_workers, ability_prior.mean)
     log_beta = np.full(answers.n_items, log_beta_prior.mean)
-    posteriors = clamp_gold(vote_shares(answers), gold)
-    ability, log_beta = m_step(answers, posteriors, ability, log_beta, ability_prior, log_beta_prior,
-                               m_step_iterations)
-    converged = False
-    iterations = 0
-    for iterations in range(1, max_iter + 1):
-        posteriors, _ = e_step(answers, log_priors, ability, log_beta, gold)
-        new_ability, new_log_beta = m_step(answers, posteriors, ability, log_beta, ability_prior, log_beta_prior,
-                                           m_step_iterations)
-        change = max(np.abs(new_ability - ability).max(initial=0.0),
-                     np.abs(new_log_beta - log_beta).max(initial=0.0))
-        ability, log_beta = new_ability, new_log_beta
-        if change < tol:
-            converged = True
-            break
+    (ability, log_beta), iterations, converged = run_em(
+        m_step(answers, clamp_gold(vote_shares(answers), gold), ability, log_beta, ability_prior, log_beta_prior,
+               m_step_iterations),
+        lambda params: e_step(answers, log_priors, *params, gold)[0],
+        lambda posteriors, params: m_step(answers, posteriors, *params, ability_prior, log_beta_prior,
+                                          m_step_iterations),
+        largest_change, max_iter, tol)
     posteriors, log_likelihood = e_step(answers, log_priors, ability, log_beta, gold)
     return GladResult(posteriors, ability, np.exp(-log_beta), np.exp(log_beta), iterations, converged,
                       log_likelihood)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from labelbeam.transforms.dawid_skene import Answers, clamp_gold, vote_shares
+from labelbeam.transforms.dawid_skene import Answers, clamp_gold, largest_change, run_em, vote_shares
 from labelbeam.transforms.one_coin import (canonical_answers, checked_gold, class_log_likelihoods,
                                            fixed_log_priors, posteriors_from_log_joint)
 
@@ -98,20 +98,11 @@ def mace(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: fl
     log_priors = fixed_log_priors(class_priors, answers.n_labels)
     competence = np.full(answers.n_workers, 0.5)
     spam_distribution = np.full((answers.n_workers, answers.n_labels), 1.0 / answers.n_labels)
-    posteriors = clamp_gold(vote_shares(answers), gold)
-    competence, spam_distribution = m_step(answers, posteriors, competence, spam_distribution, smoothing)
-    converged = False
-    iterations = 0
-    for iterations in range(1, max_iter + 1):
-        posteriors, _ = e_step(answers, log_priors, competence, spam_distribution, gold)
-        new_competence, new_spam_distribution = m_step(answers, posteriors, competence, spam_distribution,
-                                                       smoothing)
-        change = max(np.abs(new_competence - competence).max(initial=0.0),
-                     np.abs(new_spam_distribution - spam_distribution).max(initial=0.0))
-        competence, spam_distribution = new_competence, new_spam_distribution
-        if change < tol:
-            converged = True
-            break
+    (competence, spam_distribution), iterations, converged = run_em(
+        m_step(answers, clamp_gold(vote_shares(answers), gold), competence, spam_distribution, smoothing),
+        lambda params: e_step(answers, log_priors, *params, gold)[0],
+        lambda posteriors, params: m_step(answers, posteriors, *params, smoothing),
+        largest_change, max_iter, tol)
     posteriors, log_likelihood = e_step(answers, log_priors, competence, spam_distribution, gold)
     return MaceResult(posteriors, competence, spam_distribution, iterations, converged, log_likelihood)
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from labelbeam.transforms.dawid_skene import Answers, clamp_gold, vote_shares
+from labelbeam.transforms.dawid_skene import Answers, clamp_gold, largest_change, run_em, vote_shares
 
 
 class OneCoinResult(NamedTuple):
@@ -170,18 +170,10 @@ def one_coin(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
     answers = canonical_answers(answers)
     gold = checked_gold(gold, answers.n_items, answers.n_labels)
-    posteriors = clamp_gold(vote_shares(answers), gold)
-    log_priors, accuracy = m_step(answers, posteriors, smoothing)
-    converged = False
-    iterations = 0
-    for iterations in range(1, max_iter + 1):
-        posteriors, _ = e_step(answers, log_priors, accuracy, gold)
-        new_log_priors, new_accuracy = m_step(answers, posteriors, smoothing)
-        change = max(np.abs(new_accuracy - accuracy).max(initial=0.0),
-                     np.abs(np.exp(new_log_priors) - np.exp(log_priors)).max(initial=0.0))
-        log_priors, accuracy = new_log_priors, new_accuracy
-        if change < tol:
-            converged = True
-            break
+    (log_priors, accuracy), iterations, converged = run_em(
+        m_step(answers, clamp_gold(vote_shares(answers), gold), smoothing),
+        lambda params: e_step(answers, *params, gold)[0],
+        lambda posteriors, _: m_step(answers, posteriors, smoothing),
+        lambda old, new: largest_change((np.exp(old[0]), old[1]), (np.exp(new[0]), new[1])), max_iter, tol)
     posteriors, log_likelihood = e_step(answers, log_priors, accuracy, gold)
     return OneCoinResult(posteriors, np.exp(log_priors), accuracy, iterations, converged, log_likelihood)
