@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from labelbeam.transforms.dawid_skene import Answers, dawid_skene, vote_shares
+from labelbeam.transforms.ratings import Ratings, bias_corrected_scores, mean_scores, median_scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_ROOT = Path("/work/shared/datasets")
@@ -246,7 +247,8 @@ def run_crowdkit(dataset: Dataset) -> list[Cell]:
 
 
 def run_numeric(dataset: Dataset) -> list[Cell]:
-    """MAE vs gold of the per-task mean and median of the answers."""
+    """MAE vs gold of the per-task estimates: our ratings cores (mean, median, bias-corrected robust mean,
+    all with their documented defaults), plus pandas' groupby mean and median as an independent check."""
     answers = pd.DataFrame({"task": dataset.answers["task"],
                             "value": pd.to_numeric(dataset.answers["label"])})
     gold = pd.Series(pd.to_numeric(dataset.gold["label"]).to_numpy(), index=dataset.gold["task"].to_numpy())
@@ -254,9 +256,26 @@ def run_numeric(dataset: Dataset) -> list[Cell]:
     def mae(estimate: pd.Series) -> float:
         return float(np.mean(np.abs(estimate.reindex(gold.index).to_numpy(dtype=float) - gold.to_numpy())))
 
+    # Our input format: tasks and workers factorized in sorted string order, as `encode` does.
+    tasks = np.array(sorted(set(dataset.answers["task"])), dtype=object)
+    workers = np.array(sorted(set(dataset.answers["worker"])), dtype=object)
+    unknown = sorted(set(gold.index) - set(tasks))
+    if unknown:
+        raise ValueError(f"{dataset.name}: {len(unknown)} gold tasks have no answers, e.g. {unknown[0]!r}")
+    ratings = Ratings(item=np.searchsorted(tasks, dataset.answers["task"].to_numpy(dtype=object)),
+                      worker=np.searchsorted(workers, dataset.answers["worker"].to_numpy(dtype=object)),
+                      score=answers["value"].to_numpy(dtype=float), n_items=len(tasks), n_workers=len(workers))
+    gold_items = np.searchsorted(tasks, gold.index.to_numpy(dtype=object))
+
+    def mae_of_items(estimate: np.ndarray) -> float:
+        return float(np.mean(np.abs(np.asarray(estimate)[gold_items] - gold.to_numpy(dtype=float))))
+
     return [
-        timed_cell("ours mean", lambda: answers.groupby("task")["value"].mean(), mae),
-        timed_cell("ours median", lambda: answers.groupby("task")["value"].median(), mae),
+        timed_cell("ours mean", lambda: mean_scores(ratings), mae_of_items),
+        timed_cell("ours median", lambda: median_scores(ratings), mae_of_items),
+        timed_cell("ours bias_corrected", lambda: bias_corrected_scores(ratings).scores, mae_of_items),
+        timed_cell("pandas mean", lambda: answers.groupby("task")["value"].mean(), mae),
+        timed_cell("pandas median", lambda: answers.groupby("task")["value"].median(), mae),
     ]
 
 
