@@ -36,12 +36,12 @@ class BuildOutcome:
 
 
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
-                   tuning, rows_per_shard: int):
+                   tuning, rows_per_shard: int, pseudonym_key: bytes = b""):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
     import apache_beam as beam
 
     from labelbeam.transforms import dead_letters as dl
-    from labelbeam.transforms.consensus import ComputeConsensus
+    from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, ComputeConsensus
     from labelbeam.transforms.publish import PublishVersion, distinct_vote_labels
     from labelbeam.transforms.resolve import VOTES, DeduplicateEvents, ResolveLifecycle
     from labelbeam.transforms.sources import ReadEvents
@@ -51,12 +51,13 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
     unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets)
     standing = unique[dl.VALID] | "ResolveLifecycle" >> ResolveLifecycle()
-    labels = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method)
+    consensus = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method)
     dead_letters = (parsed[dl.DEAD_LETTER], unique[dl.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
     counts = (parsed[dl.COUNTS], unique[dl.COUNTS], standing[dl.COUNTS]) | "FlattenCounts" >> beam.Flatten()
     vote_labels = standing[VOTES] | "ListVoteLabels" >> beam.Map(distinct_vote_labels)
-    return ({"labels": labels, "dead_letters": dead_letters, "counts": counts, "vote_labels": vote_labels}
-            | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard))
+    return ({"labels": consensus[LABELS], "annotator_stats": consensus[ANNOTATOR_STATS], "dead_letters": dead_letters,
+             "counts": counts, "vote_labels": vote_labels}
+            | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key))
 
 
 def _read_csv_option(flag: str, path: str, parse):
@@ -69,30 +70,75 @@ def _read_csv_option(flag: str, path: str, parse):
         raise UserError(f"{flag} {path}: {err}") from None
 
 
-def make_method(config: BuildConfig):
-    from labelbeam.transforms.consensus import (METHODS, AnnotatorModelMethod, MajorityVote, WeightedMajorityVote,
-                                                read_gold_csv, read_weights_csv)
+LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                 "PrismRunner"}
+
+
+def em_path(config: BuildConfig, runner: str | None) -> str:
+    from labelbeam.transforms.consensus import EM_BEAM, EM_IN_PROCESS, METHODS
+
+    if config.em != "auto":
+        return config.em
+    distributed = getattr(METHODS.get(config.method), "distributed", False)
+    return EM_BEAM if distributed and runner not in LOCAL_RUNNERS else EM_IN_PROCESS
+
+
+def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], dict]:
+    """Vote weights from the annotator skills a previous version published, and where they came from."""
+    from labelbeam.transforms import version_store
+    from labelbeam.transforms.annotator_stats import key_id
+    from labelbeam.transforms.consensus import weights_from_skills
+    from labelbeam.transforms.publish import read_annotators
+
+    try:
+        version = version_store.read_latest(config.output, config.dataset) if config.skills_from == "latest" \
+            else int(config.skills_from)
+    except ValueError:
+        raise UserError(f"--skills-from {config.skills_from!r}: give a version number or 'latest'") from None
+    manifest = version_store.read_manifest(config.output, config.dataset, version) if version else None
+    if manifest is None or "annotators" not in manifest:
+        raise UserError(f"--skills-from {config.skills_from}: {config.dataset} has no such version with "
+                        f"annotator skills under {config.output}")
+    if manifest["annotators"]["key_id"] != key_id(key):
+        raise UserError(f"--skills-from {version}: its annotators were pseudonymized with another "
+                        "LABELBEAM_PSEUDONYM_KEY, so their skills cannot be matched to today's annotators")
+    skills = read_annotators(version_store.version_dir(config.output, config.dataset, version), manifest)
+    weights = weights_from_skills(skills, len(manifest["annotators"]["confusion_labels"]))
+    return weights, {"version": version, "key_id": manifest["annotators"]["key_id"]}
+
+
+def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""):
+    from labelbeam.transforms.annotator_stats import keyed_pseudonym
+    from labelbeam.transforms.consensus import (METHODS, AnnotatorModelMethod, WeightedMajorityVote, read_gold_csv,
+                                                read_weights_csv)
 
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r} is not one of {', '.join(sorted(METHODS))}")
-    if config.weights_path and config.method != "wmv":
-        raise UserError("--weights only applies to --method wmv")
+    if (config.weights_path or config.skills_from) and config.method != "wmv":
+        raise UserError("--weights and --skills-from only apply to --method wmv")
     method_class = METHODS[config.method]
-    if config.gold_path and not issubclass(method_class, AnnotatorModelMethod):
-        raise UserError(f"--gold only applies to the annotator models: "
-                        f"{', '.join(sorted(n for n, m in METHODS.items() if issubclass(m, AnnotatorModelMethod)))}")
+    gold = _read_csv_option("--gold", config.gold_path, read_gold_csv) if config.gold_path else {}
+    unknown = sorted({label for label in gold.values()} - set(config.labels)) if config.labels else []
+    if unknown:
+        raise UserError(f"--gold {config.gold_path}: labels {unknown} are not in --labels")
     if config.method == "wmv":
-        if not config.weights_path:
-            raise UserError("--method wmv needs --weights CSV (annotator_id,weight rows)")
-        return WeightedMajorityVote(_read_csv_option("--weights", config.weights_path, read_weights_csv),
-                                    min_votes=config.min_votes)
+        if bool(config.weights_path) == bool(config.skills_from):
+            raise UserError("--method wmv needs either --weights CSV (annotator_id,weight rows) or "
+                            "--skills-from VERSION")
+        if config.weights_path:
+            return WeightedMajorityVote(_read_csv_option("--weights", config.weights_path, read_weights_csv),
+                                        min_votes=config.min_votes, gold=gold)
+        weights, source = skills_weights(config, key)
+        return WeightedMajorityVote(weights, min_votes=config.min_votes, gold=gold, key=keyed_pseudonym(key),
+                                    source=source)
     if issubclass(method_class, AnnotatorModelMethod):
-        gold = _read_csv_option("--gold", config.gold_path, read_gold_csv) if config.gold_path else {}
-        unknown = sorted({label for label in gold.values()} - set(config.labels)) if config.labels else []
-        if unknown:
-            raise UserError(f"--gold {config.gold_path}: labels {unknown} are not in --labels")
-        return method_class(min_votes=config.min_votes, gold=gold)
-    return MajorityVote(min_votes=config.min_votes)
+        try:
+            return method_class(min_votes=config.min_votes, gold=gold, em=em_path(config, runner))
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    if config.em == "beam":
+        raise UserError(f"--em beam only applies to the annotator models with a distributed EM (ds)")
+    return method_class(min_votes=config.min_votes, gold=gold)
 
 
 def reject_unknown_flags(beam_args: list[str]) -> None:
@@ -110,7 +156,7 @@ def reject_unknown_flags(beam_args: list[str]) -> None:
     if flags:
         known = [option for action in parser._actions for option in action.option_strings]
         known += ["--input", "--output", "--dataset", "--labels", "--method", "--weights", "--gold",
-                  "--min-votes", "--force"]
+                  "--min-votes", "--force", "--em", "--skills-from"]
         close = difflib.get_close_matches(flags[0], known, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise UserError(f"unknown option {flags[0]}{hint}")
@@ -127,6 +173,14 @@ def pipeline_options(beam_args: list[str]):
     return PipelineOptions(args)
 
 
+PSEUDONYM_KEY_VARIABLE = "LABELBEAM_PSEUDONYM_KEY"
+
+
+def pseudonym_key() -> bytes:
+    """The secret that keys annotator pseudonyms; empty (unkeyed, flagged in the manifest) when unset."""
+    return os.environ.get(PSEUDONYM_KEY_VARIABLE, "").encode("utf-8")
+
+
 def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None = None) -> BuildOutcome:
     """Publish the next version of config.dataset, or report that the latest is up to date."""
     import apache_beam as beam
@@ -137,10 +191,14 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
     from labelbeam.transforms.sources import InputError, match_inputs
     from labelbeam.transforms.validate import ValidationRules
 
+    from apache_beam.options.pipeline_options import StandardOptions
+
     now = now or dt.datetime.now(dt.timezone.utc)
     if config.min_votes < 1:
         raise UserError(f"--min-votes must be at least 1, got {config.min_votes}")
-    method = make_method(config)
+    options = pipeline_options(beam_args)  # LabelbeamTuningOptions is imported above, so its flags are known
+    key = pseudonym_key()
+    method = make_method(config, options.view_as(StandardOptions).runner, key)
     try:
         files = match_inputs(list(config.inputs))
     except InputError as err:
@@ -170,7 +228,6 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
         "schema": registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE),
         "labels_source": "given" if config.labels else "inferred",
     }
-    options = pipeline_options(beam_args)  # LabelbeamTuningOptions is imported above, so its flags are known
     tuning = options.view_as(LabelbeamTuningOptions)
     for flag in ("num_buckets", "chunk_events", "range_bytes"):
         if getattr(tuning, flag) < 1:
@@ -178,7 +235,8 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
     rules = ValidationRules.at(dataset, int(now.timestamp() * 1000),
                                frozenset(config.labels) if config.labels else None)
     with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, files, rules, method, version_dir, manifest_base, tuning, config.rows_per_shard)
+        build_pipeline(pipeline, files, rules, method, version_dir, manifest_base, tuning, config.rows_per_shard,
+                       key)
     manifest = version_store.read_manifest(root, dataset, version)
     if manifest is None:
         raise RuntimeError(f"the pipeline finished but wrote no manifest for version {version}")
@@ -194,7 +252,7 @@ def accuracy_against(truth_path: str, outcome: BuildOutcome) -> tuple[float, int
         truth = {row["item_id"]: row["label"] for row in csv.DictReader(stream)}
     correct = compared = 0
     for entry in outcome.manifest["files"]:
-        if entry["path"].endswith(".parquet"):
+        if entry["path"].startswith("labels-") and entry["path"].endswith(".parquet"):
             table = pq.read_table(os.path.join(outcome.version_dir, entry["path"]), columns=["item_id", "label"])
             for item_id, label in zip(table.column("item_id").to_pylist(), table.column("label").to_pylist()):
                 if item_id in truth:
@@ -229,9 +287,14 @@ def sample_config(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         inputs=(os.path.join(SAMPLE_DIR, "events"),), output=args.output or DEFAULT_OUTPUT,
         dataset=args.dataset or description["dataset"],
-        labels=parse_labels(args.labels) or tuple(description["labels"]), method=args.method,
-        weights_path=args.weights, gold_path=args.gold, min_votes=args.min_votes,
-        rows_per_shard=args.rows_per_shard, force=args.force, truth_path=os.path.join(SAMPLE_DIR, "truth.csv"))
+        labels=parse_labels(args.labels) or tuple(description["labels"]),
+        truth_path=os.path.join(SAMPLE_DIR, "truth.csv"), **method_arguments(args))
+
+
+def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    return {"method": args.method, "weights_path": args.weights, "gold_path": args.gold, "min_votes": args.min_votes,
+            "rows_per_shard": args.rows_per_shard, "force": args.force, "em": args.em,
+            "skills_from": args.skills_from}
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -242,9 +305,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     if not args.output:
         raise UserError("--output ROOT is required with --input")
     return BuildConfig(inputs=tuple(args.input), output=args.output, dataset=args.dataset,
-                       labels=parse_labels(args.labels), method=args.method, weights_path=args.weights,
-                       gold_path=args.gold, min_votes=args.min_votes, rows_per_shard=args.rows_per_shard,
-                       force=args.force)
+                       labels=parse_labels(args.labels), **method_arguments(args))
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:

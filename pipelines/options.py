@@ -31,6 +31,8 @@ class BuildConfig:
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     force: bool = False
     truth_path: str | None = None  # known true labels (the embedded sample's) for the summary
+    em: str = "auto"
+    skills_from: str | None = None
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +46,17 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="mv", help="consensus method: mv (majority vote), wmv (weighted, "
                                                        "needs --weights), ds (Dawid-Skene), one_coin, glad, mace")
     parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
-    parser.add_argument("--gold", metavar="CSV", help="item_id,label rows of known answers; the annotator "
-                                                     "models (ds, one_coin, glad, mace) keep these items at "
-                                                     "their label while fitting")
+    parser.add_argument("--skills-from", metavar="VERSION",
+                        help="for --method wmv: weigh each annotator by the accuracy a previous version of this "
+                             "dataset estimated (a version number or 'latest'; needs the same "
+                             "LABELBEAM_PSEUDONYM_KEY)")
+    parser.add_argument("--gold", metavar="CSV", help="item_id,label rows of known answers: they score the "
+                                                     "annotators (gold accuracy), and the annotator models "
+                                                     "(ds, one_coin, glad, mace) keep these items at their "
+                                                     "label while fitting")
+    parser.add_argument("--em", choices=("auto", "in_process", "beam"), default="auto",
+                        help="where --method ds fits: in_process (all votes on one worker), beam (EM as "
+                             "Beam transforms across workers), auto (beam on managed runners, else in_process)")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default 1)")
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)

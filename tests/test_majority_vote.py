@@ -9,7 +9,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from event_builders import event, event_table
-from labelbeam.transforms.consensus import (CONSENSUS_SCHEMA, ComputeConsensus, MajorityVote, WeightedMajorityVote,
+from labelbeam.transforms.consensus import (ANNOTATOR_STATS, CONSENSUS_SCHEMA, LABELS, ComputeConsensus, MajorityVote, WeightedMajorityVote,
                                             read_weights_csv)
 from labelbeam.transforms.factorize import factorize_sorted
 from labelbeam.transforms.majority_vote import majority_vote
@@ -135,9 +135,14 @@ def test_min_votes_below_one_is_rejected():
 def test_compute_consensus_in_beam_gives_one_row_per_item():
     table = votes(("i1", "a1", "cat"), ("i1", "a2", "cat"), ("i2", "a1", "dog"))
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        labels = (pipeline | beam.Create([table]) | ComputeConsensus(MajorityVote())
-                  | beam.FlatMap(lambda t: [(r["item_id"], r["label"], r["num_votes"]) for r in t.to_pylist()]))
+        consensus = pipeline | beam.Create([table]) | ComputeConsensus(MajorityVote())
+        labels = consensus[LABELS] | beam.FlatMap(
+            lambda t: [(r["item_id"], r["label"], r["num_votes"]) for r in t.to_pylist()])
         assert_that(labels, equal_to([("i1", "cat", 2), ("i2", "dog", 1)]))
+        stats = consensus[ANNOTATOR_STATS] | beam.FlatMap(
+            lambda t: [(r["annotator_id"], r["true_label"], r["answered_label"], r["consensus"]) for r in t.to_pylist()])
+        assert_that(stats, equal_to([("a1", "cat", "cat", 1), ("a2", "cat", "cat", 1), ("a1", "dog", "dog", 1)]),
+                    label="AnnotatorStats")
 
 
 def test_item_with_only_rating_votes_still_gets_a_row():

@@ -1,9 +1,11 @@
 """The consensus step: a pluggable ConsensusMethod turns votes into one row per item.
 
-A method receives a PCollection of vote tables (VOTE_SCHEMA) in which every table holds all votes
-of the items it contains, and returns a PCollection of consensus tables (CONSENSUS_SCHEMA). Methods
-whose answer for an item depends only on that item's votes subclass PerItemMethod and implement
-`aggregate`; global methods (EM over annotators) implement `expand_votes` with their own shuffles.
+A method receives a PCollection of vote tables in which every table holds all votes of the items
+it contains. It computes a posterior over each item's class - vote shares for majority vote, the
+fitted model's posterior for the annotator models - and returns consensus tables (CONSENSUS_SCHEMA)
+plus partial per-annotator statistics (annotator_stats.PARTIAL_SCHEMA) that add up across buckets.
+Methods whose answer for an item depends only on that item's votes subclass PerItemMethod and run
+per bucket; the annotator models fit over all votes, in process or as a Beam EM.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ import hashlib
 import io
 import json
 import math
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam import pvalue
 
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms.annotator_stats import PARTIAL_SCHEMA, partial_annotator_stats
 from labelbeam.transforms.dawid_skene import Answers, dawid_skene
 from labelbeam.transforms.factorize import factorize_sorted
 from labelbeam.transforms.glad import glad
@@ -41,32 +45,121 @@ CONSENSUS_SCHEMA = pa.schema([
     pa.field("status", pa.string(), nullable=False),
 ])
 
+# The vote columns consensus methods read.
+VOTE_COLUMNS = pa.schema([pa.field("item_id", pa.string()), pa.field("annotator_id", pa.string()),
+                          pa.field("label", pa.string())])
+
+
+LABELS, ANNOTATOR_STATS = "labels", "annotator_stats"
+
+
+class IndexedVotes(NamedTuple):
+    """Some items' votes as integer answers, with the names behind the indexes."""
+    item_ids: pa.Array          # sorted; every item of the votes, with or without a single-label vote
+    label_names: pa.Array       # sorted; the votes' labels and the gold labels
+    annotator_ids: pa.Array     # sorted; annotators with a single-label vote
+    answers: Answers
+    gold: np.ndarray | None     # per item: gold class index or -1; None without gold
+
+
+def index_votes(votes: pa.Table, gold: dict[str, str]) -> IndexedVotes:
+    item_idx, item_ids = factorize_sorted(votes.column("item_id"))
+    # Only single-label votes are answers; an item whose votes are all multi-label or ratings still
+    # gets a row (label null, needs_more_votes), so no item silently disappears.
+    labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
+    with_label = votes.filter(pa.array(labeled))
+    # Gold labels nobody voted for are classes too.
+    label_values = pa.chunked_array([with_label.column("label"), pa.array(sorted(set(gold.values())), pa.string())])
+    label_idx, label_names = factorize_sorted(label_values)
+    worker_idx, annotator_ids = factorize_sorted(with_label.column("annotator_id"))
+    answers = Answers(item_idx[labeled], worker_idx, label_idx[:with_label.num_rows], len(item_ids),
+                      len(annotator_ids), len(label_names))
+    gold_idx = None
+    if gold:
+        label_position = {name: i for i, name in enumerate(label_names.to_pylist())}
+        gold_idx = np.array([label_position[gold[item]] if item in gold else -1 for item in item_ids.to_pylist()],
+                            dtype=np.int64)
+    return IndexedVotes(item_ids, label_names, annotator_ids, answers, gold_idx)
+
+
+class BucketConsensus(NamedTuple):
+    labels: pa.Table             # CONSENSUS_SCHEMA rows of some items
+    annotator_stats: pa.Table    # their answers' partial annotator statistics (annotator_stats.PARTIAL_SCHEMA)
+
+
+def consensus_from_posteriors(indexed: IndexedVotes, posteriors: np.ndarray, min_votes: int) -> BucketConsensus:
+    """Consensus rows (label = the posterior's arg-max, smallest class on ties) and annotator statistics."""
+    answers = indexed.answers
+    tally = majority_vote(answers.item, answers.label, answers.n_items, answers.n_labels)
+    has_votes = tally.num_votes > 0
+    if answers.n_labels > 1:
+        top_two = np.sort(posteriors, axis=1)[:, -2:]
+        is_tie = top_two[:, 0] == top_two[:, 1]
+    else:
+        is_tie = np.zeros(answers.n_items, dtype=bool)
+    label = np.where(has_votes, posteriors.argmax(axis=1), -1) if answers.n_labels else \
+        np.full(answers.n_items, -1)
+    confidence = np.where(has_votes, posteriors.max(axis=1), 0.0) if answers.n_labels else \
+        np.zeros(answers.n_items)
+    labels = tally_to_table(indexed.item_ids, indexed.label_names,
+                            VoteTally(label, confidence, tally.num_votes, tally.agreement, is_tie & has_votes),
+                            min_votes)
+    stats = partial_annotator_stats(indexed.annotator_ids, answers.worker, answers.item, answers.label,
+                                    indexed.label_names, posteriors, label, indexed.gold)
+    return BucketConsensus(labels, stats)
+
+
+def split_consensus(result: BucketConsensus):
+    yield result.labels
+    yield pvalue.TaggedOutput(ANNOTATOR_STATS, result.annotator_stats)
+
 
 class ConsensusMethod(abc.ABC):
-    """A truth-inference method. `name` is what --method selects."""
+    """A truth-inference method. `name` is what --method selects.
+
+    Gold items (item_id -> label) score the annotators (gold accuracy) with every method; the
+    annotator models also keep them at their label while fitting.
+    """
     name: ClassVar[str]
 
-    def __init__(self, min_votes: int = 1):
+    def __init__(self, min_votes: int = 1, gold: dict[str, str] | None = None):
         if min_votes < 1:
             raise ValueError(f"min_votes must be at least 1, got {min_votes}")
         self.min_votes = min_votes
+        self.gold = dict(sorted((gold or {}).items()))
 
     def params(self) -> dict:
         """What the manifest records about this method; equal params give equal results."""
-        return {"method": self.name, "min_votes": self.min_votes}
+        return {"method": self.name, "min_votes": self.min_votes, "gold_items": len(self.gold),
+                "gold_sha256": hashlib.sha256(json.dumps(self.gold).encode()).hexdigest() if self.gold else None}
 
     @abc.abstractmethod
-    def expand_votes(self, votes: beam.PCollection) -> beam.PCollection:
-        """PCollection[pa.Table of votes] -> PCollection[pa.Table of CONSENSUS_SCHEMA rows]."""
+    def posteriors(self, indexed: IndexedVotes) -> np.ndarray:
+        """[n_items, n_labels] probability of each item's class."""
+
+    def consensus_of(self, votes: pa.Table) -> BucketConsensus:
+        if votes.num_rows == 0:
+            return BucketConsensus(CONSENSUS_SCHEMA.empty_table(), PARTIAL_SCHEMA.empty_table())
+        indexed = index_votes(votes, self.gold)
+        return consensus_from_posteriors(indexed, self.posteriors(indexed), self.min_votes)
+
+    @abc.abstractmethod
+    def expand_votes(self, votes: beam.PCollection) -> dict[str, beam.PCollection]:
+        """PCollection[pa.Table of votes] -> {LABELS: consensus tables, ANNOTATOR_STATS: partial stats tables}."""
 
 
 class PerItemMethod(ConsensusMethod):
-    @abc.abstractmethod
+    """A method whose answer for an item depends only on that item's votes: runs per bucket."""
+
     def aggregate(self, votes: pa.Table) -> pa.Table:
         """All votes of some items -> one CONSENSUS_SCHEMA row per item, sorted by item_id."""
+        return self.consensus_of(votes).labels
 
     def expand_votes(self, votes):
-        return votes | "AggregatePerItem" >> beam.Map(self.aggregate).with_output_types(pa.Table)
+        outputs = (votes
+                   | "AggregatePerItem" >> beam.Map(self.consensus_of)
+                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
+        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
 
 
 def tally_to_table(item_ids: pa.Array, label_names: pa.Array, tally: VoteTally, min_votes: int) -> pa.Table:
@@ -82,46 +175,71 @@ def tally_to_table(item_ids: pa.Array, label_names: pa.Array, tally: VoteTally, 
                     schema=CONSENSUS_SCHEMA)
 
 
+def weighted_shares(answers: Answers, weights: np.ndarray | None) -> np.ndarray:
+    """[n_items, n_labels] each item's (weighted) share of votes per class; all zero without votes."""
+    scores = np.zeros((answers.n_items, answers.n_labels))
+    np.add.at(scores, (answers.item, answers.label), 1.0 if weights is None else weights)
+    totals = scores.sum(axis=1, keepdims=True)
+    return np.divide(scores, totals, out=np.zeros_like(scores), where=totals > 0)
+
+
 class MajorityVote(PerItemMethod):
     """The most frequent label; confidence is its share of the item's votes."""
     name = "mv"
 
-    def _weights(self, votes: pa.Table) -> np.ndarray | None:
+    def answer_weights(self, indexed: IndexedVotes) -> np.ndarray | None:
         return None
 
-    def aggregate(self, votes: pa.Table) -> pa.Table:
-        # Only single-label votes count; an item whose votes are all multi-label or ratings still
-        # gets a row (label null, needs_more_votes) so no item silently disappears.
-        item_idx, item_ids = factorize_sorted(votes.column("item_id"))
-        labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
-        label_idx, label_names = factorize_sorted(votes.column("label").filter(pa.array(labeled)))
-        weights = self._weights(votes)
-        tally = majority_vote(item_idx[labeled], label_idx, len(item_ids), len(label_names),
-                              None if weights is None else weights[labeled])
-        return tally_to_table(item_ids, label_names, tally, self.min_votes)
+    def posteriors(self, indexed):
+        return weighted_shares(indexed.answers, self.answer_weights(indexed))
 
 
 class WeightedMajorityVote(MajorityVote):
-    """Majority vote where each vote counts its annotator's weight (from a CSV annotator_id,weight).
+    """Majority vote where each vote counts its annotator's weight.
 
-    Annotators missing from the file weigh `default_weight`.
+    Weights come from a CSV (annotator_id,weight) or from a previous build's annotator skills
+    (keyed by pseudonym: `key` maps a raw annotator id to the key the weights use). Annotators
+    without a weight weigh `default_weight`.
     """
     name = "wmv"
 
-    def __init__(self, weights: dict[str, float], min_votes: int = 1, default_weight: float = 1.0):
-        super().__init__(min_votes)
+    def __init__(self, weights: dict[str, float], min_votes: int = 1, default_weight: float = 1.0,
+                 gold: dict[str, str] | None = None, key=None, source: dict | None = None):
+        super().__init__(min_votes, gold)
         for annotator, weight in weights.items():
             if not (math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"weight of annotator {annotator!r} must be a finite number >= 0, got {weight}")
         self.weights = dict(sorted(weights.items()))
         self.default_weight = default_weight
+        self.key = key
+        self.source = source
 
     def params(self) -> dict:
-        return {**super().params(), "weights": self.weights, "default_weight": self.default_weight}
+        weights = ({"weights_sha256": hashlib.sha256(json.dumps(self.weights).encode()).hexdigest(),
+                    "weights_from": self.source} if self.source else {"weights": self.weights})
+        return {**super().params(), **weights, "default_weight": self.default_weight}
 
-    def _weights(self, votes: pa.Table) -> np.ndarray:
-        return np.array([self.weights.get(a, self.default_weight)
-                         for a in votes.column("annotator_id").to_pylist()], dtype=np.float64)
+    def answer_weights(self, indexed):
+        key = self.key or (lambda annotator: annotator)
+        per_annotator = np.array([self.weights.get(key(a), self.default_weight)
+                                  for a in indexed.annotator_ids.to_pylist()], dtype=np.float64)
+        return per_annotator[indexed.answers.worker]
+
+
+def weights_from_skills(skills: pa.Table, n_labels: int, floor: float = 0.01) -> dict[str, float]:
+    """annotator pseudonym -> log((K-1) p / (1 - p)), the optimal vote weight of an annotator whose
+    answers are right with probability p (one-coin model), clipped at 0 (no better than chance).
+
+    p is the previous build's estimated accuracy, kept within [floor, 1 - floor] so a perfect
+    record gives a large finite weight. Annotators without an accuracy are left to the default.
+    """
+    weights = {}
+    for row in skills.select(["annotator", "accuracy"]).to_pylist():
+        if row["accuracy"] is None:
+            continue
+        p = min(max(row["accuracy"], floor), 1 - floor)
+        weights[row["annotator"]] = max(0.0, math.log(max(n_labels - 1, 1) * p / (1 - p)))
+    return weights
 
 
 def read_weights_csv(text: str) -> dict[str, float]:
@@ -139,79 +257,77 @@ def read_weights_csv(text: str) -> dict[str, float]:
     return weights
 
 
+EM_IN_PROCESS, EM_BEAM = "in_process", "beam"
+
+
 class AnnotatorModelMethod(ConsensusMethod):
     """A model of annotators fitted over all votes at once; confidence is the label's posterior.
 
-    This is the in-process path: all votes are gathered on one worker and fitted there, which
-    suits datasets that fit in one machine's memory. Gold items (item_id -> label) are clamped to
-    their label while fitting. Subclasses name the model and compute its posteriors.
+    Two paths give the same answers (tested): `in_process` gathers all votes on one worker and
+    fits there (fast for data that fits one machine); `beam` (Dawid-Skene only) runs the EM as
+    Beam transforms over item buckets, so a managed runner spreads it across workers.
+    Subclasses name the model and compute its posteriors.
     """
     max_iter: ClassVar[int] = 100
     tol: ClassVar[float] = 1e-5
+    distributed: ClassVar[bool] = False  # whether the `beam` path exists for this model
 
-    def __init__(self, min_votes: int = 1, gold: dict[str, str] | None = None):
-        super().__init__(min_votes)
-        self.gold = dict(sorted((gold or {}).items()))
+    def __init__(self, min_votes: int = 1, gold: dict[str, str] | None = None, em: str = EM_IN_PROCESS):
+        super().__init__(min_votes, gold)
+        if em not in (EM_IN_PROCESS, EM_BEAM):
+            raise ValueError(f"em must be {EM_IN_PROCESS} or {EM_BEAM}, got {em!r}")
+        if em == EM_BEAM and not self.distributed:
+            raise ValueError(f"--method {self.name} has no distributed EM; use --em {EM_IN_PROCESS}")
+        self.em = em
 
     def params(self) -> dict:
-        return {**super().params(), "max_iter": self.max_iter, "tol": self.tol, "gold_items": len(self.gold),
-                "gold_sha256": hashlib.sha256(json.dumps(self.gold).encode()).hexdigest() if self.gold else None}
+        return {**super().params(), "max_iter": self.max_iter, "tol": self.tol, "em": self.em}
+
+    def posteriors(self, indexed):
+        return self.fit_posteriors(indexed.answers, indexed.gold)
 
     @abc.abstractmethod
-    def posteriors(self, answers: Answers, gold: np.ndarray | None) -> np.ndarray:
+    def fit_posteriors(self, answers: Answers, gold: np.ndarray | None) -> np.ndarray:
         """[n_items, n_labels] posterior of each item's class."""
 
     def expand_votes(self, votes):
-        return (votes
-                | "GatherVotes" >> beam.combiners.ToList()
-                | "FitAnnotatorModel" >> beam.Map(self.fit).with_output_types(pa.Table))
+        if self.em == EM_BEAM:
+            return self.expand_on_beam(votes)
+        outputs = (votes
+                   | "GatherVotes" >> beam.combiners.ToList()
+                   | "FitAnnotatorModel" >> beam.Map(self.fit)
+                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
+        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
 
-    def fit(self, tables: list[pa.Table]) -> pa.Table:
-        votes = pa.concat_tables(tables) if tables else None
-        if votes is None or votes.num_rows == 0:
-            return CONSENSUS_SCHEMA.empty_table()
-        item_idx, item_ids = factorize_sorted(votes.column("item_id"))
-        labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
-        votes_with_label = votes.filter(pa.array(labeled))
-        # Gold labels nobody voted for are classes too.
-        label_values = pa.chunked_array([votes_with_label.column("label"),
-                                         pa.array(sorted(set(self.gold.values())), pa.string())])
-        label_idx, label_names = factorize_sorted(label_values)
-        label_idx = label_idx[:votes_with_label.num_rows]
-        worker_idx, worker_ids = factorize_sorted(votes_with_label.column("annotator_id"))
-        answers = Answers(item_idx[labeled], worker_idx, label_idx, len(item_ids), len(worker_ids), len(label_names))
-        gold = None
-        if self.gold:
-            label_position = {name: i for i, name in enumerate(label_names.to_pylist())}
-            item_position = {name: i for i, name in enumerate(item_ids.to_pylist())}
-            gold = np.full(len(item_ids), -1)
-            for item, label in self.gold.items():
-                if item in item_position:
-                    gold[item_position[item]] = label_position[label]
-        posteriors = self.posteriors(answers, gold)
-        tally = majority_vote(answers.item, answers.label, answers.n_items, answers.n_labels)
-        has_votes = tally.num_votes > 0
-        if answers.n_labels > 1:
-            top_two = np.sort(posteriors, axis=1)[:, -2:]
-            is_tie = top_two[:, 0] == top_two[:, 1]
-        else:
-            is_tie = np.zeros(len(item_ids), dtype=bool)
-        posterior_tally = VoteTally(np.where(has_votes, posteriors.argmax(axis=1), -1),
-                                    np.where(has_votes, posteriors.max(axis=1), 0.0),
-                                    tally.num_votes, tally.agreement, is_tie & has_votes)
-        return tally_to_table(item_ids, label_names, posterior_tally, self.min_votes)
+    def expand_on_beam(self, votes):
+        raise NotImplementedError
+
+    def fit(self, tables: list[pa.Table]) -> BucketConsensus:
+        return self.consensus_of(pa.concat_tables(tables) if tables else VOTE_COLUMNS.empty_table())
 
 
 class DawidSkene(AnnotatorModelMethod):
     """Dawid-Skene: a full confusion matrix per annotator."""
     name = "ds"
     smoothing = 0.01
+    distributed = True
 
     def params(self) -> dict:
         return {**super().params(), "smoothing": self.smoothing}
 
-    def posteriors(self, answers, gold):
+    def fit_posteriors(self, answers, gold):
         return dawid_skene(answers, self.max_iter, self.tol, self.smoothing, gold).posteriors
+
+    def expand_on_beam(self, votes):
+        from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam, bucket_consensus
+
+        fitted = votes | "FitDawidSkeneOnBeam" >> FitDawidSkeneOnBeam(self.gold, self.max_iter, self.tol,
+                                                                      self.smoothing)
+        outputs = (fitted["posteriors"]
+                   | "ConsensusOfBuckets" >> beam.Map(bucket_consensus, pvalue.AsSingleton(fitted["index"]),
+                                                      self.min_votes)
+                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
+        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
 
 
 class OneCoin(AnnotatorModelMethod):
@@ -222,7 +338,7 @@ class OneCoin(AnnotatorModelMethod):
     def params(self) -> dict:
         return {**super().params(), "smoothing": self.smoothing}
 
-    def posteriors(self, answers, gold):
+    def fit_posteriors(self, answers, gold):
         return one_coin(answers, self.max_iter, self.tol, self.smoothing, gold).posteriors
 
 
@@ -230,7 +346,7 @@ class Glad(AnnotatorModelMethod):
     """GLAD: annotator ability times item difficulty."""
     name = "glad"
 
-    def posteriors(self, answers, gold):
+    def fit_posteriors(self, answers, gold):
         return glad(answers, self.max_iter, self.tol, gold=gold).posteriors
 
 
@@ -238,7 +354,7 @@ class Mace(AnnotatorModelMethod):
     """MACE: each annotator is a spammer with some probability, with their own spam distribution."""
     name = "mace"
 
-    def posteriors(self, answers, gold):
+    def fit_posteriors(self, answers, gold):
         return mace(answers, self.max_iter, self.tol, gold=gold).posteriors
 
 
@@ -259,7 +375,7 @@ METHODS: dict[str, type[ConsensusMethod]] = {
 
 
 class ComputeConsensus(beam.PTransform):
-    """Vote tables -> consensus tables, by the chosen method."""
+    """Vote tables -> {LABELS: consensus tables, ANNOTATOR_STATS: partial annotator statistics}."""
 
     def __init__(self, method: ConsensusMethod):
         super().__init__()

@@ -291,3 +291,18 @@ class FitDawidSkeneOnBeam(beam.PTransform):
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), smoothing, tol))
         posteriors = buckets | "Posteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state))
         return {"posteriors": posteriors, "index": index, "state": state}
+
+
+def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, min_votes: int):
+    """(bucket, posteriors) -> the bucket's consensus rows and partial annotator statistics."""
+    from labelbeam.transforms.consensus import IndexedVotes, consensus_from_posteriors
+
+    bucket, posteriors = pair
+    answers = bucket.compact.answers()
+    # Annotators re-indexed within the bucket, so its statistics grow with its own annotators.
+    present, local_worker = np.unique(answers.worker, return_inverse=True)
+    local = answers._replace(worker=local_worker.astype(np.int64), n_workers=len(present))
+    indexed = IndexedVotes(bucket.item_ids, pa.array(index.labels, pa.string()),
+                           pa.array(index.annotators, pa.string()).take(pa.array(present)), local,
+                           bucket.compact.gold())
+    return consensus_from_posteriors(indexed, posteriors, min_votes)

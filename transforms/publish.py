@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from labelbeam.schemas import registry
 from labelbeam.transforms import version_store
+from labelbeam.transforms.annotator_stats import key_id, keyed_pseudonym, summarize_annotators
 from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms import dead_letters as dl
@@ -139,7 +140,24 @@ def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-LABELS, DEAD_LETTERS, COUNTS, VOTE_LABELS = "labels", "dead_letters", "counts", "vote_labels"
+LABELS, ANNOTATOR_STATS, DEAD_LETTERS, COUNTS, VOTE_LABELS = (
+    "labels", "annotator_stats", "dead_letters", "counts", "vote_labels")
+ANNOTATORS_FILE = "annotators-00000-of-00001.parquet"
+
+
+def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes) -> tuple[FileEntry, dict[str, Any]]:
+    """The annotators file (pseudonymized ids, votes, accuracy, agreement, gold accuracy, confusion)
+    and the manifest's description of it."""
+    table, confusion_labels = summarize_annotators(partials, keyed_pseudonym(key))
+    entry = write_file(version_dir, ANNOTATORS_FILE, parquet_bytes(table), table.num_rows)
+    return entry, {"file": ANNOTATORS_FILE, "rows": table.num_rows, "confusion_labels": confusion_labels,
+                   "pseudonym": "hmac-sha256", "keyed": bool(key), "key_id": key_id(key)}
+
+
+def read_annotators(version_dir: str, manifest: dict[str, Any]) -> pa.Table:
+    path = FileSystems.join(version_dir, manifest["annotators"]["file"])
+    with FileSystems.open(path) as stream:
+        return pq.read_table(io.BytesIO(stream.read()))
 
 
 class WriteVersionFn(beam.DoFn):
@@ -149,28 +167,33 @@ class WriteVersionFn(beam.DoFn):
     create-only; a retried bundle writes the same bytes, and finding its own manifest is fine.
     """
 
-    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int):
+    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int, pseudonym_key: bytes):
         super().__init__()
         self._version_dir = version_dir
         self._manifest_base = manifest_base
         self._rows_per_shard = rows_per_shard
+        self._pseudonym_key = pseudonym_key
 
     def process(self, parts: list[tuple[str, Any]]):
-        by_kind: dict[str, list] = {LABELS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: []}
+        by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: []}
         for kind, value in parts:
             by_kind[kind].append(value)
         labels = sorted_labels(by_kind[LABELS])
         counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
         check_conservation(counts)
         summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
+        annotators_entry, annotators = write_annotators(self._version_dir, by_kind[ANNOTATOR_STATS],
+                                                        self._pseudonym_key)
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard) + \
-            write_dead_letter_shards(self._version_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
+            write_dead_letter_shards(self._version_dir, by_kind[DEAD_LETTERS], self._rows_per_shard) + \
+            [annotators_entry]
         manifest = {
             **self._manifest_base,
             "counts": counts,
             "files": [entry.to_json() for entry in sorted(files)],
             "labels": summary["labels"],
             "status": summary["status"],
+            "annotators": annotators,
         }
         data = version_store.encode_manifest(manifest)
         path = FileSystems.join(self._version_dir, version_store.MANIFEST)
@@ -183,27 +206,32 @@ class WriteVersionFn(beam.DoFn):
 
 
 class PublishVersion(beam.PTransform):
-    """{labels: pa.Table*, dead_letters: pa.RecordBatch*, counts: dict*, vote_labels: list[str]*} -> manifest.
+    """{labels: pa.Table*, annotator_stats: pa.Table*, dead_letters: pa.RecordBatch*, counts: dict*,
+    vote_labels: list[str]*} -> manifest.
 
     `vote_labels` are lists of the labels the votes used (the manifest's label set when none was given).
     Every part meets in one place: the files are written whole, from sorted rows, by one worker;
     one gather instead of one per part keeps the graph small (each stage costs the runner time).
     """
 
-    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int):
+    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int,
+                 pseudonym_key: bytes = b""):
         super().__init__()
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
         self._version_dir = version_dir
         self._manifest_base = manifest_base
         self._rows_per_shard = rows_per_shard
+        self._pseudonym_key = pseudonym_key
 
     def expand(self, inputs):
         return ((inputs[LABELS] | "TagLabels" >> beam.Map(lambda table: (LABELS, table)),
+                 inputs[ANNOTATOR_STATS] | "TagAnnotatorStats" >> beam.Map(lambda table: (ANNOTATOR_STATS, table)),
                  inputs[DEAD_LETTERS] | "TagDeadLetters" >> beam.Map(lambda batch: (DEAD_LETTERS, batch)),
                  inputs[COUNTS] | "TagCounts" >> beam.Map(lambda counts: (COUNTS, counts)),
                  inputs[VOTE_LABELS] | "TagVoteLabels" >> beam.Map(lambda labels: (VOTE_LABELS, labels)))
                 | "FlattenParts" >> beam.Flatten()
                 | "GatherParts" >> beam.combiners.ToList()
                 | "WriteVersion" >> beam.ParDo(
-                    WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard)))
+                    WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard,
+                                   self._pseudonym_key)))
