@@ -6,6 +6,13 @@ The set: binary labels, answers/10 items with 10 answers each from 1,000 annotat
 accuracies are spread 0.55-0.95 (seed 0). Each method runs in its own child process, which loads
 the same answers from an .npz file, so its wall time and peak RSS (the kernel's ru_maxrss of that
 process) are its own. Prints time, peak RSS and accuracy against the generated truth.
+
+- inprocess: `dawid_skene` on numpy arrays (the in-process path of `--method ds`).
+- beam: the build's consensus step for `--method ds --em beam` (distributed EM, consensus rows,
+  per-annotator statistics) on the local FnApiRunner, reading the votes from 16 Parquet files
+  (the build's default bucket count) written before the clock starts.
+- crowdkit: crowd-kit's DawidSkene on a pandas frame (`pip install ".[bench]"`).
+All three run at most 100 EM iterations with their own stopping rules.
 """
 from __future__ import annotations
 
@@ -72,25 +79,39 @@ def write_vote_buckets(data, num_buckets: int = 16) -> list[str]:
     return paths
 
 
+def check_annotator_count(partials, summarize) -> None:
+    found = summarize(partials, str)[0].num_rows
+    if found != N_ANNOTATORS:
+        raise RuntimeError(f"annotator statistics cover {found} annotators, not {N_ANNOTATORS}")
+
+
 def run_beam(data, paths: list[str]) -> np.ndarray:
+    """`--method ds --em beam`: the build's consensus step (distributed EM, consensus rows and
+    per-annotator statistics) on the local runner, reading the vote buckets from Parquet."""
     import apache_beam as beam
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam
+    from labelbeam.transforms.annotator_stats import summarize_annotators
+    from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, ComputeConsensus, DawidSkene
 
     out_dir = tempfile.mkdtemp(prefix="beam-ds-out-")
+    method = DawidSkene(em="beam")
+    assert method.max_iter == MAX_ITER
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
-        fitted = (pipeline
-                  | beam.Create(paths, reshuffle=False)
-                  | "ReadVotes" >> beam.Map(pq.read_table).with_output_types(pa.Table)
-                  | FitDawidSkeneOnBeam(max_iter=MAX_ITER))
-        _ = (fitted["posteriors"]
-             | beam.Map(lambda pair: np.stack([pc.cast(pair[0].item_ids, pa.int64()).to_numpy(),
-                                               pair[1].argmax(axis=1)]))
+        consensus = (pipeline
+                     | beam.Create(paths, reshuffle=False)
+                     | "ReadVotes" >> beam.Map(pq.read_table).with_output_types(pa.Table)
+                     | ComputeConsensus(method))
+        _ = (consensus[LABELS]
+             | beam.Map(lambda rows: np.stack([pc.cast(rows.column("item_id"), pa.int64()).to_numpy(),
+                                               pc.cast(rows.column("label"), pa.int64()).to_numpy()]))
              | beam.Map(lambda rows, d=out_dir: np.save(os.path.join(d, f"{rows[0, 0]}.npy"), rows)))
+        _ = (consensus[ANNOTATOR_STATS]
+             | beam.combiners.ToList()
+             | beam.Map(check_annotator_count, summarize_annotators))
     predicted = np.empty(len(data["truth"]), dtype=np.int64)
     for name in os.listdir(out_dir):
         items, labels = np.load(os.path.join(out_dir, name))
