@@ -6,7 +6,8 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from labelbeam.transforms.dawid_skene import Answers, dawid_skene
+from labelbeam.transforms.calibration import calibrated_dawid_skene
+from labelbeam.transforms.dawid_skene import Answers
 from labelbeam.transforms.distributed_em import (DEFAULT_ANSWERS_PER_ELEMENT, FIXED_POINT_LIMIT, CompactAnswers,
                                                  FitDawidSkeneOnBeam, SumCountsFn, to_fixed_point)
 
@@ -34,8 +35,8 @@ def in_process(votes: pa.Table, gold: dict[str, str]):
                       np.array([labels.index(x) for x in votes["label"].to_pylist()]),
                       len(items), len(workers), len(labels))
     gold_idx = np.array([labels.index(gold[i]) if i in gold else -1 for i in items]) if gold else None
-    result = dawid_skene(answers, max_iter=30, gold=gold_idx)
-    return {item: row for item, row in zip(items, result.posteriors)}, result.iterations
+    result = calibrated_dawid_skene(answers, gold_idx, max_iter=30)
+    return {item: row for item, row in zip(items, result.posteriors)}, result.fit.iterations
 
 
 def assert_beam_matches_in_process(votes: pa.Table, num_buckets: int, gold: dict[str, str],

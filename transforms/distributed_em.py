@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 
 from labelbeam.transforms import arrow_coder
+from labelbeam.transforms.calibration import fit_temperature, tempered
 from labelbeam.transforms.dawid_skene import (Answers, clamp_gold, e_step, expected_counts, parameter_change,
                                               parameters_from_counts, vote_shares)
 from labelbeam.transforms.factorize import factorize_sorted
@@ -251,6 +252,28 @@ def bucket_posteriors(bucket: AnswerBucket, state: EMState) -> tuple[AnswerBucke
     return bucket, posteriors
 
 
+def gold_posteriors_from_votes(bucket: AnswerBucket, state: EMState):
+    """(first item id, gold items' posteriors from their votes alone, their gold classes) of a bucket."""
+    compact = bucket.compact
+    if len(compact.gold_items):
+        posteriors, _ = e_step(compact.answers(), state.log_priors, state.log_confusions)
+        yield bucket.item_ids[0].as_py(), posteriors[compact.gold_items], compact.gold_labels
+
+
+def temperature_of(parts: list) -> float:
+    """The calibration temperature over every bucket's gold rows, gathered in item order (fixed bits)."""
+    if not parts:
+        return 1.0
+    parts = sorted(parts, key=lambda part: part[0])
+    return fit_temperature(np.concatenate([part[1] for part in parts]), np.concatenate([part[2] for part in parts]))
+
+
+def calibrated_bucket_posteriors(bucket: AnswerBucket, state: EMState, temperature: float):
+    """As calibration.calibrated_dawid_skene does in process: tempered posteriors, gold clamped."""
+    from_votes, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions)
+    return bucket, clamp_gold(tempered(from_votes, temperature), bucket.compact.gold())
+
+
 class FitDawidSkeneOnBeam(beam.PTransform):
     """Vote tables (each holding all votes of its items) -> (AnswerBucket, posteriors), plus the index.
 
@@ -289,8 +312,17 @@ class FitDawidSkeneOnBeam(beam.PTransform):
             state = (stepped["counts"]
                      | f"SumCounts{iteration}" >> beam.CombineGlobally(SumCountsFn())
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), smoothing, tol))
-        posteriors = buckets | "Posteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state))
-        return {"posteriors": posteriors, "index": index, "state": state}
+        if not gold:
+            posteriors = buckets | "Posteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state))
+            return {"posteriors": posteriors, "index": index, "state": state}
+        # With gold, posteriors are temperature-scaled on the gold items (see calibration.py).
+        temperature = (buckets
+                       | "GoldPosteriors" >> beam.FlatMap(gold_posteriors_from_votes, pvalue.AsSingleton(state))
+                       | "GatherGold" >> beam.combiners.ToList()
+                       | "FitTemperature" >> beam.Map(temperature_of))
+        posteriors = buckets | "Posteriors" >> beam.Map(calibrated_bucket_posteriors, pvalue.AsSingleton(state),
+                                                        pvalue.AsSingleton(temperature))
+        return {"posteriors": posteriors, "index": index, "state": state, "temperature": temperature}
 
 
 def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, min_votes: int):
