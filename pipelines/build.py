@@ -41,7 +41,7 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     import apache_beam as beam
 
     from labelbeam.transforms import dead_letters as dl
-    from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, ComputeConsensus
+    from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
     from labelbeam.transforms.publish import PublishVersion, distinct_vote_labels
     from labelbeam.transforms.resolve import VOTES, DeduplicateEvents, ResolveLifecycle
     from labelbeam.transforms.sources import ReadEvents
@@ -55,9 +55,11 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     dead_letters = (parsed[dl.DEAD_LETTER], unique[dl.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
     counts = (parsed[dl.COUNTS], unique[dl.COUNTS], standing[dl.COUNTS]) | "FlattenCounts" >> beam.Flatten()
     vote_labels = standing[VOTES] | "ListVoteLabels" >> beam.Map(distinct_vote_labels)
-    return ({"labels": consensus[LABELS], "annotator_stats": consensus[ANNOTATOR_STATS], "dead_letters": dead_letters,
+    parts = {"labels": consensus[LABELS], "annotator_stats": consensus[ANNOTATOR_STATS], "dead_letters": dead_letters,
              "counts": counts, "vote_labels": vote_labels}
-            | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key))
+    if PREFERENCES in consensus:  # bradley_terry: the prompt/chosen/rejected export
+        parts["preferences"] = consensus[PREFERENCES]
+    return parts | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key)
 
 
 def _read_csv_option(flag: str, path: str, parse):
@@ -109,14 +111,16 @@ def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], d
 
 def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""):
     from labelbeam.transforms.annotator_stats import keyed_pseudonym
-    from labelbeam.transforms.consensus import (METHODS, AnnotatorModelMethod, WeightedMajorityVote, read_gold_csv,
-                                                read_weights_csv)
+    from labelbeam.transforms.consensus import (METHODS, AnnotatorModelMethod, MultiLabel, WeightedMajorityVote,
+                                                read_gold_csv, read_weights_csv)
 
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r} is not one of {', '.join(sorted(METHODS))}")
     if (config.weights_path or config.skills_from) and config.method != "wmv":
         raise UserError("--weights and --skills-from only apply to --method wmv")
     method_class = METHODS[config.method]
+    if config.gold_path and not method_class.supports_gold:
+        raise UserError(f"--gold only applies to single-label methods, not --method {config.method}")
     gold = _read_csv_option("--gold", config.gold_path, read_gold_csv) if config.gold_path else {}
     unknown = sorted({label for label in gold.values()} - set(config.labels)) if config.labels else []
     if unknown:
@@ -138,6 +142,8 @@ def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""
             raise UserError(str(err)) from None
     if config.em == "beam":
         raise UserError(f"--em beam only applies to the annotator models with a distributed EM (ds)")
+    if method_class is MultiLabel:  # the classes in question: the label set when given
+        return MultiLabel(min_votes=config.min_votes, label_set=config.labels)
     return method_class(min_votes=config.min_votes, gold=gold)
 
 
@@ -227,6 +233,7 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
         "params": params, "inputs": inputs, "code_version": version_code,
         "schema": registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE),
         "labels_source": "given" if config.labels else "inferred",
+        "consensus": {"votes_taking_part": method.votes_taking_part},
     }
     tuning = options.view_as(LabelbeamTuningOptions)
     for flag in ("num_buckets", "chunk_events", "range_bytes"):
@@ -273,6 +280,10 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
     lines.append("  valid {valid} = votes {votes} + superseded {superseded} + deleted {deleted}".format(**counts))
     status = ", ".join(f"{k} {v}" for k, v in outcome.manifest.get("status", {}).items())
     lines.append(f"  items {counts['items']} ({status}); method {outcome.manifest['params']['method']}")
+    use = outcome.manifest.get("consensus", {})
+    if use.get("votes_unused"):  # votes of another kind of answer, or unusable comparisons: say so
+        lines.append(f"  consensus used {use['votes_used']} of {counts['votes']} votes ({use['votes_unused']} not "
+                     f"used; the method takes {use['votes_taking_part']})")
     if config.truth_path:
         accuracy, compared = accuracy_against(config.truth_path, outcome)
         lines.append(f"  accuracy vs known truth: {accuracy:.4f} over {compared} items")

@@ -43,8 +43,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset to build (events of other datasets are rejected)")
     parser.add_argument("--labels", help="comma-separated label set; other labels are rejected "
                                          "(default: inferred from the votes and recorded)")
-    parser.add_argument("--method", default="mv", help="consensus method: mv (majority vote), wmv (weighted, "
-                                                       "needs --weights), ds (Dawid-Skene), one_coin, glad, mace")
+    parser.add_argument("--method", default="mv",
+                        help="consensus method. Single label: mv (majority vote), wmv (weighted, needs --weights "
+                             "or --skills-from), ds (Dawid-Skene), one_coin, glad, mace. Multi-label: multilabel "
+                             "(per-class majority; the classes are --labels when given). Ratings (score): mean, "
+                             "median, bias_corrected (annotator bias and noise, fitted over all ratings). Pairwise "
+                             "preferences: bradley_terry (label = chosen response, metadata.rejected = the other; "
+                             "also writes preferences-00000-of-00001.jsonl for DPO)")
     parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
     parser.add_argument("--skills-from", metavar="VERSION",
                         help="for --method wmv: weigh each annotator by the accuracy a previous version of this "

@@ -54,7 +54,8 @@ def event_schema(version: int) -> dict[str, Any]:
     return _parsed(event_schema_file(version))
 
 
-CONSENSUS_ROW_SCHEMA_FILE = "consensus_row.v1.avsc"
+# v2 = v1 + `labels` (multi-label) and `score` (ratings), both with defaults; v1 stays for readers of old versions.
+CONSENSUS_ROW_SCHEMA_FILE = "consensus_row.v2.avsc"
 DEAD_LETTER_SCHEMA_FILE = "dead_letter.v1.avsc"
 
 

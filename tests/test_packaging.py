@@ -22,7 +22,8 @@ def source_copy(tmp_path) -> pathlib.Path:
         else:
             shutil.copy2(source, copy / name)
     return copy
-SCHEMAS = {"annotation_event.v1.avsc", "annotation_event.v2.avsc", "consensus_row.v1.avsc", "dead_letter.v1.avsc"}
+SCHEMAS = {"annotation_event.v1.avsc", "annotation_event.v2.avsc", "consensus_row.v1.avsc", "consensus_row.v2.avsc",
+           "dead_letter.v1.avsc"}
 
 
 def test_sdist_includes_the_avro_schemas(tmp_path):

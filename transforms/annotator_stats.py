@@ -15,7 +15,24 @@ Partial counts of disjoint item sets add up, so a pipeline sums them across buck
 - `gold_votes`, `gold_accuracy`: answers on gold items and the share that match gold (null without gold);
 - `confusion`: row-normalised `expected`, rows = true class, columns = answered class, classes in
   the order of `summarize_annotators`' label list; a class never estimated true for the annotator is
-  a null row.
+  a null row;
+- `bias`, `noise_scale`: per-annotator parameters of a global fit that has them (`bias_corrected`
+  ratings: additive bias and robust noise standard deviation); null for every other method. They are
+  not counts: a partial table carries an annotator's value on its rows, and combining keeps the
+  largest non-null value (one global fit writes one value per annotator, so that is the value).
+
+Methods whose answers are not one class per vote describe them as binary decisions in the same
+cells, with "<what>=<answer>" names (see `decision_cells`):
+- `multilabel`: every (vote, class) is a decision "<class>=yes" or "<class>=no"; the true label is the
+  consensus decision, `expected` puts the class's yes share on "<class>=yes" and the rest on
+  "<class>=no". So `votes` counts decisions (votes x classes of the item), not votes.
+- ratings: every vote is one decision, true "score=within", answered "score=within" when the
+  (bias-corrected) score lies within one pooled noise scale of the consensus score, else
+  "score=outside" (`expected` 1 on "score=within"); accuracy = agreement = the share within.
+- `bradley_terry`: every usable comparison is one decision about the pair; true
+  "preferred=higher_ranked", answered "preferred=higher_ranked" when the annotator preferred the
+  response the ranking puts first, else "preferred=lower_ranked"; `expected` puts the fitted
+  probability that the higher-ranked response wins on "preferred=higher_ranked".
 The sums are deterministic: rows are sorted by key and value before they are added, so the
 order in which buckets arrive never changes the bits.
 """
@@ -38,6 +55,8 @@ PARTIAL_SCHEMA = pa.schema([
     pa.field("expected", pa.float64(), nullable=False),
     pa.field("consensus", pa.int64(), nullable=False),
     pa.field("gold", pa.int64(), nullable=False),
+    pa.field("bias", pa.float64()),
+    pa.field("noise_scale", pa.float64()),
 ])
 
 ANNOTATOR_SCHEMA = pa.schema([
@@ -48,6 +67,8 @@ ANNOTATOR_SCHEMA = pa.schema([
     pa.field("gold_votes", pa.int64(), nullable=False),
     pa.field("gold_accuracy", pa.float64()),
     pa.field("confusion", pa.list_(pa.list_(pa.float64()))),
+    pa.field("bias", pa.float64()),
+    pa.field("noise_scale", pa.float64()),
 ])
 
 
@@ -80,29 +101,76 @@ def partial_annotator_stats(annotator_ids: pa.Array, answer_annotator: np.ndarra
     true, answered = np.divmod(rest, n_labels)
     return pa.table([annotator_ids.take(pa.array(worker)), label_names.take(pa.array(true)),
                      label_names.take(pa.array(answered)), pa.array(expected[keep]),
-                     pa.array(consensus_counts[keep]), pa.array(gold_counts[keep])], schema=PARTIAL_SCHEMA)
+                     pa.array(consensus_counts[keep]), pa.array(gold_counts[keep]),
+                     pa.nulls(len(keep), pa.float64()), pa.nulls(len(keep), pa.float64())], schema=PARTIAL_SCHEMA)
 
 
-def _sorted_sums(table: pa.Table, keys: list[str], values: list[str]) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    """(one row of keys per group, summed values): summed in a fixed order, so always the same bits."""
+def decision_cells(annotator_id: pa.Array, true_label: pa.Array, answered_label: pa.Array, expected: np.ndarray,
+                   consensus: np.ndarray, bias: np.ndarray | None = None,
+                   noise_scale: np.ndarray | None = None) -> pa.Table:
+    """PARTIAL_SCHEMA cells from one row per (decision, candidate true label), summed per cell.
+
+    Row r: annotator annotator_id[r] answered answered_label[r]; if the truth is true_label[r], the
+    posterior puts expected[r] on it; consensus[r] is 1 on the row whose true label is the consensus
+    decision. bias / noise_scale: per row, NaN for none. Cells with nothing in them are dropped.
+    """
+    def floats(values: np.ndarray | None) -> pa.Array:
+        if values is None:
+            return pa.nulls(len(annotator_id), pa.float64())
+        values = np.asarray(values, dtype=np.float64)
+        return pa.array(values, mask=np.isnan(values), type=pa.float64())
+
+    rows = pa.table([pa.array(annotator_id, pa.string()), pa.array(true_label, pa.string()),
+                     pa.array(answered_label, pa.string()), pa.array(np.asarray(expected, dtype=np.float64)),
+                     pa.array(np.asarray(consensus, dtype=np.int64)), pa.array(np.zeros(len(annotator_id), np.int64)),
+                     floats(bias), floats(noise_scale)], schema=PARTIAL_SCHEMA)
+    cells = sum_partial_stats([rows])
+    keep = pc.or_(pc.greater(cells.column("expected"), 0), pc.greater(cells.column("consensus"), 0))
+    return cells.filter(keep)
+
+
+def _sorted_sums(table: pa.Table, keys: list[str], values: list[str],
+                 largest: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """(one row of keys per group, per group: the sum of each of `values`, the largest non-NaN value of
+    each of `largest`). Summed in a fixed order (rows sorted by keys and values), so always the same bits."""
     table = table.sort_by([(key, "ascending") for key in keys] + [(value, "ascending") for value in values])
     if table.num_rows == 0:
-        return table.select(keys), {value: np.zeros(0) for value in values}
+        return table.select(keys), {name: np.zeros(0) for name in (*values, *largest)}
+    starts = _group_starts(table, keys)
+    sums = {value: np.add.reduceat(table.column(value).to_numpy(), starts) for value in values}
+    sums.update({name: np.fmax.reduceat(_nan_filled(table.column(name)), starts) for name in largest})
+    return table.select(keys).take(pa.array(starts)), sums
+
+
+def _group_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
+    """Row indices where a new combination of `keys` begins in a table sorted by them."""
     same = np.ones(table.num_rows, dtype=bool)
     for key in keys:
         column = table.column(key)
         same[1:] &= pc.equal(column.slice(1), column.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(~same | (np.arange(table.num_rows) == 0))
-    sums = {value: np.add.reduceat(table.column(value).to_numpy(), starts) for value in values}
-    return table.select(keys).take(pa.array(starts)), sums
+    same[:1] = False
+    return np.flatnonzero(~same)
+
+
+def _nan_filled(column) -> np.ndarray:
+    return pc.fill_null(column, np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    return pa.array(values, mask=~np.isfinite(values), type=pa.float64())
 
 
 def sum_partial_stats(partials: list[pa.Table]) -> pa.Table:
-    """The partial tables of all buckets -> one row per (annotator, true, answered) cell."""
+    """The partial tables of all buckets -> one row per (annotator, true, answered) cell.
+
+    Counts add up; `bias` and `noise_scale` keep the largest non-null value of the cell (order-free).
+    """
     table = pa.concat_tables(partials) if partials else PARTIAL_SCHEMA.empty_table()
-    keys, sums = _sorted_sums(table, ["annotator_id", "true_label", "answered_label"], ["expected", "consensus", "gold"])
+    keys, sums = _sorted_sums(table, ["annotator_id", "true_label", "answered_label"], ["expected", "consensus", "gold"],
+                              largest=("bias", "noise_scale"))
     return pa.table([*keys.columns, pa.array(sums["expected"], pa.float64()), pa.array(sums["consensus"], pa.int64()),
-                     pa.array(sums["gold"], pa.int64())], schema=PARTIAL_SCHEMA)
+                     pa.array(sums["gold"], pa.int64()), _nullable(sums["bias"]), _nullable(sums["noise_scale"])],
+                    schema=PARTIAL_SCHEMA)
 
 
 def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], str]) -> tuple[pa.Table, list[str]]:
@@ -135,12 +203,17 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
                       for a in range(n)]
     names = [pseudonym(annotator) for annotator in annotator_ids.to_pylist()]
 
-    def nullable(values: np.ndarray) -> pa.Array:
-        return pa.array(values, mask=~np.isfinite(values), type=pa.float64())
+    def per_annotator(column: str) -> np.ndarray:  # the largest non-null value of the annotator's cells
+        values = np.full(n, np.nan)
+        np.fmax.at(values, annotator_idx, _nan_filled(cells.column(column)))
+        return values
 
+    nullable = _nullable
     table = pa.table([pa.array(names, pa.string()), pa.array(votes.astype(np.int64)), nullable(accuracy),
                       nullable(agreement), pa.array(gold_votes.astype(np.int64)), nullable(gold_accuracy),
-                      pa.array(confusion_rows, ANNOTATOR_SCHEMA.field("confusion").type)], schema=ANNOTATOR_SCHEMA)
+                      pa.array(confusion_rows, ANNOTATOR_SCHEMA.field("confusion").type),
+                      nullable(per_annotator("bias")), nullable(per_annotator("noise_scale"))],
+                     schema=ANNOTATOR_SCHEMA)
     return table.sort_by("annotator"), label_names.to_pylist()
 
 

@@ -4,6 +4,13 @@ Files are written whole by one worker from globally sorted rows, so the same row
 byte-identical files: Parquet via pyarrow, Avro via fastavro with a sync marker derived from the
 content. All writes go through Beam FileSystems. The manifest is written create-only, after every
 file it lists, and only if the run's counts satisfy both conservation identities.
+
+With --method bradley_terry the version also holds preferences-00000-of-00001.jsonl, the
+prompt/chosen/rejected records of transforms/preferences.py (TRL DPOTrainer's format), listed in
+`files` like every other file and described in the manifest's `preferences` section. The manifest's
+`consensus` section says which votes the method uses and how many took part: `votes_used` is the sum
+of the rows' num_votes, `votes_unused` = counts.votes - votes_used (votes of another kind of answer,
+unusable comparisons).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from labelbeam.transforms.annotator_stats import key_id, keyed_pseudonym, summar
 from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms import dead_letters as dl
+from labelbeam.transforms import preferences as prefs
 
 COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items")
 AVRO_CODEC = "deflate"
@@ -140,9 +148,25 @@ def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-LABELS, ANNOTATOR_STATS, DEAD_LETTERS, COUNTS, VOTE_LABELS = (
-    "labels", "annotator_stats", "dead_letters", "counts", "vote_labels")
+LABELS, ANNOTATOR_STATS, DEAD_LETTERS, COUNTS, VOTE_LABELS, PREFERENCES = (
+    "labels", "annotator_stats", "dead_letters", "counts", "vote_labels", "preferences")
 ANNOTATORS_FILE = "annotators-00000-of-00001.parquet"
+PREFERENCES_FILE = "preferences-00000-of-00001.jsonl"
+
+
+def write_preferences(version_dir: str, tables: list[pa.Table]) -> tuple[FileEntry, dict[str, Any]]:
+    """The DPO export file (sorted by item_id, deterministic bytes) and the manifest's description of it."""
+    data, rows = prefs.export_lines(tables)
+    entry = write_file(version_dir, PREFERENCES_FILE, data, rows)
+    return entry, {"file": PREFERENCES_FILE, "rows": rows, "format": "jsonl",
+                   "fields": ["item_id", "prompt", "chosen", "rejected", "confidence"],
+                   "reads_with": "TRL DPOTrainer (prompt/chosen/rejected)"}
+
+
+def vote_use(labels: pa.Table, counts: dict[str, int]) -> dict[str, int]:
+    """How many of the standing votes took part in the consensus (the rows' num_votes) and how many not."""
+    used = int(pc.sum(labels.column("num_votes")).as_py() or 0)
+    return {"votes_used": used, "votes_unused": counts["votes"] - used}
 
 
 def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes) -> tuple[FileEntry, dict[str, Any]]:
@@ -167,15 +191,18 @@ class WriteVersionFn(beam.DoFn):
     create-only; a retried bundle writes the same bytes, and finding its own manifest is fine.
     """
 
-    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int, pseudonym_key: bytes):
+    def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int, pseudonym_key: bytes,
+                 with_preferences: bool = False):
         super().__init__()
         self._version_dir = version_dir
         self._manifest_base = manifest_base
         self._rows_per_shard = rows_per_shard
         self._pseudonym_key = pseudonym_key
+        self._with_preferences = with_preferences
 
     def process(self, parts: list[tuple[str, Any]]):
-        by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: []}
+        by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: [],
+                                    PREFERENCES: []}
         for kind, value in parts:
             by_kind[kind].append(value)
         labels = sorted_labels(by_kind[LABELS])
@@ -187,6 +214,10 @@ class WriteVersionFn(beam.DoFn):
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard) + \
             write_dead_letter_shards(self._version_dir, by_kind[DEAD_LETTERS], self._rows_per_shard) + \
             [annotators_entry]
+        extra: dict[str, Any] = {}
+        if self._with_preferences:
+            preferences_entry, extra["preferences"] = write_preferences(self._version_dir, by_kind[PREFERENCES])
+            files.append(preferences_entry)
         manifest = {
             **self._manifest_base,
             "counts": counts,
@@ -194,6 +225,8 @@ class WriteVersionFn(beam.DoFn):
             "labels": summary["labels"],
             "status": summary["status"],
             "annotators": annotators,
+            "consensus": {**self._manifest_base.get("consensus", {}), **vote_use(labels, counts)},
+            **extra,
         }
         data = version_store.encode_manifest(manifest)
         path = FileSystems.join(self._version_dir, version_store.MANIFEST)
@@ -207,7 +240,9 @@ class WriteVersionFn(beam.DoFn):
 
 class PublishVersion(beam.PTransform):
     """{labels: pa.Table*, annotator_stats: pa.Table*, dead_letters: pa.RecordBatch*, counts: dict*,
-    vote_labels: list[str]*} -> manifest.
+    vote_labels: list[str]*, and optionally preferences: pa.Table*} -> manifest.
+
+    With a `preferences` input (bradley_terry) the version also gets the DPO export file, even if empty.
 
     `vote_labels` are lists of the labels the votes used (the manifest's label set when none was given).
     Every part meets in one place: the files are written whole, from sorted rows, by one worker;
@@ -225,13 +260,17 @@ class PublishVersion(beam.PTransform):
         self._pseudonym_key = pseudonym_key
 
     def expand(self, inputs):
-        return ((inputs[LABELS] | "TagLabels" >> beam.Map(lambda table: (LABELS, table)),
-                 inputs[ANNOTATOR_STATS] | "TagAnnotatorStats" >> beam.Map(lambda table: (ANNOTATOR_STATS, table)),
-                 inputs[DEAD_LETTERS] | "TagDeadLetters" >> beam.Map(lambda batch: (DEAD_LETTERS, batch)),
-                 inputs[COUNTS] | "TagCounts" >> beam.Map(lambda counts: (COUNTS, counts)),
-                 inputs[VOTE_LABELS] | "TagVoteLabels" >> beam.Map(lambda labels: (VOTE_LABELS, labels)))
+        tagged = (inputs[LABELS] | "TagLabels" >> beam.Map(lambda table: (LABELS, table)),
+                  inputs[ANNOTATOR_STATS] | "TagAnnotatorStats" >> beam.Map(lambda table: (ANNOTATOR_STATS, table)),
+                  inputs[DEAD_LETTERS] | "TagDeadLetters" >> beam.Map(lambda batch: (DEAD_LETTERS, batch)),
+                  inputs[COUNTS] | "TagCounts" >> beam.Map(lambda counts: (COUNTS, counts)),
+                  inputs[VOTE_LABELS] | "TagVoteLabels" >> beam.Map(lambda labels: (VOTE_LABELS, labels)))
+        with_preferences = PREFERENCES in inputs
+        if with_preferences:
+            tagged += (inputs[PREFERENCES] | "TagPreferences" >> beam.Map(lambda table: (PREFERENCES, table)),)
+        return (tagged
                 | "FlattenParts" >> beam.Flatten()
                 | "GatherParts" >> beam.combiners.ToList()
                 | "WriteVersion" >> beam.ParDo(
                     WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard,
-                                   self._pseudonym_key)))
+                                   self._pseudonym_key, with_preferences)))
