@@ -82,9 +82,15 @@ def test_gold_scores_annotators_with_any_method(sample, tmp_path):
     assert sum(row["gold_votes"] for row in rows) <= sum(row["votes"] for row in annotators.to_pylist())
 
 
-def test_ds_on_beam_publishes_what_ds_in_process_publishes(sample, tmp_path):
-    local = build(sample, tmp_path / "local", method="ds", em="in_process")
-    distributed = build(sample, tmp_path / "beam", method="ds", em="beam")
+@pytest.mark.parametrize("with_gold", [False, True], ids=["no gold", "gold, calibrated"])
+def test_ds_on_beam_publishes_what_ds_in_process_publishes(sample, tmp_path, with_gold):
+    gold = {}
+    if with_gold:
+        gold_path = tmp_path / "gold.csv"
+        gold_path.write_text("\n".join((sample[0] / "truth.csv").read_text().splitlines()[:201]) + "\n")
+        gold = {"gold_path": str(gold_path)}
+    local = build(sample, tmp_path / "local", method="ds", em="in_process", **gold)
+    distributed = build(sample, tmp_path / "beam", method="ds", em="beam", **gold)
     assert local.manifest["params"]["em"] == "in_process" and distributed.manifest["params"]["em"] == "beam"
     (local_labels, local_annotators), (beam_labels, beam_annotators) = tables(local), tables(distributed)
     for column in ("item_id", "label", "num_votes", "status"):

@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labelbeam.transforms.factorize import factorize_sorted
+from labelbeam.transforms.factorize import concatenated, factorize_sorted
 
 PARTIAL_SCHEMA = pa.schema([
     pa.field("annotator_id", pa.string(), nullable=False),
@@ -133,23 +133,21 @@ def _sorted_sums(table: pa.Table, keys: list[str], values: list[str],
                  largest: tuple[str, ...] = ()) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """(one row of keys per group, per group: the sum of each of `values`, the largest non-NaN value of
     each of `largest`). Summed in a fixed order (rows sorted by keys and values), so always the same bits."""
-    table = table.sort_by([(key, "ascending") for key in keys] + [(value, "ascending") for value in values])
     if table.num_rows == 0:
         return table.select(keys), {name: np.zeros(0) for name in (*values, *largest)}
-    starts = _group_starts(table, keys)
-    sums = {value: np.add.reduceat(table.column(value).to_numpy(), starts) for value in values}
-    sums.update({name: np.fmax.reduceat(_nan_filled(table.column(name)), starts) for name in largest})
-    return table.select(keys).take(pa.array(starts)), sums
-
-
-def _group_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
-    """Row indices where a new combination of `keys` begins in a table sorted by them."""
-    same = np.ones(table.num_rows, dtype=bool)
-    for key in keys:
-        column = table.column(key)
-        same[1:] &= pc.equal(column.slice(1), column.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
-    same[:1] = False
-    return np.flatnonzero(~same)
+    # Sorting integer codes (in string order) is much faster than sorting the strings themselves.
+    codes = [factorize_sorted(table.column(key))[0] for key in keys]
+    columns = [table.column(value).to_numpy() for value in values]
+    order = np.lexsort([*reversed(columns), *reversed(codes)])  # np.lexsort's last key is the primary one
+    new_group = np.zeros(table.num_rows, dtype=bool)
+    new_group[0] = True
+    for code in codes:
+        ordered = code[order]
+        new_group[1:] |= ordered[1:] != ordered[:-1]
+    starts = np.flatnonzero(new_group)
+    sums = {value: np.add.reduceat(column[order], starts) for value, column in zip(values, columns)}
+    sums.update({name: np.fmax.reduceat(_nan_filled(table.column(name))[order], starts) for name in largest})
+    return table.select(keys).take(pa.array(order[starts])), sums
 
 
 def _nan_filled(column) -> np.ndarray:
@@ -179,8 +177,8 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
     if cells.num_rows == 0:
         return ANNOTATOR_SCHEMA.empty_table(), []
     annotator_idx, annotator_ids = factorize_sorted(cells.column("annotator_id"))
-    label_idx, label_names = factorize_sorted(pa.chunked_array([cells.column("true_label"),
-                                                                cells.column("answered_label")]))
+    label_idx, label_names = factorize_sorted(concatenated([cells.column("true_label"),
+                                                            cells.column("answered_label")], pa.string()))
     true, answered = label_idx[:cells.num_rows], label_idx[cells.num_rows:]
     n, n_labels = len(annotator_ids), len(label_names)
     flat = (annotator_idx * n_labels + true) * n_labels + answered
@@ -199,8 +197,11 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
         gold_accuracy = gold[:, diagonal, diagonal].sum(axis=1) / gold_votes
         row_mass = expected.sum(axis=2, keepdims=True)
         confusion = expected / row_mass
-    confusion_rows = [[None if row_mass[a, k, 0] <= 0 else confusion[a, k].tolist() for k in range(n_labels)]
-                      for a in range(n)]
+    # confusion as list<list<double>>, built from flat arrays: a row without mass is null.
+    rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * n_labels ** 2 + 1, n_labels, dtype=np.int32)),
+                                    pa.array(confusion.ravel()), mask=pa.array(row_mass.ravel() <= 0))
+    confusion_rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * n_labels + 1, n_labels, dtype=np.int32)),
+                                              rows)
     names = [pseudonym(annotator) for annotator in annotator_ids.to_pylist()]
 
     def per_annotator(column: str) -> np.ndarray:  # the largest non-null value of the annotator's cells
@@ -211,7 +212,7 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
     nullable = _nullable
     table = pa.table([pa.array(names, pa.string()), pa.array(votes.astype(np.int64)), nullable(accuracy),
                       nullable(agreement), pa.array(gold_votes.astype(np.int64)), nullable(gold_accuracy),
-                      pa.array(confusion_rows, ANNOTATOR_SCHEMA.field("confusion").type),
+                      confusion_rows.cast(ANNOTATOR_SCHEMA.field("confusion").type),
                       nullable(per_annotator("bias")), nullable(per_annotator("noise_scale"))],
                      schema=ANNOTATOR_SCHEMA)
     return table.sort_by("annotator"), label_names.to_pylist()

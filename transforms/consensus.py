@@ -36,8 +36,9 @@ from apache_beam import pvalue
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms import multi_label, preferences
 from labelbeam.transforms.annotator_stats import PARTIAL_SCHEMA, decision_cells, partial_annotator_stats
-from labelbeam.transforms.dawid_skene import Answers, dawid_skene
-from labelbeam.transforms.factorize import factorize_sorted
+from labelbeam.transforms.calibration import calibrated_dawid_skene
+from labelbeam.transforms.dawid_skene import Answers
+from labelbeam.transforms.factorize import concatenated, factorize_sorted
 from labelbeam.transforms.glad import glad
 from labelbeam.transforms.mace import mace
 from labelbeam.transforms.majority_vote import VoteTally, majority_vote
@@ -84,7 +85,8 @@ def index_votes(votes: pa.Table, gold: dict[str, str]) -> IndexedVotes:
     labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
     with_label = votes.filter(pa.array(labeled))
     # Gold labels nobody voted for are classes too.
-    label_values = pa.chunked_array([with_label.column("label"), pa.array(sorted(set(gold.values())), pa.string())])
+    label_values = concatenated([with_label.column("label"), pa.array(sorted(set(gold.values())), pa.string())],
+                                pa.string())
     label_idx, label_names = factorize_sorted(label_values)
     worker_idx, annotator_ids = factorize_sorted(with_label.column("annotator_id"))
     answers = Answers(item_idx[labeled], worker_idx, label_idx[:with_label.num_rows], len(item_ids),
@@ -362,7 +364,8 @@ class DawidSkene(AnnotatorModelMethod):
         return {**super().params(), "smoothing": self.smoothing}
 
     def fit_posteriors(self, answers, gold):
-        return dawid_skene(answers, self.max_iter, self.tol, self.smoothing, gold).posteriors
+        # With gold, posteriors are temperature-scaled on the gold items (calibration.py).
+        return calibrated_dawid_skene(answers, gold, self.max_iter, self.tol, self.smoothing).posteriors
 
     def expand_on_beam(self, votes):
         from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam, bucket_consensus
@@ -448,10 +451,10 @@ class MultiLabel(PerItemMethod):
         single = pc.is_valid(voted.column("label")).to_numpy(zero_copy_only=False)
         answer_vote = np.concatenate([pc.list_parent_indices(listed).to_numpy(zero_copy_only=False),
                                       np.flatnonzero(single)]).astype(np.int64)
-        answer_names = pa.chunked_array([pc.list_flatten(listed), voted.column("label").filter(pa.array(single))],
-                                        pa.string())
+        answer_names = concatenated([pc.list_flatten(listed), voted.column("label").filter(pa.array(single))],
+                                    pa.string())
         known = pa.array(self.label_set or (), pa.string())
-        class_idx, class_names = factorize_sorted(pa.chunked_array([answer_names, known], pa.string()))
+        class_idx, class_names = factorize_sorted(concatenated([answer_names, known], pa.string()))
         sparse = multi_label.MultiLabelVotes(item_idx[taking_part], answer_vote, class_idx[:len(answer_vote)],
                                              len(item_ids), len(class_names))
         result = multi_label.multi_label_consensus(sparse, all_classes=self.label_set is not None)

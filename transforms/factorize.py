@@ -19,3 +19,15 @@ def factorize_sorted(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa
     rank[order] = np.arange(len(order))
     codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
     return codes, dictionary.take(pa.array(order))
+
+
+def concatenated(parts: list, type: pa.DataType) -> pa.ChunkedArray:
+    """One ChunkedArray of Arrays and ChunkedArrays, without copying.
+
+    pa.chunked_array([...]) given a ChunkedArray element converts it value by value in Python
+    (measured: 0.4 s per 1M strings); its chunks are taken as they are here.
+    """
+    chunks = []
+    for part in parts:
+        chunks.extend(part.chunks if isinstance(part, pa.ChunkedArray) else [part])
+    return pa.chunked_array(chunks, type)

@@ -17,6 +17,7 @@ from apache_beam import pvalue
 
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms import dead_letters as dl
+from labelbeam.transforms.factorize import concatenated
 from labelbeam.transforms.lifecycle import deduplicate, resolve_latest
 from labelbeam.transforms.record_batches import EVENT_SCHEMA, VOTE_SCHEMA, split_by_bucket
 from labelbeam.transforms.sources import fetch_raw_events
@@ -57,8 +58,8 @@ def ids_in_several_item_buckets(id_bucket_and_parts) -> list[str]:
     """Event ids seen in more than one item bucket: their copies differ in item_id, so they conflict."""
     _, parts = id_bucket_and_parts
     parts = list(parts)
-    seen = pa.table({"event_id": pa.chunked_array([ids for ids, _ in parts], pa.string()),
-                     "item_bucket": pa.chunked_array([buckets for _, buckets in parts], pa.int64())})
+    seen = pa.table({"event_id": concatenated([ids for ids, _ in parts], pa.string()),
+                     "item_bucket": concatenated([buckets for _, buckets in parts], pa.int64())})
     per_id = seen.group_by("event_id").aggregate([("item_bucket", "count_distinct")])
     return per_id.filter(pc.greater(per_id.column("item_bucket_count_distinct"), 1)).column("event_id").to_pylist()
 
