@@ -231,7 +231,7 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
     manifest_base = {
         "dataset": dataset, "version": version, "created_at": now.isoformat(timespec="seconds"),
         "params": params, "inputs": inputs, "code_version": version_code,
-        "schema": registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE),
+        "schema": registry.load_schema_json(method.row_schema_file),
         "labels_source": "given" if config.labels else "inferred",
         "consensus": {"votes_taking_part": method.votes_taking_part},
     }

@@ -67,8 +67,9 @@ def test_buckets_add_up_to_the_whole_bit_for_bit_in_any_order():
     assert apart.equals(shuffled)
     for a, b in zip(together.to_pylist(), apart.to_pylist()):
         assert a["votes"] == b["votes"] and a["gold_votes"] == b["gold_votes"]
-        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-12)
-        np.testing.assert_allclose(np.array(a["confusion"]), np.array(b["confusion"]), atol=1e-12)
+        # Posterior mass is summed in fixed point (2**-30 per bucket and cell): equal up to rounding.
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-8)
+        np.testing.assert_allclose(np.array(a["confusion"]), np.array(b["confusion"]), atol=1e-8)
     assert sum(row["votes"] for row in apart.to_pylist()) == sum(len(b[1]) for b in buckets)
 
 

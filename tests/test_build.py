@@ -91,9 +91,9 @@ def test_parquet_and_avro_shards_hold_the_same_rows_and_load_with_pandas(first_b
     with open(os.path.join(outcome.version_dir, "labels-00000-of-00001.avro"), "rb") as stream:
         avro_rows = list(fastavro.reader(stream))
     assert parquet.to_pylist() == avro_rows
-    assert list(frame.columns) == ["item_id", "label", "confidence", "num_votes", "agreement", "status", "labels",
-                                   "score"]
-    assert all(len(labels) == 0 for labels in frame["labels"]) and frame["score"].isna().all()  # single-label
+    # A single-label method publishes v1 rows: no labels/score columns (they would only hold [] and null).
+    assert list(frame.columns) == ["item_id", "label", "confidence", "num_votes", "agreement", "status"]
+    assert [field["name"] for field in outcome.manifest["schema"]["fields"]] == list(frame.columns)
     assert frame["item_id"].is_monotonic_increasing and frame["item_id"].is_unique
     assert ((frame["confidence"] > 0) & (frame["confidence"] <= 1)).all()
     assert set(frame["status"]) <= {"ok", "tie", "needs_more_votes"}

@@ -52,12 +52,20 @@ PARTIAL_SCHEMA = pa.schema([
     pa.field("annotator_id", pa.string(), nullable=False),
     pa.field("true_label", pa.string(), nullable=False),
     pa.field("answered_label", pa.string(), nullable=False),
-    pa.field("expected", pa.float64(), nullable=False),
+    pa.field("expected", pa.int64(), nullable=False),   # fixed point: units of 1 / EXPECTED_SCALE
     pa.field("consensus", pa.int64(), nullable=False),
     pa.field("gold", pa.int64(), nullable=False),
     pa.field("bias", pa.float64()),
     pa.field("noise_scale", pa.float64()),
 ])
+
+# Posterior mass is summed as fixed-point integers (2**-30 of an answer): integer sums are exact in
+# any order, so partial statistics can be combined as a runner pleases and still give the same bits.
+EXPECTED_SCALE = 2.0 ** 30
+
+
+def to_fixed(expected: np.ndarray) -> np.ndarray:
+    return np.rint(np.asarray(expected, dtype=np.float64) * EXPECTED_SCALE).astype(np.int64)
 
 ANNOTATOR_SCHEMA = pa.schema([
     pa.field("annotator", pa.string(), nullable=False),
@@ -100,7 +108,7 @@ def partial_annotator_stats(annotator_ids: pa.Array, answer_annotator: np.ndarra
     worker, rest = np.divmod(keep, n_labels * n_labels)
     true, answered = np.divmod(rest, n_labels)
     return pa.table([annotator_ids.take(pa.array(worker)), label_names.take(pa.array(true)),
-                     label_names.take(pa.array(answered)), pa.array(expected[keep]),
+                     label_names.take(pa.array(answered)), pa.array(to_fixed(expected[keep])),
                      pa.array(consensus_counts[keep]), pa.array(gold_counts[keep]),
                      pa.nulls(len(keep), pa.float64()), pa.nulls(len(keep), pa.float64())], schema=PARTIAL_SCHEMA)
 
@@ -121,7 +129,7 @@ def decision_cells(annotator_id: pa.Array, true_label: pa.Array, answered_label:
         return pa.array(values, mask=np.isnan(values), type=pa.float64())
 
     rows = pa.table([pa.array(annotator_id, pa.string()), pa.array(true_label, pa.string()),
-                     pa.array(answered_label, pa.string()), pa.array(np.asarray(expected, dtype=np.float64)),
+                     pa.array(answered_label, pa.string()), pa.array(to_fixed(expected)),
                      pa.array(np.asarray(consensus, dtype=np.int64)), pa.array(np.zeros(len(annotator_id), np.int64)),
                      floats(bias), floats(noise_scale)], schema=PARTIAL_SCHEMA)
     cells = sum_partial_stats([rows])
@@ -135,16 +143,18 @@ def _sorted_sums(table: pa.Table, keys: list[str], values: list[str],
     each of `largest`). Summed in a fixed order (rows sorted by keys and values), so always the same bits."""
     if table.num_rows == 0:
         return table.select(keys), {name: np.zeros(0) for name in (*values, *largest)}
-    # Sorting integer codes (in string order) is much faster than sorting the strings themselves.
-    codes = [factorize_sorted(table.column(key))[0] for key in keys]
+    # One integer key per row (codes in string order) sorts much faster than the strings themselves.
+    key = np.zeros(table.num_rows, dtype=np.int64)
+    for name in keys:
+        codes, uniques = factorize_sorted(table.column(name))
+        key = key * len(uniques) + codes
     columns = [table.column(value).to_numpy() for value in values]
-    order = np.lexsort([*reversed(columns), *reversed(codes)])  # np.lexsort's last key is the primary one
-    new_group = np.zeros(table.num_rows, dtype=bool)
-    new_group[0] = True
-    for code in codes:
-        ordered = code[order]
-        new_group[1:] |= ordered[1:] != ordered[:-1]
-    starts = np.flatnonzero(new_group)
+    # Floating-point sums would depend on order, so rows of a key are summed in value order; integer
+    # columns (all of PARTIAL_SCHEMA's) add up exactly in any order and need no sorting.
+    floating = [column for column in columns if column.dtype.kind == "f"]
+    order = np.lexsort([*reversed(floating), key]) if floating else np.argsort(key, kind="stable")
+    ordered_key = key[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered_key[1:] != ordered_key[:-1]]))
     sums = {value: np.add.reduceat(column[order], starts) for value, column in zip(values, columns)}
     sums.update({name: np.fmax.reduceat(_nan_filled(table.column(name))[order], starts) for name in largest})
     return table.select(keys).take(pa.array(order[starts])), sums
@@ -166,7 +176,7 @@ def sum_partial_stats(partials: list[pa.Table]) -> pa.Table:
     table = pa.concat_tables(partials) if partials else PARTIAL_SCHEMA.empty_table()
     keys, sums = _sorted_sums(table, ["annotator_id", "true_label", "answered_label"], ["expected", "consensus", "gold"],
                               largest=("bias", "noise_scale"))
-    return pa.table([*keys.columns, pa.array(sums["expected"], pa.float64()), pa.array(sums["consensus"], pa.int64()),
+    return pa.table([*keys.columns, pa.array(sums["expected"], pa.int64()), pa.array(sums["consensus"], pa.int64()),
                      pa.array(sums["gold"], pa.int64()), _nullable(sums["bias"]), _nullable(sums["noise_scale"])],
                     schema=PARTIAL_SCHEMA)
 
@@ -187,7 +197,7 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
         return np.bincount(flat, weights=cells.column(column).to_numpy(), minlength=n * n_labels ** 2) \
             .reshape(n, n_labels, n_labels)
 
-    expected, consensus, gold = dense("expected"), dense("consensus"), dense("gold")
+    expected, consensus, gold = dense("expected") / EXPECTED_SCALE, dense("consensus"), dense("gold")
     diagonal = np.arange(n_labels)
     votes = consensus.sum(axis=(1, 2))
     gold_votes = gold.sum(axis=(1, 2))
@@ -228,3 +238,4 @@ def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
 def key_id(key: bytes) -> str:
     """A short fingerprint telling versions pseudonymized with the same key apart; reveals nothing usable."""
     return hashlib.sha256(b"labelbeam pseudonym key id\0" + key).hexdigest()[:12]
+

@@ -72,3 +72,13 @@ class ArrowCoder(PickledCoder):
 
 for arrow_type in (pa.RecordBatch, pa.Table, pa.Array):
     beam.coders.registry.register_coder(arrow_type, ArrowCoder)
+
+
+class SizedCoder(PickledCoder):
+    """Pickle for the pipeline's own containers of arrays and tables (NamedTuples), with the size
+    estimate taken from their `nbytes`, or the sum of their fields' `nbytes`, instead of encoding."""
+
+    def estimate_size(self, value) -> int:
+        if hasattr(value, "nbytes"):
+            return value.nbytes
+        return sum(getattr(part, "nbytes", 0) for part in value)

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import math
+import operator
 from typing import Any, ClassVar, NamedTuple
 
 import apache_beam as beam
@@ -33,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 
-from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms import arrow_coder
 from labelbeam.transforms import multi_label, preferences
 from labelbeam.transforms.annotator_stats import PARTIAL_SCHEMA, decision_cells, partial_annotator_stats
 from labelbeam.transforms.calibration import calibrated_dawid_skene
@@ -126,9 +127,21 @@ def consensus_from_posteriors(indexed: IndexedVotes, posteriors: np.ndarray, min
     return BucketConsensus(labels, stats)
 
 
-def split_consensus(result: BucketConsensus):
-    yield result.labels
-    yield pvalue.TaggedOutput(ANNOTATOR_STATS, result.annotator_stats)
+class SplitConsensus(beam.PTransform):
+    """PCollection[a NamedTuple of tables] -> {field name: PCollection[pa.Table]}.
+
+    Typed Maps rather than tagged outputs: Beam types tagged outputs as Any and would pickle, and
+    sample sizes by encoding, every table; typed, they get the Arrow coder. The Maps fuse with
+    their producer, so nothing is encoded between them.
+    """
+
+    def __init__(self, fields: tuple[str, ...] = ("labels", "annotator_stats")):
+        super().__init__()
+        self._fields = fields
+
+    def expand(self, results):
+        return {field: results | f"Take_{field}" >> beam.Map(operator.attrgetter(field)).with_output_types(pa.Table)
+                for field in self._fields}
 
 
 class ConsensusMethod(abc.ABC):
@@ -138,6 +151,9 @@ class ConsensusMethod(abc.ABC):
     annotator models also keep them at their label while fitting.
     """
     name: ClassVar[str]
+    # The published row schema: single-label methods publish v1 rows (no labels/score columns,
+    # which would only ever hold [] and null and cost writing); multi-label and ratings publish v2.
+    row_schema_file: ClassVar[str] = "consensus_row.v1.avsc"
     supports_gold: ClassVar[bool] = True   # False: --gold does not apply (answers are not one class)
     votes_taking_part: ClassVar[str] = "votes with a single label"
 
@@ -180,9 +196,9 @@ class PerItemMethod(ConsensusMethod):
 
     def expand_votes(self, votes):
         outputs = (votes
-                   | "AggregatePerItem" >> beam.Map(self.consensus_of)
-                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
-        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
+                   | "AggregatePerItem" >> beam.Map(self.consensus_of).with_output_types(BucketConsensus)
+                   | "SplitOutputs" >> SplitConsensus())
+        return outputs
 
 
 def tally_to_table(item_ids: pa.Array, label_names: pa.Array, tally: VoteTally, min_votes: int) -> pa.Table:
@@ -225,8 +241,9 @@ def vote_status(num_votes: np.ndarray, min_votes: int, is_tie: np.ndarray | None
 
 def weighted_shares(answers: Answers, weights: np.ndarray | None) -> np.ndarray:
     """[n_items, n_labels] each item's (weighted) share of votes per class; all zero without votes."""
-    scores = np.zeros((answers.n_items, answers.n_labels))
-    np.add.at(scores, (answers.item, answers.label), 1.0 if weights is None else weights)
+    cells = answers.item * answers.n_labels + answers.label  # bincount: far faster than np.add.at
+    scores = np.bincount(cells, weights=weights, minlength=answers.n_items * answers.n_labels) \
+        .astype(np.float64).reshape(answers.n_items, answers.n_labels)
     totals = scores.sum(axis=1, keepdims=True)
     return np.divide(scores, totals, out=np.zeros_like(scores), where=totals > 0)
 
@@ -343,9 +360,9 @@ class AnnotatorModelMethod(ConsensusMethod):
             return self.expand_on_beam(votes)
         outputs = (votes
                    | "GatherVotes" >> beam.combiners.ToList()
-                   | "FitAnnotatorModel" >> beam.Map(self.fit)
-                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
-        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
+                   | "FitAnnotatorModel" >> beam.Map(self.fit).with_output_types(BucketConsensus)
+                   | "SplitOutputs" >> SplitConsensus())
+        return outputs
 
     def expand_on_beam(self, votes):
         raise NotImplementedError
@@ -374,9 +391,9 @@ class DawidSkene(AnnotatorModelMethod):
                                                                       self.smoothing)
         outputs = (fitted["posteriors"]
                    | "ConsensusOfBuckets" >> beam.Map(bucket_consensus, pvalue.AsSingleton(fitted["index"]),
-                                                      self.min_votes)
-                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
-        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
+                                                      self.min_votes).with_output_types(BucketConsensus)
+                   | "SplitOutputs" >> SplitConsensus())
+        return outputs
 
 
 class OneCoin(AnnotatorModelMethod):
@@ -427,6 +444,7 @@ class MultiLabel(PerItemMethod):
     against the consensus decision (annotator_stats module docstring).
     """
     name = "multilabel"
+    row_schema_file = "consensus_row.v2.avsc"
     supports_gold = False
     votes_taking_part = "votes other than pure ratings; classes = labels plus label"
 
@@ -590,6 +608,7 @@ class RatingMethod(ConsensusMethod):
     """
     supports_gold = False
     votes_taking_part = "votes with a finite score"
+    row_schema_file = "consensus_row.v2.avsc"
 
     def fit_ratings(self, ratings: Ratings, scale: float | None) -> RatingFit:
         raise NotImplementedError
@@ -637,9 +656,9 @@ class PerItemRatingMethod(RatingMethod, PerItemMethod):
                  | "PooledNoiseScale" >> beam.Map(pooled_noise_scale))
         outputs = (votes
                    | "AggregatePerItem" >> beam.Map(lambda table, s: self.consensus_of(table, s),
-                                                    pvalue.AsSingleton(scale))
-                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
-        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
+                                                    pvalue.AsSingleton(scale)).with_output_types(BucketConsensus)
+                   | "SplitOutputs" >> SplitConsensus())
+        return outputs
 
 
 class MeanScore(PerItemRatingMethod):
@@ -682,8 +701,9 @@ class BiasCorrected(RatingMethod):
                    | "GatherVotes" >> beam.combiners.ToList()
                    | "FitRatings" >> beam.Map(lambda tables: self.consensus_of(
                        pa.concat_tables(tables) if tables else VOTE_COLUMNS.empty_table()))
-                   | "SplitOutputs" >> beam.FlatMap(split_consensus).with_outputs(ANNOTATOR_STATS, main=LABELS))
-        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS]}
+                   .with_output_types(BucketConsensus)
+                   | "SplitOutputs" >> SplitConsensus())
+        return outputs
 
 
 # Pairwise preferences ----------------------------------------------------------------------------
@@ -694,10 +714,8 @@ class PreferenceConsensus(NamedTuple):
     preferences: pa.Table       # preferences.PREFERENCE_SCHEMA: the DPO export records
 
 
-def split_preference_consensus(result: PreferenceConsensus):
-    yield result.labels
-    yield pvalue.TaggedOutput(ANNOTATOR_STATS, result.annotator_stats)
-    yield pvalue.TaggedOutput(PREFERENCES, result.preferences)
+for result_type in (BucketConsensus, PreferenceConsensus):
+    beam.coders.registry.register_coder(result_type, arrow_coder.SizedCoder)
 
 
 class BradleyTerry(PerItemMethod):
@@ -753,11 +771,9 @@ class BradleyTerry(PerItemMethod):
 
     def expand_votes(self, votes):
         outputs = (votes
-                   | "AggregatePerItem" >> beam.Map(self.consensus_parts)
-                   | "SplitOutputs" >> beam.FlatMap(split_preference_consensus).with_outputs(
-                       ANNOTATOR_STATS, PREFERENCES, main=LABELS))
-        return {LABELS: outputs[LABELS], ANNOTATOR_STATS: outputs[ANNOTATOR_STATS],
-                PREFERENCES: outputs[PREFERENCES]}
+                   | "AggregatePerItem" >> beam.Map(self.consensus_parts).with_output_types(PreferenceConsensus)
+                   | "SplitOutputs" >> SplitConsensus(PreferenceConsensus._fields))
+        return outputs
 
 
 def read_gold_csv(text: str) -> dict[str, str]:

@@ -122,15 +122,8 @@ class AnswerIndex(NamedTuple):
     labels: list[str]         # sorted, gold labels included
 
 
-class SizedCoder(arrow_coder.PickledCoder):
-    """Pickle, with the size estimate taken from the element's own `nbytes` instead of encoding it."""
-
-    def estimate_size(self, value) -> int:
-        return value.nbytes
-
-
 for compact_type in (CompactAnswers, AnswerBucket):
-    beam.coders.registry.register_coder(compact_type, SizedCoder)
+    beam.coders.registry.register_coder(compact_type, arrow_coder.SizedCoder)
 
 
 def annotators_and_labels(votes: pa.Table) -> tuple[set[str], set[str]]:

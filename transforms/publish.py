@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from labelbeam.schemas import registry
 from labelbeam.transforms import version_store
-from labelbeam.transforms.annotator_stats import key_id, keyed_pseudonym, summarize_annotators
+from labelbeam.transforms.annotator_stats import key_id, keyed_pseudonym, sum_partial_stats, summarize_annotators
 from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
 from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms import dead_letters as dl
@@ -94,11 +94,16 @@ def sorted_labels(tables: list[pa.Table]) -> pa.Table:
     return table.cast(CONSENSUS_SCHEMA).sort_by("item_id").combine_chunks()
 
 
-def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int) -> list[FileEntry]:
-    """The same rows as Parquet and as Avro shards, split at the same row boundaries."""
+def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int,
+                       avro_schema: dict | None = None) -> list[FileEntry]:
+    """The same rows as Parquet and as Avro shards, split at the same row boundaries.
+
+    Only the columns the row schema (default: the full one) names are written.
+    """
     num_shards = num_shards_for(labels.num_rows, rows_per_shard)
     entries = []
-    avro_schema = registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE)
+    avro_schema = avro_schema or registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE)
+    labels = labels.select([field["name"] for field in avro_schema["fields"]])
     for i, (parquet_name, avro_name) in enumerate(zip(shard_names("labels", ".parquet", num_shards),
                                                       shard_names("labels", ".avro", num_shards))):
         shard = labels.slice(i * rows_per_shard, rows_per_shard)
@@ -169,6 +174,30 @@ def vote_use(labels: pa.Table, counts: dict[str, int]) -> dict[str, int]:
     return {"votes_used": used, "votes_unused": counts["votes"] - used}
 
 
+class SumAnnotatorStatsFn(beam.CombineFn):
+    """Sums partial annotator statistics tables. The sums are exact integers, so a runner may group
+    them any way and the bits stay the same; pending tables are compacted past `compact_rows` rows."""
+
+    def __init__(self, compact_rows: int = 1_000_000):
+        super().__init__()
+        self._compact_rows = compact_rows
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, accumulator: list, table: pa.Table) -> list:
+        accumulator.append(table)
+        if sum(part.num_rows for part in accumulator) > self._compact_rows:
+            accumulator[:] = [sum_partial_stats(accumulator)]
+        return accumulator
+
+    def merge_accumulators(self, accumulators) -> list:
+        return [sum_partial_stats([part for accumulator in accumulators for part in accumulator])]
+
+    def extract_output(self, accumulator: list) -> pa.Table:
+        return sum_partial_stats(accumulator)
+
+
 def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes) -> tuple[FileEntry, dict[str, Any]]:
     """The annotators file (pseudonymized ids, votes, accuracy, agreement, gold accuracy, confusion)
     and the manifest's description of it."""
@@ -211,7 +240,7 @@ class WriteVersionFn(beam.DoFn):
         summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
         annotators_entry, annotators = write_annotators(self._version_dir, by_kind[ANNOTATOR_STATS],
                                                         self._pseudonym_key)
-        files = write_label_shards(self._version_dir, labels, self._rows_per_shard) + \
+        files = write_label_shards(self._version_dir, labels, self._rows_per_shard, self._manifest_base["schema"]) + \
             write_dead_letter_shards(self._version_dir, by_kind[DEAD_LETTERS], self._rows_per_shard) + \
             [annotators_entry]
         extra: dict[str, Any] = {}
@@ -261,7 +290,9 @@ class PublishVersion(beam.PTransform):
 
     def expand(self, inputs):
         tagged = (inputs[LABELS] | "TagLabels" >> beam.Map(lambda table: (LABELS, table)),
-                  inputs[ANNOTATOR_STATS] | "TagAnnotatorStats" >> beam.Map(lambda table: (ANNOTATOR_STATS, table)),
+                  (inputs[ANNOTATOR_STATS]
+                  | "SumAnnotatorStats" >> beam.CombineGlobally(SumAnnotatorStatsFn()).with_output_types(pa.Table)
+                  | "TagAnnotatorStats" >> beam.Map(lambda table: (ANNOTATOR_STATS, table))),
                   inputs[DEAD_LETTERS] | "TagDeadLetters" >> beam.Map(lambda batch: (DEAD_LETTERS, batch)),
                   inputs[COUNTS] | "TagCounts" >> beam.Map(lambda counts: (COUNTS, counts)),
                   inputs[VOTE_LABELS] | "TagVoteLabels" >> beam.Map(lambda labels: (VOTE_LABELS, labels)))
