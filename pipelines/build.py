@@ -284,6 +284,11 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
     if use.get("votes_unused"):  # votes of another kind of answer, or unusable comparisons: say so
         lines.append(f"  consensus used {use['votes_used']} of {counts['votes']} votes ({use['votes_unused']} not "
                      f"used; the method takes {use['votes_taking_part']})")
+    annotators = outcome.manifest.get("annotators")
+    if annotators:
+        keyed = "keyed pseudonyms" if annotators["keyed"] else \
+            f"UNKEYED pseudonyms: set {PSEUDONYM_KEY_VARIABLE} to a secret to key them"
+        lines.append(f"  annotators {annotators['rows']} ({keyed}) -> {annotators['file']}")
     if config.truth_path:
         accuracy, compared = accuracy_against(config.truth_path, outcome)
         lines.append(f"  accuracy vs known truth: {accuracy:.4f} over {compared} items")
