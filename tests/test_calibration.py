@@ -51,3 +51,36 @@ def test_degenerate_inputs():
     with pytest.raises(ValueError):
         tempered(certain, 0.0)
     assert expected_calibration_error(np.array([[1.0, 0.0]]), np.array([0])) == 0.0
+
+
+@pytest.mark.parametrize("model", ["ds", "one_coin", "glad", "mace"])
+def test_annotator_models_with_gold_are_tempered_not_relabelled(model):
+    from typing import NamedTuple
+
+    from labelbeam.transforms.consensus import METHODS
+    from labelbeam.transforms.dawid_skene import Answers
+
+    class Indexed(NamedTuple):
+        answers: Answers
+        gold: np.ndarray | None
+
+    rng = np.random.default_rng(5)
+    n_items, n_workers = 300, 12
+    truth = rng.integers(0, 3, n_items)
+    item = np.repeat(np.arange(n_items), 4)
+    worker = rng.integers(0, n_workers, len(item))
+    right = rng.random(len(item)) < rng.uniform(0.5, 0.95, n_workers)[worker]
+    label = np.where(right, truth[item], rng.integers(0, 3, len(item)))
+    answers = Answers(item, worker, label, n_items, n_workers, 3)
+    gold = np.where(np.arange(n_items) < 100, truth, -1)
+    method = METHODS[model]()
+    fit = method.fit_model(answers, gold)
+    from_votes = method.posteriors_from_votes(answers, fit)
+    calibrated = method.posteriors(Indexed(answers, gold))
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(calibrated[:100].argmax(axis=1), truth[:100])
+    assert (calibrated[:100].max(axis=1) == 1.0).all()
+    # Tempering never changes a non-gold item's label.
+    np.testing.assert_array_equal(calibrated[100:].argmax(axis=1), from_votes[100:].argmax(axis=1))
+    # Without gold the model's own posteriors are published, untouched.
+    np.testing.assert_array_equal(method.posteriors(Indexed(answers, None)), method.fit_model(answers, None).posteriors)

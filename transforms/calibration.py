@@ -76,6 +76,16 @@ def expected_calibration_error(posteriors: np.ndarray, classes: np.ndarray, bins
     return float(error)
 
 
+def calibrated_with_gold(from_votes: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, float]:
+    """(posteriors tempered by the temperature fitted on the gold items, gold clamped; the temperature).
+
+    `from_votes`: a fitted model's posteriors of every item from its votes alone (no clamping).
+    """
+    known = np.flatnonzero(gold >= 0)
+    temperature = fit_temperature(from_votes[known], gold[known])
+    return clamp_gold(tempered(from_votes, temperature), gold), temperature
+
+
 class CalibratedPosteriors(NamedTuple):
     posteriors: np.ndarray    # tempered posteriors; gold items one-hot on their class
     temperature: float        # 1.0 without gold
@@ -93,6 +103,4 @@ def calibrated_dawid_skene(answers: Answers, gold: np.ndarray | None, max_iter: 
     if gold is None or not (gold >= 0).any():
         return CalibratedPosteriors(fit.posteriors, 1.0, fit)
     from_votes, _ = e_step(answers, np.log(fit.priors), np.log(fit.confusions))
-    known = np.flatnonzero(gold >= 0)
-    temperature = fit_temperature(from_votes[known], gold[known])
-    return CalibratedPosteriors(clamp_gold(tempered(from_votes, temperature), gold), temperature, fit)
+    return CalibratedPosteriors(*calibrated_with_gold(from_votes, gold), fit)

@@ -37,13 +37,17 @@ from apache_beam import pvalue
 from labelbeam.transforms import arrow_coder
 from labelbeam.transforms import multi_label, preferences
 from labelbeam.transforms.annotator_stats import PARTIAL_SCHEMA, decision_cells, partial_annotator_stats
-from labelbeam.transforms.calibration import calibrated_dawid_skene
-from labelbeam.transforms.dawid_skene import Answers
+from labelbeam.transforms.calibration import calibrated_with_gold
+from labelbeam.transforms.dawid_skene import Answers, dawid_skene
+from labelbeam.transforms.dawid_skene import e_step as dawid_skene_e_step
 from labelbeam.transforms.factorize import concatenated, factorize_sorted
+from labelbeam.transforms.glad import e_step as glad_e_step
 from labelbeam.transforms.glad import glad
+from labelbeam.transforms.mace import e_step as mace_e_step
 from labelbeam.transforms.mace import mace
 from labelbeam.transforms.majority_vote import VoteTally, majority_vote
-from labelbeam.transforms.one_coin import one_coin
+from labelbeam.transforms.one_coin import e_step as one_coin_e_step
+from labelbeam.transforms.one_coin import fixed_log_priors, one_coin
 from labelbeam.transforms.ratings import (Ratings, bias_corrected_scores, canonical_ratings, group_means,
                                           mean_scores, median_scores)
 
@@ -349,11 +353,20 @@ class AnnotatorModelMethod(ConsensusMethod):
         return {**super().params(), "max_iter": self.max_iter, "tol": self.tol, "em": self.em}
 
     def posteriors(self, indexed):
-        return self.fit_posteriors(indexed.answers, indexed.gold)
+        """The model's posteriors; with gold, temperature-scaled on the gold items (calibration.py)."""
+        answers, gold = indexed.answers, indexed.gold
+        fit = self.fit_model(answers, gold)
+        if gold is None or not (gold >= 0).any():
+            return fit.posteriors
+        return calibrated_with_gold(self.posteriors_from_votes(answers, fit), gold)[0]
 
     @abc.abstractmethod
-    def fit_posteriors(self, answers: Answers, gold: np.ndarray | None) -> np.ndarray:
-        """[n_items, n_labels] posterior of each item's class."""
+    def fit_model(self, answers: Answers, gold: np.ndarray | None):
+        """The fitted model (a result with `posteriors`), gold items clamped while fitting."""
+
+    @abc.abstractmethod
+    def posteriors_from_votes(self, answers: Answers, fit) -> np.ndarray:
+        """[n_items, n_labels] every item's posterior from its votes alone under the fitted model."""
 
     def expand_votes(self, votes):
         if self.em == EM_BEAM:
@@ -380,9 +393,11 @@ class DawidSkene(AnnotatorModelMethod):
     def params(self) -> dict:
         return {**super().params(), "smoothing": self.smoothing}
 
-    def fit_posteriors(self, answers, gold):
-        # With gold, posteriors are temperature-scaled on the gold items (calibration.py).
-        return calibrated_dawid_skene(answers, gold, self.max_iter, self.tol, self.smoothing).posteriors
+    def fit_model(self, answers, gold):
+        return dawid_skene(answers, self.max_iter, self.tol, self.smoothing, gold)
+
+    def posteriors_from_votes(self, answers, fit):
+        return dawid_skene_e_step(answers, np.log(fit.priors), np.log(fit.confusions))[0]
 
     def expand_on_beam(self, votes):
         from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam, bucket_consensus
@@ -404,24 +419,38 @@ class OneCoin(AnnotatorModelMethod):
     def params(self) -> dict:
         return {**super().params(), "smoothing": self.smoothing}
 
-    def fit_posteriors(self, answers, gold):
-        return one_coin(answers, self.max_iter, self.tol, self.smoothing, gold).posteriors
+    def fit_model(self, answers, gold):
+        return one_coin(answers, self.max_iter, self.tol, self.smoothing, gold)
+
+    def posteriors_from_votes(self, answers, fit):
+        with np.errstate(divide="ignore"):
+            return one_coin_e_step(answers, np.log(fit.priors), fit.accuracy)[0]
 
 
 class Glad(AnnotatorModelMethod):
     """GLAD: annotator ability times item difficulty."""
     name = "glad"
 
-    def fit_posteriors(self, answers, gold):
-        return glad(answers, self.max_iter, self.tol, gold=gold).posteriors
+    def fit_model(self, answers, gold):
+        return glad(answers, self.max_iter, self.tol, gold=gold)
+
+    def posteriors_from_votes(self, answers, fit):
+        # GLAD's class priors are fixed (uniform), as in glad().
+        return glad_e_step(answers, fixed_log_priors(None, answers.n_labels), fit.ability,
+                           np.log(fit.inverse_difficulty))[0]
 
 
 class Mace(AnnotatorModelMethod):
     """MACE: each annotator is a spammer with some probability, with their own spam distribution."""
     name = "mace"
 
-    def fit_posteriors(self, answers, gold):
-        return mace(answers, self.max_iter, self.tol, gold=gold).posteriors
+    def fit_model(self, answers, gold):
+        return mace(answers, self.max_iter, self.tol, gold=gold)
+
+    def posteriors_from_votes(self, answers, fit):
+        # MACE's class priors are fixed (uniform), as in mace().
+        return mace_e_step(answers, fixed_log_priors(None, answers.n_labels), fit.competence,
+                           fit.spam_distribution)[0]
 
 
 # Multi-label -------------------------------------------------------------------------------------
