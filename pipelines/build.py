@@ -11,7 +11,6 @@ import argparse
 import csv
 import dataclasses
 import datetime as dt
-import json
 import os
 import sys
 import uuid
@@ -77,7 +76,8 @@ LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 
 
 def em_path(config: BuildConfig, runner: str | None) -> str:
-    from labelbeam.transforms.consensus import EM_BEAM, EM_IN_PROCESS, METHODS
+    from labelbeam.transforms.consensus import EM_BEAM, EM_IN_PROCESS
+    from labelbeam.transforms.methods import METHODS
 
     if config.em != "auto":
         return config.em
@@ -111,8 +111,10 @@ def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], d
 
 def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""):
     from labelbeam.transforms.annotator_stats import keyed_pseudonym
-    from labelbeam.transforms.consensus import (METHODS, AnnotatorModelMethod, MultiLabel, WeightedMajorityVote,
-                                                read_gold_csv, read_weights_csv)
+    from labelbeam.transforms.consensus import (AnnotatorModelMethod, WeightedMajorityVote, read_gold_csv,
+                                                read_weights_csv)
+    from labelbeam.transforms.methods import METHODS
+    from labelbeam.transforms.multi_label_method import MultiLabel
 
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r} is not one of {', '.join(sorted(METHODS))}")
@@ -141,7 +143,7 @@ def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""
         except ValueError as err:
             raise UserError(str(err)) from None
     if config.em == "beam":
-        raise UserError(f"--em beam only applies to the annotator models with a distributed EM (ds)")
+        raise UserError("--em beam only applies to the annotator models with a distributed EM (ds)")
     if method_class is MultiLabel:  # the classes in question: the label set when given
         return MultiLabel(min_votes=config.min_votes, label_set=config.labels)
     return method_class(min_votes=config.min_votes, gold=gold)

@@ -57,7 +57,7 @@ def test_degenerate_inputs():
 def test_annotator_models_with_gold_are_tempered_not_relabelled(model):
     from typing import NamedTuple
 
-    from labelbeam.transforms.consensus import METHODS
+    from labelbeam.transforms.methods import METHODS
     from labelbeam.transforms.dawid_skene import Answers
 
     class Indexed(NamedTuple):

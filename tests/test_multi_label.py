@@ -7,7 +7,9 @@ import pytest
 
 from event_builders import event, event_table
 from labelbeam.transforms.annotator_stats import summarize_annotators
-from labelbeam.transforms.consensus import CONSENSUS_SCHEMA, METHODS, MultiLabel
+from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
+from labelbeam.transforms.methods import METHODS
+from labelbeam.transforms.multi_label_method import MultiLabel
 from labelbeam.transforms.multi_label import MultiLabelVotes, decisions, multi_label_consensus
 
 

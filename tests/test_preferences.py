@@ -10,7 +10,9 @@ import pytest
 from event_builders import event, event_table
 from labelbeam.transforms.annotator_stats import summarize_annotators
 from labelbeam.transforms.bradley_terry import bradley_terry, win_probability
-from labelbeam.transforms.consensus import CONSENSUS_SCHEMA, METHODS, BradleyTerry
+from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
+from labelbeam.transforms.methods import METHODS
+from labelbeam.transforms.preference_method import BradleyTerry
 from labelbeam.transforms.preferences import (PreferenceVote, consensus_fields, export_lines, export_record,
                                               export_table, fit_item, unusable_reason, votes_by_item)
 

@@ -11,10 +11,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from event_builders import event, event_table
 from labelbeam.transforms.annotator_stats import summarize_annotators
-from labelbeam.transforms.consensus import (ANNOTATOR_STATS, CONSENSUS_SCHEMA, LABELS, METHODS, BiasCorrected,
-                                            ComputeConsensus, MeanScore, MedianScore, pooled_noise_scale,
-                                            rating_fields, rating_spread, rating_votes)
-from labelbeam.transforms.ratings import Ratings
+from labelbeam.transforms.consensus import ANNOTATOR_STATS, CONSENSUS_SCHEMA, LABELS, ComputeConsensus
+from labelbeam.transforms.methods import METHODS
+from labelbeam.transforms.rating_methods import BiasCorrected, MeanScore, MedianScore, rating_votes
+from labelbeam.transforms.ratings import Ratings, pooled_noise_scale, rating_fields, rating_spread
 
 
 def ratings_table(*triples, start: int = 0) -> pa.Table:

@@ -7,13 +7,14 @@ plus partial per-annotator statistics (annotator_stats.PARTIAL_SCHEMA) that add 
 Methods whose answer for an item depends only on that item's votes subclass PerItemMethod and run
 per bucket; the annotator models fit over all votes, in process or as a Beam EM.
 
-Besides single-label classes, three other kinds of answer have methods (rules in each class):
-- multi-label (`multilabel`): per-class binary majority (transforms/multi_label.py), row column `labels`;
-- numeric ratings (`mean`, `median` per item, `bias_corrected` over all votes; transforms/ratings.py),
-  row column `score`;
-- pairwise preferences (`bradley_terry`, transforms/preferences.py): `label` is the strongest response,
+This module holds the base classes and the single-label methods. Three other kinds of answer have
+methods in their own modules, built on these (`methods.METHODS` lists them all):
+- multi-label (`multilabel`, multi_label_method.py): per-class binary majority, row column `labels`;
+- numeric ratings (`mean`, `median`, `bias_corrected`; rating_methods.py), row column `score`;
+- pairwise preferences (`bradley_terry`, preference_method.py): `label` is the strongest response,
   and the build also exports prompt/chosen/rejected records (output PREFERENCES).
-Every row has every column: `labels` is [] and `score` null where a method does not fill them.
+In memory every row has every column (`labels` [] and `score` null where a method does not fill
+them); a method publishes the columns of its `row_schema_file`.
 `num_votes` counts the votes that took part; the rest of an item's votes (another kind of answer, an
 unusable comparison) are not in it, and the manifest reports votes_used / votes_unused.
 """
@@ -26,7 +27,7 @@ import io
 import json
 import math
 import operator
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -35,8 +36,7 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 
 from labelbeam.transforms import arrow_coder
-from labelbeam.transforms import multi_label, preferences
-from labelbeam.transforms.annotator_stats import PARTIAL_SCHEMA, decision_cells, partial_annotator_stats
+from labelbeam.transforms.annotator_stats import PARTIAL_SCHEMA, partial_annotator_stats
 from labelbeam.transforms.calibration import calibrated_with_gold
 from labelbeam.transforms.dawid_skene import Answers, dawid_skene
 from labelbeam.transforms.dawid_skene import e_step as dawid_skene_e_step
@@ -48,8 +48,6 @@ from labelbeam.transforms.mace import mace
 from labelbeam.transforms.majority_vote import VoteTally, majority_vote
 from labelbeam.transforms.one_coin import e_step as one_coin_e_step
 from labelbeam.transforms.one_coin import fixed_log_priors, one_coin
-from labelbeam.transforms.ratings import (Ratings, bias_corrected_scores, canonical_ratings, group_means,
-                                          mean_scores, median_scores)
 
 STATUS_OK = "ok"
 STATUS_TIE = "tie"
@@ -107,6 +105,9 @@ def index_votes(votes: pa.Table, gold: dict[str, str]) -> IndexedVotes:
 class BucketConsensus(NamedTuple):
     labels: pa.Table             # CONSENSUS_SCHEMA rows of some items
     annotator_stats: pa.Table    # their answers' partial annotator statistics (annotator_stats.PARTIAL_SCHEMA)
+
+
+beam.coders.registry.register_coder(BucketConsensus, arrow_coder.SizedCoder)
 
 
 def consensus_from_posteriors(indexed: IndexedVotes, posteriors: np.ndarray, min_votes: int) -> BucketConsensus:
@@ -453,358 +454,6 @@ class Mace(AnnotatorModelMethod):
                            fit.spam_distribution)[0]
 
 
-# Multi-label -------------------------------------------------------------------------------------
-
-def _class_names(names: pa.ChunkedArray, suffix: str) -> pa.Array:
-    return pc.binary_join_element_wise(names, pa.scalar(suffix), "=")
-
-
-class MultiLabel(PerItemMethod):
-    """Per-class binary majority of multi-label votes (transforms/multi_label.py has the rules).
-
-    Votes taking part: every vote except pure ratings (a score with no label and no labels). A vote's
-    classes are its `labels` plus its `label` if set, so a single-label answer "cat" is the set {cat};
-    a vote with neither says "none of them". Classes in question: the dataset's label set when given
-    (`label_set`), else the classes some vote of the item named. A class is included iff its yes share
-    is > 0.5; exactly 0.5 excludes it and makes the item's status `tie`. Row: `labels` = the included
-    classes, sorted; `label` null; `confidence` = min over classes of max(share, 1 - share);
-    `num_votes` = the multi-label votes; `agreement` = mean over classes of the per-class Fleiss P_i.
-    Annotator statistics: every (vote, class) is a decision "<class>=yes"/"<class>=no" scored
-    against the consensus decision (annotator_stats module docstring).
-    """
-    name = "multilabel"
-    row_schema_file = "consensus_row.v2.avsc"
-    supports_gold = False
-    votes_taking_part = "votes other than pure ratings; classes = labels plus label"
-
-    def __init__(self, min_votes: int = 1, gold: dict[str, str] | None = None, label_set=None):
-        super().__init__(min_votes, gold)
-        self.label_set = tuple(sorted(set(label_set))) if label_set else None
-
-    def params(self) -> dict:
-        return {**super().params(), "classes": "label_set" if self.label_set else "named_on_item"}
-
-    def consensus_of(self, votes: pa.Table) -> BucketConsensus:
-        if votes.num_rows == 0:
-            return BucketConsensus(CONSENSUS_SCHEMA.empty_table(), PARTIAL_SCHEMA.empty_table())
-        item_idx, item_ids = factorize_sorted(votes.column("item_id"))
-        label_column, labels_column = votes.column("label"), votes.column("labels")
-        pure_rating = (pc.is_valid(votes.column("score")).to_numpy(zero_copy_only=False)
-                       & pc.is_null(label_column).to_numpy(zero_copy_only=False)
-                       & (pc.list_value_length(labels_column).to_numpy(zero_copy_only=False) == 0))
-        taking_part = np.flatnonzero(~pure_rating)
-        voted = votes.take(pa.array(taking_part))
-        listed = voted.column("labels").combine_chunks()
-        single = pc.is_valid(voted.column("label")).to_numpy(zero_copy_only=False)
-        answer_vote = np.concatenate([pc.list_parent_indices(listed).to_numpy(zero_copy_only=False),
-                                      np.flatnonzero(single)]).astype(np.int64)
-        answer_names = concatenated([pc.list_flatten(listed), voted.column("label").filter(pa.array(single))],
-                                    pa.string())
-        known = pa.array(self.label_set or (), pa.string())
-        class_idx, class_names = factorize_sorted(concatenated([answer_names, known], pa.string()))
-        sparse = multi_label.MultiLabelVotes(item_idx[taking_part], answer_vote, class_idx[:len(answer_vote)],
-                                             len(item_ids), len(class_names))
-        result = multi_label.multi_label_consensus(sparse, all_classes=self.label_set is not None)
-        included = np.flatnonzero(result.pair_included)
-        offsets = np.zeros(len(item_ids) + 1, dtype=np.int32)
-        np.cumsum(np.bincount(result.pair_item[included], minlength=len(item_ids)), out=offsets[1:])
-        labels = pa.ListArray.from_arrays(pa.array(offsets), class_names.take(pa.array(result.pair_class[included])))
-        rows = consensus_table(item_ids, None, result.confidence, result.num_votes, result.agreement,
-                               vote_status(result.num_votes, self.min_votes, result.is_tie), labels=labels)
-        return BucketConsensus(rows, self.decision_stats(voted, sparse, result, class_names))
-
-    @staticmethod
-    def decision_stats(voted: pa.Table, sparse: multi_label.MultiLabelVotes,
-                       result: multi_label.MultiLabelConsensus, class_names: pa.Array) -> pa.Table:
-        decided = multi_label.decisions(sparse, result)
-        yes_names, no_names = _class_names(class_names, "yes"), _class_names(class_names, "no")
-        pair_class = result.pair_class[decided.pair]
-        classes = pa.array(pair_class, pa.int64())
-        answered = pc.if_else(pa.array(decided.said_yes, pa.bool_()), yes_names.take(classes), no_names.take(classes))
-        annotators = voted.column("annotator_id").take(pa.array(decided.vote))
-        included = result.pair_included[decided.pair]
-        share = result.pair_share[decided.pair]
-        # Two rows per decision: the truth is yes (mass = share) or no (mass = 1 - share).
-        return decision_cells(pa.concat_arrays([annotators.combine_chunks()] * 2),
-                              pa.concat_arrays([yes_names.take(classes), no_names.take(classes)]),
-                              pa.concat_arrays([answered, answered]),
-                              np.concatenate([share, 1.0 - share]),
-                              np.concatenate([included, ~included]).astype(np.int64))
-
-
-# Numeric ratings ---------------------------------------------------------------------------------
-
-RATING_WITHIN, RATING_OUTSIDE = "score=within", "score=outside"
-RATING_TOLERANCE = 1e-9   # relative: scores this close count as equal whatever the noise scale
-
-
-class RatingVotes(NamedTuple):
-    item_ids: pa.Array        # sorted; every item of the votes, with or without a rating
-    annotator_ids: pa.Array   # sorted; annotators with a rating vote
-    ratings: Ratings          # canonical (sorted by item, worker, score)
-
-
-def rating_votes(votes: pa.Table) -> RatingVotes:
-    """The votes with a finite score as sparse ratings."""
-    item_idx, item_ids = factorize_sorted(votes.column("item_id"))
-    score = pc.fill_null(votes.column("score"), np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
-    rated = np.isfinite(score)
-    worker_idx, annotator_ids = factorize_sorted(votes.filter(pa.array(rated)).column("annotator_id"))
-    ratings = canonical_ratings(Ratings(item_idx[rated], worker_idx, score[rated], len(item_ids), len(annotator_ids)))
-    return RatingVotes(item_ids, annotator_ids, ratings)
-
-
-def rating_spread(ratings: Ratings) -> tuple[np.ndarray, int]:
-    """(per item with >= 2 ratings: sum of squared deviations from its mean, degrees of freedom)."""
-    ratings = canonical_ratings(ratings)
-    counts = np.bincount(ratings.item, minlength=ratings.n_items)
-    means = group_means(ratings.item, ratings.score, ratings.n_items)
-    squares = np.bincount(ratings.item, weights=(ratings.score - means[ratings.item]) ** 2, minlength=ratings.n_items)
-    several = counts >= 2
-    return squares[several], int((counts[several] - 1).sum())
-
-
-def pooled_noise_scale(spreads: list[tuple[np.ndarray, int]]) -> float:
-    """sqrt(sum of squared deviations / degrees of freedom) over every item: the pooled within-item
-    standard deviation. math.fsum over per-item terms is exact, so buckets in any grouping and order give
-    the same bits. NaN when no item has two ratings."""
-    dof = sum(part[1] for part in spreads)
-    if dof == 0:
-        return float("nan")
-    return math.sqrt(math.fsum(value for part in spreads for value in np.asarray(part[0]).tolist()) / dof)
-
-
-def within_scale(difference: np.ndarray, scale: float, magnitude: np.ndarray) -> np.ndarray:
-    """|difference| <= one noise scale (0 if unknown), plus RATING_TOLERANCE * max(1, magnitude) so
-    rounding never separates equal scores."""
-    allowed = (scale if math.isfinite(scale) else 0.0) + RATING_TOLERANCE * np.maximum(1.0, magnitude)
-    return np.abs(difference) <= allowed
-
-
-class RatingFields(NamedTuple):
-    within: np.ndarray       # [n_answers] the answer lies within one scale of its item's consensus
-    confidence: np.ndarray   # [n_items] share of the item's answers within; 0 without answers
-    agreement: np.ndarray    # [n_items] share of ordered pairs of answers within one scale of each other
-
-
-def rating_fields(item: np.ndarray, corrected: np.ndarray, consensus: np.ndarray, n_items: int,
-                  scale: float) -> RatingFields:
-    """Confidence and agreement of rating consensus. corrected[j]: answer j minus its annotator's bias
-    (the raw score for mean / median); consensus[i]: item i's score."""
-    item = np.asarray(item, dtype=np.int64)
-    counts = np.bincount(item, minlength=n_items)
-    target = consensus[item]
-    within = within_scale(corrected - target, scale, np.maximum(np.abs(corrected), np.abs(target)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        confidence = np.where(counts > 0, np.bincount(item, weights=within, minlength=n_items) / counts, 0.0)
-    # Every ordered pair (a, b), a != b, of answers of one item.
-    order = np.argsort(item, kind="stable")
-    starts = np.cumsum(counts) - counts
-    per_answer = counts[item[order]]
-    a = np.repeat(order, per_answer)
-    b_within = np.arange(len(a)) - np.repeat(np.cumsum(per_answer) - per_answer, per_answer)
-    b = order[starts[item[a]] + b_within] if len(a) else np.zeros(0, dtype=np.int64)
-    distinct = a != b
-    a, b = a[distinct], b[distinct]
-    close = within_scale(corrected[a] - corrected[b], scale, np.maximum(np.abs(corrected[a]), np.abs(corrected[b])))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        agreement = np.where(counts >= 2, np.bincount(item[a], weights=close, minlength=n_items)
-                             / (counts * (counts - 1.0)), np.nan)
-    return RatingFields(within, confidence, agreement)
-
-
-class RatingFit(NamedTuple):
-    scores: np.ndarray               # [n_items] NaN without ratings
-    bias: np.ndarray | None          # [n_workers] (bias_corrected) or None
-    noise_scale: np.ndarray | None   # [n_workers] (bias_corrected) or None
-    scale: float                     # the pooled noise scale of confidence and agreement
-
-
-class RatingMethod(ConsensusMethod):
-    """A consensus score per item from numeric ratings (votes with a finite `score`).
-
-    Row: `score` = the consensus score (null without ratings); `label` null; `num_votes` = rating
-    votes; `confidence` = share of the item's scores - each minus its annotator's estimated bias for
-    bias_corrected - within one pooled noise scale of the consensus score; `agreement` = share of
-    ordered pairs of those scores within one pooled noise scale of each other (null below two);
-    status needs_more_votes (fewer than min_votes ratings, or none) or ok; ratings never tie.
-    The pooled noise scale: for mean and median, the pooled within-item standard deviation of all
-    items with two or more ratings, sqrt(sum (s - item mean)^2 / sum (n_i - 1)); for bias_corrected,
-    the root mean square of the fitted noise scales over the answers. Unknown (no item has two
-    ratings) counts as 0. "Within" allows 1e-9 * max(1, |value|) more, so equal scores are always
-    within. A single rating is its own consensus: confidence 1, agreement null (use --min-votes 2 to
-    flag such items). Annotator statistics: each rating is a decision "score=within"/"score=outside".
-    """
-    supports_gold = False
-    votes_taking_part = "votes with a finite score"
-    row_schema_file = "consensus_row.v2.avsc"
-
-    def fit_ratings(self, ratings: Ratings, scale: float | None) -> RatingFit:
-        raise NotImplementedError
-
-    def consensus_of(self, votes: pa.Table, scale: float | None = None) -> BucketConsensus:
-        if votes.num_rows == 0:
-            return BucketConsensus(CONSENSUS_SCHEMA.empty_table(), PARTIAL_SCHEMA.empty_table())
-        rated = rating_votes(votes)
-        ratings = rated.ratings
-        fit = self.fit_ratings(ratings, scale)
-        bias = fit.bias[ratings.worker] if fit.bias is not None else np.zeros(len(ratings.score))
-        fields = rating_fields(ratings.item, ratings.score - bias, fit.scores, ratings.n_items, fit.scale)
-        num_votes = np.bincount(ratings.item, minlength=ratings.n_items)
-        rows = consensus_table(rated.item_ids, None, fields.confidence, num_votes, fields.agreement,
-                               vote_status(num_votes, self.min_votes), score=fit.scores)
-        n = len(ratings.score)
-        stats = decision_cells(rated.annotator_ids.take(pa.array(ratings.worker)), pa.array([RATING_WITHIN] * n),
-                               pa.array(np.where(fields.within, RATING_WITHIN, RATING_OUTSIDE).tolist(), pa.string()),
-                               np.ones(n), np.ones(n, dtype=np.int64),
-                               None if fit.bias is None else fit.bias[ratings.worker],
-                               None if fit.noise_scale is None else fit.noise_scale[ratings.worker])
-        return BucketConsensus(rows, stats)
-
-
-class PerItemRatingMethod(RatingMethod, PerItemMethod):
-    """A per-item estimator; the pooled noise scale of confidence comes from all items (side input)."""
-
-    @staticmethod
-    def estimate(ratings: Ratings) -> np.ndarray:
-        raise NotImplementedError
-
-    def fit_ratings(self, ratings, scale):
-        if scale is None:
-            scale = pooled_noise_scale([rating_spread(ratings)])
-        return RatingFit(self.estimate(ratings), None, None, scale)
-
-    @staticmethod
-    def spread_of(votes: pa.Table) -> tuple[np.ndarray, int]:
-        return rating_spread(rating_votes(votes).ratings) if votes.num_rows else (np.zeros(0), 0)
-
-    def expand_votes(self, votes):
-        scale = (votes
-                 | "RatingSpread" >> beam.Map(self.spread_of)
-                 | "GatherSpreads" >> beam.combiners.ToList()
-                 | "PooledNoiseScale" >> beam.Map(pooled_noise_scale))
-        outputs = (votes
-                   | "AggregatePerItem" >> beam.Map(lambda table, s: self.consensus_of(table, s),
-                                                    pvalue.AsSingleton(scale)).with_output_types(BucketConsensus)
-                   | "SplitOutputs" >> SplitConsensus())
-        return outputs
-
-
-class MeanScore(PerItemRatingMethod):
-    """The mean of the item's ratings."""
-    name = "mean"
-
-    @staticmethod
-    def estimate(ratings):
-        return mean_scores(ratings)
-
-
-class MedianScore(PerItemRatingMethod):
-    """The median of the item's ratings (even count: mean of the two middle ones)."""
-    name = "median"
-
-    @staticmethod
-    def estimate(ratings):
-        return median_scores(ratings)
-
-
-class BiasCorrected(RatingMethod):
-    """Robust truth + annotator bias + annotator noise, fitted over all ratings at once
-    (ratings.bias_corrected_scores); annotators' estimated bias and noise scale are published."""
-    name = "bias_corrected"
-    options: ClassVar[dict[str, Any]] = {"bias_prior": 2.0, "scale_prior": 5.0, "huber_c": 1.345,
-                                         "weight_by_noise": True, "max_iter": 1000, "tol": 1e-6}
-
-    def params(self) -> dict:
-        return {**super().params(), **self.options}
-
-    def fit_ratings(self, ratings, scale):
-        result = bias_corrected_scores(ratings, **self.options)
-        noise = result.noise_scale[ratings.worker]
-        noise = noise[np.isfinite(noise)]
-        pooled = math.sqrt(math.fsum((noise ** 2).tolist()) / len(noise)) if len(noise) else float("nan")
-        return RatingFit(result.scores, result.bias, result.noise_scale, pooled)
-
-    def expand_votes(self, votes):
-        outputs = (votes
-                   | "GatherVotes" >> beam.combiners.ToList()
-                   | "FitRatings" >> beam.Map(lambda tables: self.consensus_of(
-                       pa.concat_tables(tables) if tables else VOTE_COLUMNS.empty_table()))
-                   .with_output_types(BucketConsensus)
-                   | "SplitOutputs" >> SplitConsensus())
-        return outputs
-
-
-# Pairwise preferences ----------------------------------------------------------------------------
-
-class PreferenceConsensus(NamedTuple):
-    labels: pa.Table            # CONSENSUS_SCHEMA
-    annotator_stats: pa.Table   # PARTIAL_SCHEMA
-    preferences: pa.Table       # preferences.PREFERENCE_SCHEMA: the DPO export records
-
-
-for result_type in (BucketConsensus, PreferenceConsensus):
-    beam.coders.registry.register_coder(result_type, arrow_coder.SizedCoder)
-
-
-class BradleyTerry(PerItemMethod):
-    """Bradley-Terry strengths of each prompt's responses from pairwise preference votes.
-
-    Encoding, unusable votes, ranking, tie and confidence rules: transforms/preferences.py. Each prompt
-    is fitted alone (responses of different prompts are never compared). Besides the rows, emits the
-    prompt/chosen/rejected export records (PREFERENCES), which PublishVersion writes as
-    preferences-00000-of-00001.jsonl.
-    """
-    name = "bradley_terry"
-    supports_gold = False
-    votes_taking_part = "usable comparisons: label (chosen) and metadata.rejected naming another response"
-    prior: ClassVar[float] = 1.0
-    max_iter: ClassVar[int] = 1000
-    tol: ClassVar[float] = 1e-8
-
-    def params(self) -> dict:
-        return {**super().params(), "prior": self.prior, "max_iter": self.max_iter, "tol": self.tol,
-                "tie_decimals": preferences.TIE_DECIMALS}
-
-    def consensus_parts(self, votes: pa.Table) -> PreferenceConsensus:
-        item_ids, labels, confidence, num_votes, agreement, is_tie = [], [], [], [], [], []
-        annotators, true, answered, expected, consensus, records = [], [], [], [], [], []
-        for item_id, item_votes in preferences.votes_by_item(votes).items():
-            fit = preferences.fit_item(item_id, item_votes, self.prior, self.max_iter, self.tol)
-            fields = preferences.consensus_fields(fit)
-            item_ids.append(item_id)
-            labels.append(fields.label)
-            confidence.append(fields.confidence)
-            num_votes.append(fields.num_votes)
-            agreement.append(fields.agreement)
-            is_tie.append(fields.is_tie)
-            for collected, part in zip((annotators, true, answered, expected, consensus),
-                                       preferences.comparison_decisions(fit)):
-                collected += part
-            record = preferences.export_record(fit, item_votes)
-            if record is not None:
-                records.append(record)
-        num_votes_array = np.array(num_votes, dtype=np.int64)
-        rows = consensus_table(pa.array(item_ids, pa.string()), pa.array(labels, pa.string()),
-                               np.array(confidence, dtype=np.float64), num_votes_array,
-                               np.array(agreement, dtype=np.float64),
-                               vote_status(num_votes_array, self.min_votes, np.array(is_tie, dtype=bool)))
-        stats = decision_cells(pa.array(annotators, pa.string()), pa.array(true, pa.string()),
-                               pa.array(answered, pa.string()), np.array(expected, dtype=np.float64),
-                               np.array(consensus, dtype=np.int64))
-        return PreferenceConsensus(rows, stats, preferences.export_table(records))
-
-    def consensus_of(self, votes: pa.Table) -> BucketConsensus:
-        parts = self.consensus_parts(votes)
-        return BucketConsensus(parts.labels, parts.annotator_stats)
-
-    def expand_votes(self, votes):
-        outputs = (votes
-                   | "AggregatePerItem" >> beam.Map(self.consensus_parts).with_output_types(PreferenceConsensus)
-                   | "SplitOutputs" >> SplitConsensus(PreferenceConsensus._fields))
-        return outputs
-
-
 def read_gold_csv(text: str) -> dict[str, str]:
     """item_id,label rows (header optional) -> {item_id: label}."""
     gold = {}
@@ -815,11 +464,6 @@ def read_gold_csv(text: str) -> dict[str, str]:
             raise ValueError(f"gold line {line_number}: expected item_id,label, got {row}")
         gold[row[0]] = row[1]
     return gold
-
-
-METHODS: dict[str, type[ConsensusMethod]] = {
-    m.name: m for m in (MajorityVote, WeightedMajorityVote, DawidSkene, OneCoin, Glad, Mace, MultiLabel, MeanScore,
-                        MedianScore, BiasCorrected, BradleyTerry)}
 
 
 class ComputeConsensus(beam.PTransform):

@@ -256,3 +256,67 @@ def bias_corrected_scores(ratings: Ratings, bias_prior: float = 2.0, scale_prior
     (truth, bias, scale), iterations, converged = run_em(start, weights, update, largest_change, max_iter, tol)
     noise = noise_scales(ratings, residuals(truth, bias), scale, huber_c, scale_prior)
     return BiasCorrectedResult(np.where(answered, truth, np.nan), bias, noise, iterations, converged)
+
+
+# Confidence and agreement of rating consensus ----------------------------------------------------
+
+RATING_TOLERANCE = 1e-9   # relative: scores this close count as equal whatever the noise scale
+
+
+def rating_spread(ratings: Ratings) -> tuple[np.ndarray, int]:
+    """(per item with >= 2 ratings: sum of squared deviations from its mean, degrees of freedom)."""
+    ratings = canonical_ratings(ratings)
+    counts = np.bincount(ratings.item, minlength=ratings.n_items)
+    means = group_means(ratings.item, ratings.score, ratings.n_items)
+    squares = np.bincount(ratings.item, weights=(ratings.score - means[ratings.item]) ** 2, minlength=ratings.n_items)
+    several = counts >= 2
+    return squares[several], int((counts[several] - 1).sum())
+
+
+def pooled_noise_scale(spreads: list[tuple[np.ndarray, int]]) -> float:
+    """sqrt(sum of squared deviations / degrees of freedom) over every item: the pooled within-item
+    standard deviation. math.fsum over per-item terms is exact, so buckets in any grouping and order give
+    the same bits. NaN when no item has two ratings."""
+    dof = sum(part[1] for part in spreads)
+    if dof == 0:
+        return float("nan")
+    return math.sqrt(math.fsum(value for part in spreads for value in np.asarray(part[0]).tolist()) / dof)
+
+
+def within_scale(difference: np.ndarray, scale: float, magnitude: np.ndarray) -> np.ndarray:
+    """|difference| <= one noise scale (0 if unknown), plus RATING_TOLERANCE * max(1, magnitude) so
+    rounding never separates equal scores."""
+    allowed = (scale if math.isfinite(scale) else 0.0) + RATING_TOLERANCE * np.maximum(1.0, magnitude)
+    return np.abs(difference) <= allowed
+
+
+class RatingFields(NamedTuple):
+    within: np.ndarray       # [n_answers] the answer lies within one scale of its item's consensus
+    confidence: np.ndarray   # [n_items] share of the item's answers within; 0 without answers
+    agreement: np.ndarray    # [n_items] share of ordered pairs of answers within one scale of each other
+
+
+def rating_fields(item: np.ndarray, corrected: np.ndarray, consensus: np.ndarray, n_items: int,
+                  scale: float) -> RatingFields:
+    """Confidence and agreement of rating consensus. corrected[j]: answer j minus its annotator's bias
+    (the raw score for mean / median); consensus[i]: item i's score."""
+    item = np.asarray(item, dtype=np.int64)
+    counts = np.bincount(item, minlength=n_items)
+    target = consensus[item]
+    within = within_scale(corrected - target, scale, np.maximum(np.abs(corrected), np.abs(target)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.where(counts > 0, np.bincount(item, weights=within, minlength=n_items) / counts, 0.0)
+    # Every ordered pair (a, b), a != b, of answers of one item.
+    order = np.argsort(item, kind="stable")
+    starts = np.cumsum(counts) - counts
+    per_answer = counts[item[order]]
+    a = np.repeat(order, per_answer)
+    b_within = np.arange(len(a)) - np.repeat(np.cumsum(per_answer) - per_answer, per_answer)
+    b = order[starts[item[a]] + b_within] if len(a) else np.zeros(0, dtype=np.int64)
+    distinct = a != b
+    a, b = a[distinct], b[distinct]
+    close = within_scale(corrected[a] - corrected[b], scale, np.maximum(np.abs(corrected[a]), np.abs(corrected[b])))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agreement = np.where(counts >= 2, np.bincount(item[a], weights=close, minlength=n_items)
+                             / (counts * (counts - 1.0)), np.nan)
+    return RatingFields(within, confidence, agreement)
