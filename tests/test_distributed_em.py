@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import assert_that, equal_to
 
 from labelbeam.transforms.calibration import calibrated_dawid_skene
 from labelbeam.transforms.dawid_skene import Answers
@@ -127,3 +127,25 @@ def test_summing_counts_past_the_fixed_point_range_is_an_error_not_a_wraparound(
     big = (np.array([FIXED_POINT_LIMIT - 1]), np.zeros((1, 1, 1), dtype=np.int64))
     with pytest.raises(OverflowError, match="fixed-point"):
         SumCountsFn().add_input(big, big)
+
+
+
+def test_both_paths_agree_when_there_is_nothing_to_fit():
+    """No votes, or only ratings: no class to infer, yet every item keeps a row (needs_more_votes)."""
+    from event_builders import event, event_table
+    from labelbeam.transforms.consensus import LABELS, ComputeConsensus, DawidSkene
+
+    class ShortDawidSkene(DawidSkene):
+        max_iter = 3  # the unrolled graph stays small; nothing converges here anyway
+
+    ratings_only = event_table([event("e1", item="i1", label=None, score=4.0),
+                                event("e2", item="i2", annotator="a2", label=None, score=2.0)])
+    expected_rows = [("i1", None, "needs_more_votes"), ("i2", None, "needs_more_votes")]
+    for tables, expected in (([], []), ([ratings_only.schema.empty_table()], []), ([ratings_only], expected_rows)):
+        for em in ("in_process", "beam"):
+            with TestPipeline(runner="FnApiRunner") as pipeline:
+                consensus = (pipeline | beam.Create(tables, reshuffle=False).with_output_types(pa.Table)
+                             | ComputeConsensus(ShortDawidSkene(em=em)))
+                rows = consensus[LABELS] | beam.FlatMap(
+                    lambda table: [(r["item_id"], r["label"], r["status"]) for r in table.to_pylist()])
+                assert_that(rows, equal_to(expected))

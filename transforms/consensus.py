@@ -356,6 +356,8 @@ class AnnotatorModelMethod(ConsensusMethod):
     def posteriors(self, indexed):
         """The model's posteriors; with gold, temperature-scaled on the gold items (calibration.py)."""
         answers, gold = indexed.answers, indexed.gold
+        if answers.n_labels == 0:  # only multi-label or rating votes: no class to infer
+            return np.zeros((answers.n_items, 0))
         fit = self.fit_model(answers, gold)
         if gold is None or not (gold >= 0).any():
             return fit.posteriors

@@ -150,8 +150,9 @@ def index_answers(votes: pa.Table, index: AnswerIndex, gold: dict[str, str], max
     item_idx, item_ids = factorize_sorted(votes.column("item_id"))
     labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
     with_label = votes.filter(pa.array(labeled))
-    worker = pc.index_in(with_label.column("annotator_id"), value_set=pa.array(index.annotators)).to_numpy()
-    label = pc.index_in(with_label.column("label"), value_set=pa.array(index.labels)).to_numpy()
+    worker = pc.index_in(with_label.column("annotator_id"), value_set=pa.array(index.annotators, pa.string()))
+    label = pc.index_in(with_label.column("label"), value_set=pa.array(index.labels, pa.string()))
+    worker, label = (indexes.to_numpy(zero_copy_only=False) for indexes in (worker, label))
     answers = Answers(item_idx[labeled], worker.astype(np.int64), label.astype(np.int64), len(item_ids),
                       len(index.annotators), len(index.labels))
     gold_idx = None
@@ -207,8 +208,10 @@ class SumCountsFn(beam.CombineFn):
 
 
 def initial_counts(compact: CompactAnswers):
+    if compact.n_labels == 0:  # no single-label vote anywhere: nothing to fit
+        return
     answers = compact.answers()
-    return to_fixed_point(expected_counts(answers, clamp_gold(vote_shares(answers), compact.gold())))
+    yield to_fixed_point(expected_counts(answers, clamp_gold(vote_shares(answers), compact.gold())))
 
 
 ANSWERS = "answers"
@@ -229,6 +232,8 @@ def e_step_counts(compact: CompactAnswers, state: EMState):
 
 
 def initial_state(counts, smoothing: float) -> EMState:
+    if counts is None:  # no answers at all: the EM has nothing to do
+        return EMState(np.zeros(0), np.zeros((0, 0, 0)), 0, True)
     return EMState(*parameters_from_counts(*from_fixed_point(counts), smoothing), 0, False)
 
 
@@ -241,6 +246,8 @@ def m_step_state(counts, previous: EMState, smoothing: float, tol: float) -> EMS
 
 
 def bucket_posteriors(bucket: AnswerBucket, state: EMState) -> tuple[AnswerBucket, np.ndarray]:
+    if bucket.compact.n_labels == 0:
+        return bucket, np.zeros((bucket.compact.n_items, 0))
     posteriors, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions, bucket.compact.gold())
     return bucket, posteriors
 
@@ -294,7 +301,7 @@ class FitDawidSkeneOnBeam(beam.PTransform):
                    .with_output_types(AnswerBucket))
         compact = buckets | "CompactAnswers" >> beam.Map(lambda bucket: bucket.compact).with_output_types(CompactAnswers)
         state = (compact
-                 | "InitialCounts" >> beam.Map(initial_counts)
+                 | "InitialCounts" >> beam.FlatMap(initial_counts)
                  | "SumInitialCounts" >> beam.CombineGlobally(SumCountsFn())
                  | "InitialParameters" >> beam.Map(initial_state, smoothing))
         for iteration in range(1, self._max_iter + 1):
