@@ -92,9 +92,12 @@ def partial_annotator_stats(annotator_ids: pa.Array, answer_annotator: np.ndarra
     n_workers, n_labels = len(annotator_ids), len(label_names)
     cells = n_workers * n_labels * n_labels
     base = answer_annotator * (n_labels * n_labels) + answer_label  # + true * n_labels
+    # Posteriors on the fixed-point grid sum exactly (below 2**23 answers per cell), so a bucket's
+    # counts, and their total over buckets, do not depend on how items were split into buckets.
+    grid = np.rint(posteriors * EXPECTED_SCALE) / EXPECTED_SCALE
     expected = np.zeros(cells)
     for true in range(n_labels):
-        expected += np.bincount(base + true * n_labels, weights=posteriors[answer_item, true], minlength=cells)
+        expected += np.bincount(base + true * n_labels, weights=grid[answer_item, true], minlength=cells)
 
     def counted(per_item_class: np.ndarray | None) -> np.ndarray:
         if per_item_class is None:

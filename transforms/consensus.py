@@ -92,7 +92,11 @@ def index_votes(votes: pa.Table, gold: dict[str, str]) -> IndexedVotes:
                                 pa.string())
     label_idx, label_names = factorize_sorted(label_values)
     worker_idx, annotator_ids = factorize_sorted(with_label.column("annotator_id"))
-    answers = Answers(item_idx[labeled], worker_idx, label_idx[:with_label.num_rows], len(item_ids),
+    item_of_answer, label_of_answer = item_idx[labeled], label_idx[:with_label.num_rows]
+    # Canonical order (item, annotator), whatever order the votes came in: float sums over answers
+    # (EM statistics, weighted votes) then give the same bits for any bucketing or arrival order.
+    order = np.lexsort((worker_idx, item_of_answer))
+    answers = Answers(item_of_answer[order], worker_idx[order], label_of_answer[order], len(item_ids),
                       len(annotator_ids), len(label_names))
     gold_idx = None
     if gold:

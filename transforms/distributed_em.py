@@ -29,7 +29,7 @@ from labelbeam.transforms import arrow_coder
 from labelbeam.transforms.calibration import fit_temperature, tempered
 from labelbeam.transforms.dawid_skene import (Answers, clamp_gold, e_step, expected_counts, parameter_change,
                                               parameters_from_counts, vote_shares)
-from labelbeam.transforms.factorize import factorize_sorted
+from labelbeam.transforms.factorize import concatenated, factorize_sorted
 
 
 def smallest_index_dtype(size: int) -> np.dtype:
@@ -52,7 +52,8 @@ class CompactAnswers(NamedTuple):
 
     @classmethod
     def from_answers(cls, answers: Answers, gold: np.ndarray | None) -> "CompactAnswers":
-        order = np.argsort(answers.item, kind="stable")
+        # Canonical order (item, annotator): sums over an item's answers never depend on input order.
+        order = np.lexsort((answers.worker, answers.item))
         offsets = np.zeros(answers.n_items + 1, dtype=np.int64)
         np.cumsum(np.bincount(answers.item, minlength=answers.n_items), out=offsets[1:])
         gold_items = np.flatnonzero(gold >= 0) if gold is not None else np.zeros(0, dtype=np.int64)
@@ -177,6 +178,19 @@ def to_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, n
     return tuple(np.rint(part * FIXED_POINT_SCALE).astype(np.int64) for part in counts)
 
 
+def exact_counts(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point `expected_counts` that do not depend on how items are split into elements.
+
+    Posteriors are rounded to the fixed-point grid first; sums of grid values stay exact in float64
+    while below 2**53 grid steps (2**23 answers per cell and element), so each element's counts are
+    exact, and so is their integer total: any bucketing of the items gives the same bits.
+    """
+    if len(answers.item) >= 2 ** 23:
+        raise ValueError(f"an element of {len(answers.item)} answers is too large for exact counts (< 2**23)")
+    grid = np.rint(posteriors * FIXED_POINT_SCALE) / FIXED_POINT_SCALE
+    return to_fixed_point(expected_counts(answers, grid))
+
+
 def from_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return tuple(part / FIXED_POINT_SCALE for part in counts)
 
@@ -211,7 +225,7 @@ def initial_counts(compact: CompactAnswers):
     if compact.n_labels == 0:  # no single-label vote anywhere: nothing to fit
         return
     answers = compact.answers()
-    yield to_fixed_point(expected_counts(answers, clamp_gold(vote_shares(answers), compact.gold())))
+    yield exact_counts(answers, clamp_gold(vote_shares(answers), compact.gold()))
 
 
 ANSWERS = "answers"
@@ -227,7 +241,7 @@ def e_step_counts(compact: CompactAnswers, state: EMState):
         return
     answers = compact.answers()
     posteriors, _ = e_step(answers, state.log_priors, state.log_confusions, compact.gold())
-    yield to_fixed_point(expected_counts(answers, posteriors))
+    yield exact_counts(answers, posteriors)
     yield pvalue.TaggedOutput(ANSWERS, compact)
 
 
@@ -253,19 +267,21 @@ def bucket_posteriors(bucket: AnswerBucket, state: EMState) -> tuple[AnswerBucke
 
 
 def gold_posteriors_from_votes(bucket: AnswerBucket, state: EMState):
-    """(first item id, gold items' posteriors from their votes alone, their gold classes) of a bucket."""
+    """(gold item ids, their posteriors from their votes alone, their gold classes) of a bucket."""
     compact = bucket.compact
     if len(compact.gold_items):
         posteriors, _ = e_step(compact.answers(), state.log_priors, state.log_confusions)
-        yield bucket.item_ids[0].as_py(), posteriors[compact.gold_items], compact.gold_labels
+        yield bucket.item_ids.take(pa.array(compact.gold_items)), posteriors[compact.gold_items], compact.gold_labels
 
 
 def temperature_of(parts: list) -> float:
-    """The calibration temperature over every bucket's gold rows, gathered in item order (fixed bits)."""
+    """The calibration temperature over every bucket's gold rows, taken in item id order (as the
+    in-process path does), so neither bucketing nor arrival order changes its bits."""
     if not parts:
         return 1.0
-    parts = sorted(parts, key=lambda part: part[0])
-    return fit_temperature(np.concatenate([part[1] for part in parts]), np.concatenate([part[2] for part in parts]))
+    order = pc.sort_indices(concatenated([part[0] for part in parts], pa.string())).to_numpy()
+    return fit_temperature(np.concatenate([part[1] for part in parts])[order],
+                           np.concatenate([part[2] for part in parts])[order])
 
 
 def calibrated_bucket_posteriors(bucket: AnswerBucket, state: EMState, temperature: float):
