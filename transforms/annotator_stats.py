@@ -47,25 +47,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labelbeam.transforms.factorize import concatenated, factorize_sorted
+from labelbeam.transforms.fixed_point import from_fixed, on_grid, to_fixed
 
 PARTIAL_SCHEMA = pa.schema([
     pa.field("annotator_id", pa.string(), nullable=False),
     pa.field("true_label", pa.string(), nullable=False),
     pa.field("answered_label", pa.string(), nullable=False),
-    pa.field("expected", pa.int64(), nullable=False),   # fixed point: units of 1 / EXPECTED_SCALE
+    pa.field("expected", pa.int64(), nullable=False),   # fixed point: units of 2**-30 (fixed_point.py)
     pa.field("consensus", pa.int64(), nullable=False),
     pa.field("gold", pa.int64(), nullable=False),
     pa.field("bias", pa.float64()),
     pa.field("noise_scale", pa.float64()),
 ])
-
-# Posterior mass is summed as fixed-point integers (2**-30 of an answer): integer sums are exact in
-# any order, so partial statistics can be combined as a runner pleases and still give the same bits.
-EXPECTED_SCALE = 2.0 ** 30
-
-
-def to_fixed(expected: np.ndarray) -> np.ndarray:
-    return np.rint(np.asarray(expected, dtype=np.float64) * EXPECTED_SCALE).astype(np.int64)
 
 ANNOTATOR_SCHEMA = pa.schema([
     pa.field("annotator", pa.string(), nullable=False),
@@ -94,7 +87,7 @@ def partial_annotator_stats(annotator_ids: pa.Array, answer_annotator: np.ndarra
     base = answer_annotator * (n_labels * n_labels) + answer_label  # + true * n_labels
     # Posteriors on the fixed-point grid sum exactly (below 2**23 answers per cell), so a bucket's
     # counts, and their total over buckets, do not depend on how items were split into buckets.
-    grid = np.rint(posteriors * EXPECTED_SCALE) / EXPECTED_SCALE
+    grid = on_grid(posteriors)
     expected = np.zeros(cells)
     for true in range(n_labels):
         expected += np.bincount(base + true * n_labels, weights=grid[answer_item, true], minlength=cells)
@@ -200,7 +193,7 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
         return np.bincount(flat, weights=cells.column(column).to_numpy(), minlength=n * n_labels ** 2) \
             .reshape(n, n_labels, n_labels)
 
-    expected, consensus, gold = dense("expected") / EXPECTED_SCALE, dense("consensus"), dense("gold")
+    expected, consensus, gold = from_fixed(dense("expected")), dense("consensus"), dense("gold")
     diagonal = np.arange(n_labels)
     votes = consensus.sum(axis=(1, 2))
     gold_votes = gold.sum(axis=(1, 2))

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 
-from labelbeam.transforms import arrow_coder
+from labelbeam.transforms import arrow_coder, fixed_point
 from labelbeam.transforms.calibration import fit_temperature, tempered
 from labelbeam.transforms.dawid_skene import (Answers, clamp_gold, e_step, expected_counts, parameter_change,
                                               parameters_from_counts, vote_shares)
@@ -167,15 +167,13 @@ def index_answers(votes: pa.Table, index: AnswerIndex, gold: dict[str, str], max
         yield AnswerBucket(pa.concat_arrays([item_ids.slice(start, stop - start)]), compact.items(start, stop))
 
 
-# Counts are summed as fixed-point int64 (resolution 2**-30, ~1e-9 per bucket and cell): integer
-# addition is associative, so the sum - and the published dataset - is bit-identical whatever
-# order a runner combines bundles in. Floats would differ in the last bits from run to run.
-FIXED_POINT_SCALE = 2.0 ** 30
+# Counts are summed in fixed point (fixed_point.py): the sum - and the published dataset - is
+# bit-identical whatever order a runner combines bundles in. Floats would differ in the last bits.
 FIXED_POINT_LIMIT = 2 ** 62  # partial sums stay below it, so adding two never overflows int64
 
 
 def to_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return tuple(np.rint(part * FIXED_POINT_SCALE).astype(np.int64) for part in counts)
+    return tuple(fixed_point.to_fixed(part) for part in counts)
 
 
 def exact_counts(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,14 +183,14 @@ def exact_counts(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, 
     while below 2**53 grid steps (2**23 answers per cell and element), so each element's counts are
     exact, and so is their integer total: any bucketing of the items gives the same bits.
     """
-    if len(answers.item) >= 2 ** 23:
-        raise ValueError(f"an element of {len(answers.item)} answers is too large for exact counts (< 2**23)")
-    grid = np.rint(posteriors * FIXED_POINT_SCALE) / FIXED_POINT_SCALE
-    return to_fixed_point(expected_counts(answers, grid))
+    if len(answers.item) >= fixed_point.EXACT_FLOAT_UNITS:
+        raise ValueError(f"an element of {len(answers.item)} answers is too large for exact counts "
+                         f"(< {fixed_point.EXACT_FLOAT_UNITS})")
+    return to_fixed_point(expected_counts(answers, fixed_point.on_grid(posteriors)))
 
 
 def from_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return tuple(part / FIXED_POINT_SCALE for part in counts)
+    return tuple(fixed_point.from_fixed(part) for part in counts)
 
 
 class SumCountsFn(beam.CombineFn):
@@ -206,7 +204,7 @@ class SumCountsFn(beam.CombineFn):
             return (counts[0].copy(), counts[1].copy())
         total = (accumulator[0] + counts[0], accumulator[1] + counts[1])
         if max(total[0].max(initial=0), total[1].max(initial=0)) >= FIXED_POINT_LIMIT:
-            raise OverflowError(f"an expected count reached {FIXED_POINT_LIMIT / FIXED_POINT_SCALE:.0f} answers, "
+            raise OverflowError(f"an expected count reached {FIXED_POINT_LIMIT / fixed_point.SCALE:.0f} answers, "
                                 "more than the distributed EM's fixed-point counts hold")
         return total
 
