@@ -1,4 +1,6 @@
 """The Beam Dawid-Skene gives the in-process answers, whatever the bucketing."""
+from typing import NamedTuple
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from labelbeam.transforms.calibration import calibrated_dawid_skene
+from labelbeam.transforms.consensus import DawidSkene
 from labelbeam.transforms.dawid_skene import Answers
 from labelbeam.transforms.distributed_em import (DEFAULT_ANSWERS_PER_ELEMENT, FIXED_POINT_LIMIT, CompactAnswers,
                                                  FitDawidSkeneOnBeam, SumCountsFn, to_fixed_point)
@@ -27,6 +29,16 @@ def synthetic_votes(seed: int, n_items: int = 240, n_workers: int = 9) -> pa.Tab
     return pa.table({"item_id": list(items), "annotator_id": list(workers), "label": list(labels)})
 
 
+class ThirtyIterationDawidSkene(DawidSkene):
+    max_iter = 30
+
+
+class IndexedAnswers(NamedTuple):
+    """What AnnotatorModelMethod.posteriors reads of the build's indexed votes."""
+    answers: Answers
+    gold: np.ndarray | None
+
+
 def in_process(votes: pa.Table, gold: dict[str, str]):
     items, workers = sorted(set(votes["item_id"].to_pylist())), sorted(set(votes["annotator_id"].to_pylist()))
     labels = sorted(set(votes["label"].to_pylist()) | set(gold.values()))
@@ -35,8 +47,9 @@ def in_process(votes: pa.Table, gold: dict[str, str]):
                       np.array([labels.index(x) for x in votes["label"].to_pylist()]),
                       len(items), len(workers), len(labels))
     gold_idx = np.array([labels.index(gold[i]) if i in gold else -1 for i in items]) if gold else None
-    result = calibrated_dawid_skene(answers, gold_idx, max_iter=30)
-    return {item: row for item, row in zip(items, result.posteriors)}, result.fit.iterations
+    method = ThirtyIterationDawidSkene()
+    posteriors = method.posteriors(IndexedAnswers(answers, gold_idx))  # the build's in-process path
+    return {item: row for item, row in zip(items, posteriors)}, method.fit_model(answers, gold_idx).iterations
 
 
 def assert_beam_matches_in_process(votes: pa.Table, num_buckets: int, gold: dict[str, str],

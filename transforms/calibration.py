@@ -11,11 +11,9 @@ sit at probability 1): callers pass the model's posterior from the votes alone.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from labelbeam.transforms.dawid_skene import Answers, DawidSkeneResult, clamp_gold, dawid_skene, e_step
+from labelbeam.transforms.dawid_skene import clamp_gold
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0
 _FLOOR = 1e-300  # log(0) guard: a class with probability 0 stays at (almost) 0 at any temperature
@@ -84,23 +82,3 @@ def calibrated_with_gold(from_votes: np.ndarray, gold: np.ndarray) -> tuple[np.n
     known = np.flatnonzero(gold >= 0)
     temperature = fit_temperature(from_votes[known], gold[known])
     return clamp_gold(tempered(from_votes, temperature), gold), temperature
-
-
-class CalibratedPosteriors(NamedTuple):
-    posteriors: np.ndarray    # tempered posteriors; gold items one-hot on their class
-    temperature: float        # 1.0 without gold
-    fit: DawidSkeneResult
-
-
-def calibrated_dawid_skene(answers: Answers, gold: np.ndarray | None, max_iter: int = 100, tol: float = 1e-5,
-                           smoothing: float = 0.01) -> CalibratedPosteriors:
-    """Dawid-Skene with gold clamped while fitting, then temperature-scaled on the gold items.
-
-    The temperature is fitted to the gold items' posteriors from their votes alone (an E-step
-    without clamping, under the fitted parameters). Gold items keep their known class.
-    """
-    fit = dawid_skene(answers, max_iter, tol, smoothing, gold)
-    if gold is None or not (gold >= 0).any():
-        return CalibratedPosteriors(fit.posteriors, 1.0, fit)
-    from_votes, _ = e_step(answers, np.log(fit.priors), np.log(fit.confusions))
-    return CalibratedPosteriors(*calibrated_with_gold(from_votes, gold), fit)

@@ -283,7 +283,7 @@ def temperature_of(parts: list) -> float:
 
 
 def calibrated_bucket_posteriors(bucket: AnswerBucket, state: EMState, temperature: float):
-    """As calibration.calibrated_dawid_skene does in process: tempered posteriors, gold clamped."""
+    """As DawidSkene.posteriors does in process (calibration.calibrated_with_gold): tempered, gold clamped."""
     from_votes, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions)
     return bucket, clamp_gold(tempered(from_votes, temperature), bucket.compact.gold())
 
