@@ -3,12 +3,13 @@
 The source directories `pipelines/`, `transforms/` and `schemas/` are installed under the
 `labelbeam` namespace only: PyPI has unrelated distributions with those top-level names.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
+SOURCE_DIRS = ("pipelines", "transforms", "schemas")
+# Every package under the source directories, subpackages included, mapped under `labelbeam.`.
 PACKAGE_DIRS = {
-    "labelbeam.pipelines": "pipelines",
-    "labelbeam.transforms": "transforms",
-    "labelbeam.schemas": "schemas",
+    "labelbeam." + package: package.replace(".", "/")
+    for package in find_packages(include=[f"{d}" for d in SOURCE_DIRS] + [f"{d}.*" for d in SOURCE_DIRS])
 }
 
 setup(

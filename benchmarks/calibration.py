@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import consensus_accuracy as accuracy  # noqa: E402  (dataset loading and encoding)
 
-from labelbeam.transforms.calibration import expected_calibration_error  # noqa: E402
-from labelbeam.transforms.consensus import DawidSkene, Glad, Mace, OneCoin  # noqa: E402
-from labelbeam.transforms.dawid_skene import Answers, vote_shares  # noqa: E402
+from labelbeam.transforms.inference.calibration import expected_calibration_error  # noqa: E402
+from labelbeam.transforms.inference.em import Answers, vote_shares  # noqa: E402
+from labelbeam.transforms.methods.single_label import DawidSkene, Glad, Mace, OneCoin  # noqa: E402
 
 
 def halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

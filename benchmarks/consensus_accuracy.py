@@ -29,8 +29,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from labelbeam.transforms.dawid_skene import Answers, dawid_skene, vote_shares
-from labelbeam.transforms.ratings import Ratings, bias_corrected_scores, mean_scores, median_scores
+from labelbeam.transforms.inference.dawid_skene import dawid_skene
+from labelbeam.transforms.inference.em import Answers, vote_shares
+from labelbeam.transforms.inference.ratings import Ratings, bias_corrected_scores, mean_scores, median_scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_ROOT = Path("/work/shared/datasets")
@@ -41,9 +42,9 @@ MAX_REASON = 90
 # Optional cores another change adds: (column name, module, function). Same Answers input, result
 # with `.posteriors` [n_items, n_labels].
 OPTIONAL_CORES = (
-    ("ours one_coin", "labelbeam.transforms.one_coin", "one_coin"),
-    ("ours glad", "labelbeam.transforms.glad", "glad"),
-    ("ours mace", "labelbeam.transforms.mace", "mace"),
+    ("ours one_coin", "labelbeam.transforms.inference.one_coin", "one_coin"),
+    ("ours glad", "labelbeam.transforms.inference.glad", "glad"),
+    ("ours mace", "labelbeam.transforms.inference.mace", "mace"),
 )
 
 # crowd-kit categorical aggregators, constructed with their defaults: (column name, class name).

@@ -46,7 +46,8 @@ def generate(n_answers: int, path: str, seed: int = 0) -> None:
 
 
 def run_inprocess(data, _prepared) -> np.ndarray:
-    from labelbeam.transforms.dawid_skene import Answers, dawid_skene
+    from labelbeam.transforms.inference.dawid_skene import dawid_skene
+    from labelbeam.transforms.inference.em import Answers
 
     answers = Answers(data["item"], data["worker"], data["label"], len(data["truth"]), N_ANNOTATORS, 2)
     return dawid_skene(answers, max_iter=MAX_ITER).posteriors.argmax(axis=1)
@@ -94,8 +95,9 @@ def run_beam(data, paths: list[str]) -> np.ndarray:
     import pyarrow.parquet as pq
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from labelbeam.transforms.annotator_stats import summarize_annotators
-    from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, ComputeConsensus, DawidSkene
+    from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, ComputeConsensus
+    from labelbeam.transforms.inference.annotator_stats import summarize_annotators
+    from labelbeam.transforms.methods.single_label import DawidSkene
 
     out_dir = tempfile.mkdtemp(prefix="beam-ds-out-")
     method = DawidSkene(em="beam")

@@ -11,19 +11,42 @@ import argparse
 import csv
 import dataclasses
 import datetime as dt
+import difflib
+import logging
 import os
 import sys
 import uuid
 from typing import Any
 
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
 from labelbeam.pipelines.code_version import code_version
-from labelbeam.pipelines.options import BuildConfig, UserError, add_build_arguments, parse_labels
+from labelbeam.pipelines.errors import EXIT_PUBLISH_GATE, UserError, guarded
+from labelbeam.pipelines.generate import SAMPLE_DATASET, SAMPLE_LABELS, write_sample
+from labelbeam.pipelines.options import BuildConfig, add_build_arguments, parse_labels
+from labelbeam.pipelines.tuning import LabelbeamTuningOptions
+from labelbeam.schemas import registry
+from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
+from labelbeam.transforms.deduplicate import VOTES, DeduplicateEvents, ResolveLifecycle
+from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.events.parser import ValidationRules
+from labelbeam.transforms.inference.annotator_stats import key_id, keyed_pseudonym
+from labelbeam.transforms.methods.base import EM_BEAM, EM_IN_PROCESS, ConsensusMethod, MethodRequest
+from labelbeam.transforms.methods.csv_inputs import read_gold_csv, read_weights_csv
+from labelbeam.transforms.methods.registry import METHODS
+from labelbeam.transforms.methods.single_label import weights_from_skills
+from labelbeam.transforms.publish import ConservationError, PublishVersion, distinct_vote_labels, read_annotators
+from labelbeam.transforms.read import ReadEvents
+from labelbeam.transforms.storage import version_store
+from labelbeam.transforms.storage.inputs import InputError, match_inputs
+from labelbeam.transforms.validate import ValidateEvents
 
 DEFAULT_OUTPUT = "labelbeam-data"
 SAMPLE_DIR = "labelbeam-sample"
 SAMPLE_EVENTS = 50_000
 SAMPLE_SEED = 0
-EXIT_PUBLISH_GATE = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,15 +60,6 @@ class BuildOutcome:
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
                    tuning, rows_per_shard: int, pseudonym_key: bytes = b""):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
-    import apache_beam as beam
-
-    from labelbeam.transforms import dead_letters as dl
-    from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
-    from labelbeam.transforms.publish import PublishVersion, distinct_vote_labels
-    from labelbeam.transforms.resolve import VOTES, DeduplicateEvents, ResolveLifecycle
-    from labelbeam.transforms.sources import ReadEvents
-    from labelbeam.transforms.validate import ValidateEvents
-
     raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events)
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
     unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets)
@@ -76,9 +90,6 @@ LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 
 
 def em_path(config: BuildConfig, runner: str | None) -> str:
-    from labelbeam.transforms.consensus import EM_BEAM, EM_IN_PROCESS
-    from labelbeam.transforms.methods import METHODS
-
     if config.em != "auto":
         return config.em
     distributed = getattr(METHODS.get(config.method), "distributed", False)
@@ -87,11 +98,6 @@ def em_path(config: BuildConfig, runner: str | None) -> str:
 
 def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], dict]:
     """Vote weights from the annotator skills a previous version published, and where they came from."""
-    from labelbeam.transforms import version_store
-    from labelbeam.transforms.annotator_stats import key_id
-    from labelbeam.transforms.consensus import weights_from_skills
-    from labelbeam.transforms.publish import read_annotators
-
     try:
         version = version_store.read_latest(config.output, config.dataset) if config.skills_from == "latest" \
             else int(config.skills_from)
@@ -109,70 +115,61 @@ def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], d
     return weights, {"version": version, "key_id": manifest["annotators"]["key_id"]}
 
 
-def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""):
-    from labelbeam.transforms.annotator_stats import keyed_pseudonym
-    from labelbeam.transforms.consensus import (AnnotatorModelMethod, WeightedMajorityVote, read_gold_csv,
-                                                read_weights_csv)
-    from labelbeam.transforms.methods import METHODS
-    from labelbeam.transforms.multi_label_method import MultiLabel
-
+def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b"") -> ConsensusMethod:
+    """The consensus method the flags ask for; every flag the method cannot use is a UserError."""
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r} is not one of {', '.join(sorted(METHODS))}")
-    if (config.weights_path or config.skills_from) and config.method != "wmv":
-        raise UserError("--weights and --skills-from only apply to --method wmv")
     method_class = METHODS[config.method]
+    if (config.weights_path or config.skills_from) and not method_class.takes_weights:
+        raise UserError("--weights and --skills-from only apply to --method wmv")
+    if config.weights_path and config.skills_from:
+        raise UserError("give either --weights or --skills-from, not both")
     if config.gold_path and not method_class.supports_gold:
         raise UserError(f"--gold only applies to single-label methods, not --method {config.method}")
     gold = _read_csv_option("--gold", config.gold_path, read_gold_csv) if config.gold_path else {}
-    unknown = sorted({label for label in gold.values()} - set(config.labels)) if config.labels else []
+    unknown = sorted(set(gold.values()) - set(config.labels)) if config.labels else []
     if unknown:
         raise UserError(f"--gold {config.gold_path}: labels {unknown} are not in --labels")
-    if config.method == "wmv":
-        if bool(config.weights_path) == bool(config.skills_from):
-            raise UserError("--method wmv needs either --weights CSV (annotator_id,weight rows) or "
-                            "--skills-from VERSION")
-        if config.weights_path:
-            return WeightedMajorityVote(_read_csv_option("--weights", config.weights_path, read_weights_csv),
-                                        min_votes=config.min_votes, gold=gold)
-        weights, source = skills_weights(config, key)
-        return WeightedMajorityVote(weights, min_votes=config.min_votes, gold=gold, key=keyed_pseudonym(key),
-                                    source=source)
-    if issubclass(method_class, AnnotatorModelMethod):
-        try:
-            return method_class(min_votes=config.min_votes, gold=gold, em=em_path(config, runner))
-        except ValueError as err:
-            raise UserError(str(err)) from None
-    if config.em == "beam":
-        raise UserError("--em beam only applies to the annotator models with a distributed EM (ds)")
-    if method_class is MultiLabel:  # the classes in question: the label set when given
-        return MultiLabel(min_votes=config.min_votes, label_set=config.labels)
-    return method_class(min_votes=config.min_votes, gold=gold)
+    weights, weights_key, weights_source = None, None, None
+    if config.weights_path:
+        weights = _read_csv_option("--weights", config.weights_path, read_weights_csv)
+    elif config.skills_from:
+        weights, weights_source = skills_weights(config, key)
+        weights_key = keyed_pseudonym(key)
+    request = MethodRequest(min_votes=config.min_votes, gold=gold, em=em_path(config, runner),
+                            label_set=config.labels, weights=weights, weights_key=weights_key,
+                            weights_source=weights_source)
+    try:
+        return method_class.from_request(request)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+APP_FLAGS = ("--input", "--output", "--dataset", "--labels", "--method", "--weights", "--gold", "--min-votes",
+             "--force", "--em", "--skills-from")
 
 
 def reject_unknown_flags(beam_args: list[str]) -> None:
     """Beam ignores flags it does not know, with only a log line: make a typo a usage error instead."""
-    import difflib
-
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    # The same parser Beam's PipelineOptions.get_all_options builds from every options class.
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        options_class._add_argparse_args(parser)  # pylint: disable=protected-access
-    _, unknown = parser.parse_known_args(beam_args)
-    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
-    if flags:
-        known = [option for action in parser._actions for option in action.option_strings]
-        known += ["--input", "--output", "--dataset", "--labels", "--method", "--weights", "--gold",
-                  "--min-votes", "--force", "--em", "--skills-from"]
-        close = difflib.get_close_matches(flags[0], known, n=1)
+    options = PipelineOptions(beam_args)
+    beam_logger = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_logger.level
+    beam_logger.setLevel(logging.ERROR)  # its "Discarding unparseable args" line: we say it better below
+    try:
+        known = options.get_all_options()
+        unknown = sorted(options.get_all_options(retain_unknown_options=True).keys() - known.keys())
+    finally:
+        beam_logger.setLevel(level)
+    if unknown:
+        # Beam reports dest names (--as-of becomes as_of): name the flag as the user typed it.
+        typed = [arg.split("=", 1)[0] for arg in beam_args if arg.startswith("-")]
+        flag = next((arg for arg in typed if arg.lstrip("-").replace("-", "_") in unknown), "--" + unknown[0])
+        close = difflib.get_close_matches(flag, ["--" + name for name in known] + list(APP_FLAGS), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise UserError(f"unknown option {flags[0]}{hint}")
+        raise UserError(f"unknown option {flag}{hint}")
 
 
-def pipeline_options(beam_args: list[str]):
-    from apache_beam.options.pipeline_options import PipelineOptions
-
+def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     reject_unknown_flags(beam_args)
     args = list(beam_args)
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
@@ -189,30 +186,47 @@ def pseudonym_key() -> bytes:
     return os.environ.get(PSEUDONYM_KEY_VARIABLE, "").encode("utf-8")
 
 
-def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None = None) -> BuildOutcome:
-    """Publish the next version of config.dataset, or report that the latest is up to date."""
-    import apache_beam as beam
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+    """A build whose every argument has been checked; nothing has been written yet."""
+    config: BuildConfig
+    options: PipelineOptions
+    tuning: LabelbeamTuningOptions
+    method: ConsensusMethod
+    rules: ValidationRules
+    params: dict[str, Any]
+    pseudonym_key: bytes
+    now: dt.datetime
 
-    from labelbeam.pipelines.tuning import LabelbeamTuningOptions
-    from labelbeam.schemas import registry
-    from labelbeam.transforms import version_store
-    from labelbeam.transforms.sources import InputError, match_inputs
-    from labelbeam.transforms.validate import ValidationRules
 
-    from apache_beam.options.pipeline_options import StandardOptions
-
+def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None = None) -> BuildPlan:
+    """Check every argument (flags, method, CSV side inputs, tuning knobs) without side effects."""
     now = now or dt.datetime.now(dt.timezone.utc)
     if config.min_votes < 1:
         raise UserError(f"--min-votes must be at least 1, got {config.min_votes}")
-    options = pipeline_options(beam_args)  # LabelbeamTuningOptions is imported above, so its flags are known
+    if config.rows_per_shard < 1:
+        raise UserError(f"--rows-per-shard must be at least 1, got {config.rows_per_shard}")
+    options = pipeline_options(beam_args)
+    tuning = options.view_as(LabelbeamTuningOptions)
+    for flag in ("num_buckets", "chunk_events", "range_bytes"):
+        if getattr(tuning, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(tuning, flag)}")
     key = pseudonym_key()
     method = make_method(config, options.view_as(StandardOptions).runner, key)
+    params = {**method.params(), "labels": list(config.labels) if config.labels else None,
+              "rows_per_shard": config.rows_per_shard}
+    rules = ValidationRules.at(config.dataset, int(now.timestamp() * 1000),
+                               frozenset(config.labels) if config.labels else None)
+    return BuildPlan(config, options, tuning, method, rules, params, key, now)
+
+
+def execute_plan(plan: BuildPlan) -> BuildOutcome:
+    """Publish the next version of the plan's dataset, or report that the latest is up to date."""
+    config, method = plan.config, plan.method
     try:
         files = match_inputs(list(config.inputs))
     except InputError as err:
         raise UserError(str(err)) from None
-    params = {**method.params(), "labels": list(config.labels) if config.labels else None,
-              "rows_per_shard": config.rows_per_shard}
     inputs = [f.manifest_entry() for f in files]
     version_code = code_version()
     root, dataset = config.output, config.dataset
@@ -224,28 +238,22 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
     if latest is not None and not config.force:
         manifest = version_store.read_manifest(root, dataset, latest)
         if manifest and (manifest["inputs"], manifest["params"], manifest["code_version"]) == \
-                (inputs, params, version_code):
+                (inputs, plan.params, version_code):
             return BuildOutcome(latest, False, version_store.version_dir(root, dataset, latest), manifest)
 
     build_id = uuid.uuid4().hex
     version = version_store.claim_next_version(root, dataset, owner=build_id)
     version_dir = version_store.version_dir(root, dataset, version)
     manifest_base = {
-        "dataset": dataset, "version": version, "created_at": now.isoformat(timespec="seconds"),
-        "params": params, "inputs": inputs, "code_version": version_code,
+        "dataset": dataset, "version": version, "created_at": plan.now.isoformat(timespec="seconds"),
+        "params": plan.params, "inputs": inputs, "code_version": version_code,
         "schema": registry.load_schema_json(method.row_schema_file),
         "labels_source": "given" if config.labels else "inferred",
         "consensus": {"votes_taking_part": method.votes_taking_part},
     }
-    tuning = options.view_as(LabelbeamTuningOptions)
-    for flag in ("num_buckets", "chunk_events", "range_bytes"):
-        if getattr(tuning, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(tuning, flag)}")
-    rules = ValidationRules.at(dataset, int(now.timestamp() * 1000),
-                               frozenset(config.labels) if config.labels else None)
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, files, rules, method, version_dir, manifest_base, tuning, config.rows_per_shard,
-                       key)
+    with beam.Pipeline(options=plan.options) as pipeline:
+        build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
+                       config.rows_per_shard, plan.pseudonym_key)
     manifest = version_store.read_manifest(root, dataset, version)
     if manifest is None:
         raise RuntimeError(f"the pipeline finished but wrote no manifest for version {version}")
@@ -253,10 +261,13 @@ def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None
     return BuildOutcome(version, True, version_dir, manifest)
 
 
+def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None = None) -> BuildOutcome:
+    """Plan (check every argument), then execute: publish the next version or say it is up to date."""
+    return execute_plan(plan_build(config, beam_args, now))
+
+
 def accuracy_against(truth_path: str, outcome: BuildOutcome) -> tuple[float, int]:
     """(share of items whose consensus label equals the truth, items compared)."""
-    import pyarrow.parquet as pq
-
     with open(truth_path, encoding="utf-8", newline="") as stream:
         truth = {row["item_id"]: row["label"] for row in csv.DictReader(stream)}
     correct = compared = 0
@@ -298,14 +309,11 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
 
 
 def sample_config(args: argparse.Namespace) -> BuildConfig:
-    """The embedded default: a deterministic generated sample, built into ./labelbeam-data."""
-    from labelbeam.pipelines.generate import write_sample
-
-    description = write_sample(SAMPLE_DIR, SAMPLE_EVENTS, SAMPLE_SEED)
+    """The embedded default: a deterministic generated sample (written by `run` once the plan holds),
+    built into ./labelbeam-data."""
     return BuildConfig(
         inputs=(os.path.join(SAMPLE_DIR, "events"),), output=args.output or DEFAULT_OUTPUT,
-        dataset=args.dataset or description["dataset"],
-        labels=parse_labels(args.labels) or tuple(description["labels"]),
+        dataset=args.dataset or SAMPLE_DATASET, labels=parse_labels(args.labels) or SAMPLE_LABELS,
         truth_path=os.path.join(SAMPLE_DIR, "truth.csv"), **method_arguments(args))
 
 
@@ -327,11 +335,12 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from labelbeam.transforms.publish import ConservationError
-
     config = config_from_args(args)
+    plan = plan_build(config, beam_args)  # every argument checked before anything is written
+    if not args.input:
+        write_sample(SAMPLE_DIR, SAMPLE_EVENTS, SAMPLE_SEED)
     try:
-        outcome = run_build(config, beam_args)
+        outcome = execute_plan(plan)
     except ConservationError as err:
         print(f"labelbeam: publish gate failed, nothing published: {err}", file=sys.stderr)
         return EXIT_PUBLISH_GATE
@@ -348,8 +357,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from labelbeam.pipelines.cli import guarded
-
     args, beam_args = build_parser().parse_known_args(argv)
     return guarded(lambda: run(args, beam_args))
 

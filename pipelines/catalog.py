@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from labelbeam.pipelines.options import UserError
-from labelbeam.transforms import version_store
+from labelbeam.pipelines.errors import UserError
+from labelbeam.transforms.storage import version_store
 
 
 def _published(root: str, dataset: str) -> list[int]:

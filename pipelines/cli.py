@@ -1,39 +1,36 @@
-"""The `labelbeam` console script: argparse subcommands, lazy imports so --help is fast.
+"""The `labelbeam` console script: argparse subcommands.
 
-Exit codes: 0 done (an up-to-date build included), 1 the job failed (traceback kept), 2 usage or
-input error (one line, no traceback), 3 a publish gate failed (nothing published).
+Exit codes (pipelines/errors.py): 0 done (an up-to-date build included), 1 the job failed
+(traceback kept), 2 usage or input error (one line, no traceback), 3 a publish gate failed
+(nothing published), 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
 
-from labelbeam.pipelines.options import UserError
+from labelbeam.pipelines import catalog, generate
+from labelbeam.pipelines.errors import guarded
+from labelbeam.pipelines.options import add_build_arguments
 
-EXIT_USAGE = 2
 
+def run_build(args: argparse.Namespace, beam_args: list[str]) -> int:
+    # Imported on use, the one lazy import: labelbeam.pipelines.build imports apache_beam (about 1 s
+    # here), which `labelbeam --help`, `versions` and `show` should not pay for.
+    from labelbeam.pipelines import build
 
-def guarded(command: Callable[[], int]) -> int:
-    """Run a command; user errors become one line on stderr and exit code 2."""
-    try:
-        return command()
-    except UserError as err:
-        print(f"labelbeam: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return build.run(args, beam_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from labelbeam.pipelines import build, catalog, generate
-
     parser = argparse.ArgumentParser(prog="labelbeam", description="Raw annotation events -> versioned "
                                      "consensus datasets, on Apache Beam.")
     commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     build_cmd = commands.add_parser("build", help="build the next dataset version (no args: embedded sample)",
                                     epilog="Other flags (--runner, ...) pass through to Beam.")
-    build.build_parser(build_cmd)
-    build_cmd.set_defaults(command=build.run, passes_beam_args=True)
+    add_build_arguments(build_cmd)
+    build_cmd.set_defaults(command=run_build, passes_beam_args=True)
 
     generate_cmd = commands.add_parser("generate", help="write synthetic events with known truth")
     generate.build_parser(generate_cmd)

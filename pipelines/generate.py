@@ -23,7 +23,7 @@ import fastavro
 import numpy as np
 import orjson
 
-from labelbeam.pipelines.options import UserError
+from labelbeam.pipelines.errors import UserError
 from labelbeam.schemas import registry
 
 SAMPLE_DATASET = "sample"

@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from labelbeam.pipelines.errors import UserError
+
 DEFAULT_ROWS_PER_SHARD = 1_000_000
-
-
-class UserError(Exception):
-    """Bad arguments or inputs: reported as one line, exit code 2, no traceback."""
 
 
 @dataclasses.dataclass(frozen=True)

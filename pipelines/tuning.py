@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from labelbeam.transforms.resolve import DEFAULT_BUCKETS
-from labelbeam.transforms.sources import DEFAULT_CHUNK_EVENTS, DEFAULT_RANGE_BYTES
+from labelbeam.transforms.deduplicate import DEFAULT_BUCKETS
+from labelbeam.transforms.storage.event_files import DEFAULT_CHUNK_EVENTS, DEFAULT_RANGE_BYTES
 
 
 class LabelbeamTuningOptions(PipelineOptions):

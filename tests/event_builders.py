@@ -1,12 +1,13 @@
 """Small builders of events for tests: JSON lines, RawChunks and Arrow event tables."""
 from __future__ import annotations
 
-import pyarrow as pa
 import orjson
+import pyarrow as pa
 
-from labelbeam.transforms.record_batches import EventColumns
-from labelbeam.transforms.sources import ByteRange, RawChunk, read_json_lines
-from labelbeam.transforms.validate import EventParser, ValidationRules
+from labelbeam.transforms.events.parser import EventParser, ValidationRules
+from labelbeam.transforms.events.raw_chunks import RawChunk
+from labelbeam.transforms.events.record_batches import EventColumns
+from labelbeam.transforms.storage.event_files import ByteRange, read_json_lines
 
 NOW_MS = 1_780_000_000_000
 T0 = 1_770_000_000_000

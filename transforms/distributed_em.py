@@ -25,11 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 
-from labelbeam.transforms import arrow_coder, fixed_point
-from labelbeam.transforms.calibration import fit_temperature, tempered
-from labelbeam.transforms.dawid_skene import (Answers, clamp_gold, e_step, expected_counts, parameter_change,
-                                              parameters_from_counts, vote_shares)
-from labelbeam.transforms.factorize import concatenated, factorize_sorted
+from labelbeam.transforms import coders
+from labelbeam.transforms.arrays import fixed_point
+from labelbeam.transforms.arrays.factorize import concatenated, factorize_sorted
+from labelbeam.transforms.inference.calibration import fit_temperature, tempered
+from labelbeam.transforms.inference.dawid_skene import e_step, expected_counts, parameter_change, parameters_from_counts
+from labelbeam.transforms.inference.em import Answers, clamp_gold, vote_shares
+from labelbeam.transforms.methods.base import IndexedVotes, consensus_from_posteriors
 
 
 def smallest_index_dtype(size: int) -> np.dtype:
@@ -124,7 +126,7 @@ class AnswerIndex(NamedTuple):
 
 
 for compact_type in (CompactAnswers, AnswerBucket):
-    beam.coders.registry.register_coder(compact_type, arrow_coder.SizedCoder)
+    beam.coders.registry.register_coder(compact_type, coders.SizedCoder)
 
 
 def annotators_and_labels(votes: pa.Table) -> tuple[set[str], set[str]]:
@@ -341,8 +343,6 @@ class FitDawidSkeneOnBeam(beam.PTransform):
 
 def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, min_votes: int):
     """(bucket, posteriors) -> the bucket's consensus rows and partial annotator statistics."""
-    from labelbeam.transforms.consensus import IndexedVotes, consensus_from_posteriors
-
     bucket, posteriors = pair
     answers = bucket.compact.answers()
     # Annotators re-indexed within the bucket, so its statistics grow with its own annotators.

@@ -14,40 +14,37 @@ unusable comparisons).
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import math
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable
 
 import apache_beam as beam
-import fastavro
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from labelbeam.schemas import registry
-from labelbeam.transforms import version_store
-from labelbeam.transforms.annotator_stats import key_id, keyed_pseudonym, sum_partial_stats, summarize_annotators
-from labelbeam.transforms.consensus import CONSENSUS_SCHEMA
-from labelbeam.transforms import arrow_coder  # noqa: F401 - registers the Arrow coder
-from labelbeam.transforms import dead_letters as dl
-from labelbeam.transforms import preferences as prefs
+from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.inference import preferences as prefs
+from labelbeam.transforms.inference.annotator_stats import (
+    key_id,
+    keyed_pseudonym,
+    sum_partial_stats,
+    summarize_annotators,
+)
+from labelbeam.transforms.methods.base import CONSENSUS_SCHEMA
+from labelbeam.transforms.storage import version_store
+from labelbeam.transforms.storage.table_files import (
+    FileEntry,
+    avro_bytes,
+    num_shards_for,
+    parquet_bytes,
+    shard_names,
+    write_file,
+)
 
 COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items")
-AVRO_CODEC = "deflate"
-
-
-class FileEntry(NamedTuple):
-    path: str     # relative to the version directory
-    rows: int
-    bytes: int
-    sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return self._asdict()
-
-
 class ConservationError(RuntimeError):
     """The run's counts do not add up: a bug lost or invented events. Nothing is published."""
 
@@ -57,36 +54,6 @@ def check_conservation(counts: dict[str, int]) -> None:
     vote_side = counts["votes"] + counts["superseded"] + counts["deleted"]
     if counts["read"] != read_side or counts["valid"] != vote_side:
         raise ConservationError(f"counts do not add up: {counts}")
-
-
-def shard_names(prefix: str, suffix: str, num_shards: int) -> list[str]:
-    return [f"{prefix}-{i:05d}-of-{num_shards:05d}{suffix}" for i in range(num_shards)]
-
-
-def num_shards_for(rows: int, rows_per_shard: int) -> int:
-    return max(1, math.ceil(rows / rows_per_shard))
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True)
-    return sink.getvalue()
-
-
-def avro_bytes(schema: dict, records: Iterable[dict], name: str) -> bytes:
-    records = list(records)
-    sink = io.BytesIO()
-    # fastavro draws a random sync marker by default; derive it from the file's identity instead.
-    marker = hashlib.sha256(f"{name}:{len(records)}".encode()).digest()[:16]
-    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=marker)
-    return sink.getvalue()
-
-
-def write_file(version_dir: str, relative_path: str, data: bytes, rows: int) -> FileEntry:
-    path = FileSystems.join(version_dir, *relative_path.split("/"))
-    with FileSystems.create(path) as out:
-        out.write(data)
-    return FileEntry(relative_path, rows, len(data), hashlib.sha256(data).hexdigest())
 
 
 def sorted_labels(tables: list[pa.Table]) -> pa.Table:

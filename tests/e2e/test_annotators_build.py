@@ -1,0 +1,129 @@
+"""Builds publish per-annotator quality under keyed pseudonyms; ds fits the same in process and on Beam;
+wmv weighs annotators by a previous version's skills."""
+import json
+import os
+import pathlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from labelbeam.pipelines.build import PSEUDONYM_KEY_VARIABLE, accuracy_against, run_build
+from labelbeam.pipelines.generate import write_sample
+from labelbeam.pipelines.options import BuildConfig
+from labelbeam.pipelines.errors import UserError
+from labelbeam.transforms.inference.annotator_stats import key_id
+
+BEAM_ARGS = ["--runner=FnApiRunner"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sample")
+    return directory, write_sample(str(directory), 6_000, seed=23)
+
+
+def build(sample, output, key: str = "test-key", beam_args: tuple[str, ...] = (), **overrides):
+    directory, description = sample
+    fields = dict(inputs=(str(directory / "events"),), output=str(output), dataset=description["dataset"],
+                  labels=tuple(description["labels"]), truth_path=str(directory / "truth.csv"), force=True)
+    fields.update(overrides)
+    previous = os.environ.get(PSEUDONYM_KEY_VARIABLE)
+    os.environ[PSEUDONYM_KEY_VARIABLE] = key
+    try:
+        return run_build(BuildConfig(**fields), BEAM_ARGS + list(beam_args))
+    finally:
+        if previous is None:
+            del os.environ[PSEUDONYM_KEY_VARIABLE]
+        else:
+            os.environ[PSEUDONYM_KEY_VARIABLE] = previous
+
+
+def tables(outcome):
+    labels = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
+    annotators = pq.read_table(os.path.join(outcome.version_dir, outcome.manifest["annotators"]["file"]))
+    return labels, annotators
+
+
+def test_annotators_are_pseudonymized_and_their_votes_add_up(sample, tmp_path):
+    outcome = build(sample, tmp_path, key="k1", method="ds")
+    labels, annotators = tables(outcome)
+    section = outcome.manifest["annotators"]
+    assert section["keyed"] and section["key_id"] == key_id(b"k1") and section["rows"] == annotators.num_rows
+    assert section["confusion_labels"] == sorted(sample[1]["labels"])
+    manifest_text = json.dumps(outcome.manifest)
+    assert "annotator-" not in manifest_text and "k1" not in manifest_text.replace(key_id(b"k1"), "")
+    assert not any("annotator-" in name for name in annotators.column("annotator").to_pylist())
+    # Every single-label vote is some annotator's vote.
+    assert sum(annotators.column("votes").to_pylist()) == sum(labels.column("num_votes").to_pylist())
+    rows = annotators.to_pylist()
+    assert all(0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["agreement"] <= 1.0 for row in rows)
+    for row in rows:
+        for confusion_row in row["confusion"]:
+            assert confusion_row is None or abs(sum(confusion_row) - 1.0) < 1e-9
+    # The published file is listed with its hash like every other file.
+    assert any(entry["path"] == section["file"] for entry in outcome.manifest["files"])
+
+
+def test_the_same_key_gives_the_same_pseudonyms_another_key_other_ones(sample, tmp_path):
+    first = tables(build(sample, tmp_path / "a", key="k1"))[1].column("annotator").to_pylist()
+    again = tables(build(sample, tmp_path / "b", key="k1"))[1].column("annotator").to_pylist()
+    other = tables(build(sample, tmp_path / "c", key="k2"))[1].column("annotator").to_pylist()
+    assert first == again
+    assert not set(first) & set(other)
+
+
+def test_gold_scores_annotators_with_any_method(sample, tmp_path):
+    directory, _ = sample
+    truth = (directory / "truth.csv").read_text().splitlines()
+    gold = tmp_path / "gold.csv"
+    gold.write_text("\n".join(truth[:301]) + "\n")  # header and 300 items
+    _, annotators = tables(build(sample, tmp_path / "out", method="mv", gold_path=str(gold)))
+    rows = [row for row in annotators.to_pylist() if row["gold_votes"]]
+    assert rows and all(0.0 <= row["gold_accuracy"] <= 1.0 for row in rows)
+    assert sum(row["gold_votes"] for row in rows) <= sum(row["votes"] for row in annotators.to_pylist())
+
+
+@pytest.mark.parametrize("with_gold", [False, True], ids=["no gold", "gold, calibrated"])
+def test_ds_on_beam_publishes_what_ds_in_process_publishes(sample, tmp_path, with_gold):
+    gold = {}
+    if with_gold:
+        gold_path = tmp_path / "gold.csv"
+        gold_path.write_text("\n".join((sample[0] / "truth.csv").read_text().splitlines()[:201]) + "\n")
+        gold = {"gold_path": str(gold_path)}
+    local = build(sample, tmp_path / "local", method="ds", em="in_process", **gold)
+    distributed = build(sample, tmp_path / "beam", method="ds", em="beam", **gold)
+    assert local.manifest["params"]["em"] == "in_process" and distributed.manifest["params"]["em"] == "beam"
+    (local_labels, local_annotators), (beam_labels, beam_annotators) = tables(local), tables(distributed)
+    for column in ("item_id", "label", "num_votes", "status"):
+        assert local_labels.column(column).equals(beam_labels.column(column)), column
+    np.testing.assert_allclose(local_labels.column("confidence").to_numpy(),
+                               beam_labels.column("confidence").to_numpy(), atol=1e-7)
+    assert local_annotators.column("votes").equals(beam_annotators.column("votes"))
+    np.testing.assert_allclose(local_annotators.column("accuracy").to_numpy(),
+                               beam_annotators.column("accuracy").to_numpy(), atol=1e-7)
+
+
+def test_wmv_weighs_annotators_by_a_previous_versions_skills(sample, tmp_path):
+    directory, _ = sample
+    plain = build(sample, tmp_path, method="mv")
+    skills = build(sample, tmp_path, method="ds")
+    weighted = build(sample, tmp_path, method="wmv", skills_from=str(skills.version))
+    assert weighted.manifest["params"]["weights_from"] == {"version": skills.version, "key_id": key_id(b"test-key")}
+    truth = str(directory / "truth.csv")
+    # Spammers and noisy annotators lose their say, so weighting beats the plain vote on this sample.
+    assert accuracy_against(truth, weighted)[0] > accuracy_against(truth, plain)[0]
+    with pytest.raises(UserError, match="another LABELBEAM_PSEUDONYM_KEY"):
+        build(sample, tmp_path, key="other", method="wmv", skills_from="latest")
+
+
+@pytest.mark.parametrize("method, em", [("mv", "auto"), ("ds", "in_process"), ("ds", "beam")])
+def test_bucketing_never_changes_the_published_bytes(sample, tmp_path, method, em):
+    """--num_buckets is a speed knob: labels and annotator statistics keep every bit, even where
+    floating-point sums run over buckets (EM statistics, annotator sums, the calibration fit)."""
+    gold_path = tmp_path / "gold.csv"
+    gold_path.write_text("\n".join((sample[0] / "truth.csv").read_text().splitlines()[:101]) + "\n")
+    one, other = (build(sample, tmp_path / f"out{buckets}", method=method, em=em, gold_path=str(gold_path),
+                        beam_args=(f"--num_buckets={buckets}",)) for buckets in (16, 3))
+    for name in ("labels-00000-of-00001.parquet", "labels-00000-of-00001.avro", "annotators-00000-of-00001.parquet"):
+        assert (pathlib.Path(one.version_dir) / name).read_bytes() == (pathlib.Path(other.version_dir) / name).read_bytes(), name

@@ -1,0 +1,293 @@
+"""End-to-end builds on generated samples with known truth: counts, idempotency, determinism, CLI."""
+import collections
+import csv
+import hashlib
+import json
+import os
+import pathlib
+import random
+import subprocess
+import sys
+
+import fastavro
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from labelbeam.pipelines.build import BuildConfig, accuracy_against, run_build
+from labelbeam.pipelines.generate import write_sample
+from labelbeam.transforms.storage import version_store
+
+SAMPLE_EVENTS = 4_000
+BEAM_ARGS = ["--runner=FnApiRunner"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sample")
+    description = write_sample(str(directory), SAMPLE_EVENTS, seed=11)
+    return directory, description
+
+
+def config_for(sample_dir, description, output, **overrides) -> BuildConfig:
+    fields = dict(inputs=(str(sample_dir / "events"),), output=str(output), dataset=description["dataset"],
+                  labels=tuple(description["labels"]), truth_path=str(sample_dir / "truth.csv"))
+    fields.update(overrides)
+    return BuildConfig(**fields)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def first_build(sample, tmp_path_factory):
+    sample_dir, description = sample
+    output = tmp_path_factory.mktemp("out")
+    config = config_for(sample_dir, description, output)
+    return config, run_build(config, BEAM_ARGS)
+
+
+def test_build_counts_equal_the_generators_expectations(sample, first_build):
+    _, description = sample
+    _, outcome = first_build
+    counts = outcome.manifest["counts"]
+    expected = description["expected"]
+    assert outcome.published and outcome.version == 1
+    for key in ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items"):
+        assert counts[key] == expected[key], key
+    assert counts["read"] == counts["valid"] + counts["invalid"] + counts["duplicates"]
+    assert counts["valid"] == counts["votes"] + counts["superseded"] + counts["deleted"]
+
+
+def test_dead_letters_carry_each_reason_the_generator_injected(sample, first_build):
+    _, description = sample
+    _, outcome = first_build
+    [rejected] = [f for f in outcome.manifest["files"] if f["path"].startswith("rejected/")]
+    with open(os.path.join(outcome.version_dir, rejected["path"]), "rb") as stream:
+        letters = list(fastavro.reader(stream))
+    assert dict(collections.Counter(letter["reason"] for letter in letters)) == \
+        description["expected"]["invalid_by_reason"]
+    conflict = next(letter for letter in letters if letter["reason"] == "EVENT_ID_CONFLICT")
+    # The raw bytes re-read for a conflict are exactly the line at that offset of its source.
+    with open(conflict["source"], "rb") as stream:
+        stream.seek(conflict["offset"])
+        assert stream.readline().rstrip(b"\n") == conflict["raw"]
+    assert json.loads(conflict["raw"])["event_id"] == conflict["event_id"]
+
+
+def test_consensus_beats_chance_by_far_against_known_truth(first_build):
+    config, outcome = first_build
+    accuracy, compared = accuracy_against(config.truth_path, outcome)
+    assert compared == outcome.manifest["counts"]["items"]
+    assert accuracy > 0.8  # 4 classes: chance is about 0.3
+
+
+def test_parquet_and_avro_shards_hold_the_same_rows_and_load_with_pandas(first_build):
+    _, outcome = first_build
+    files = {f["path"]: f for f in outcome.manifest["files"]}
+    parquet = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
+    frame = pd.read_parquet(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
+    with open(os.path.join(outcome.version_dir, "labels-00000-of-00001.avro"), "rb") as stream:
+        avro_rows = list(fastavro.reader(stream))
+    assert parquet.to_pylist() == avro_rows
+    # A single-label method publishes v1 rows: no labels/score columns (they would only hold [] and null).
+    assert list(frame.columns) == ["item_id", "label", "confidence", "num_votes", "agreement", "status"]
+    assert [field["name"] for field in outcome.manifest["schema"]["fields"]] == list(frame.columns)
+    assert frame["item_id"].is_monotonic_increasing and frame["item_id"].is_unique
+    assert ((frame["confidence"] > 0) & (frame["confidence"] <= 1)).all()
+    assert set(frame["status"]) <= {"ok", "tie", "needs_more_votes"}
+    for path, entry in files.items():
+        full = os.path.join(outcome.version_dir, path)
+        assert (os.path.getsize(full), sha256(full)) == (entry["bytes"], entry["sha256"])
+    assert files["labels-00000-of-00001.parquet"]["rows"] == len(frame) == outcome.manifest["counts"]["items"]
+
+
+def test_manifest_records_params_inputs_code_and_schema(first_build):
+    _, outcome = first_build
+    manifest = outcome.manifest
+    assert manifest["params"]["method"] == "mv"
+    assert [entry["path"] for entry in manifest["inputs"]] == sorted(entry["path"] for entry in manifest["inputs"])
+    assert {entry["format"] for entry in manifest["inputs"]} == {"json", "avro"}
+    assert manifest["code_version"].startswith("0.1.0+")
+    assert [f["name"] for f in manifest["schema"]["fields"]][:2] == ["item_id", "label"]
+    assert version_store.read_latest(os.path.dirname(os.path.dirname(os.path.dirname(outcome.version_dir))),
+                                     manifest["dataset"]) == 1
+
+
+def test_unchanged_build_publishes_nothing_and_force_publishes_identical_bytes(sample, tmp_path):
+    sample_dir, description = sample
+    config = config_for(sample_dir, description, tmp_path)
+    first = run_build(config, BEAM_ARGS)
+    again = run_build(config, BEAM_ARGS)
+    assert (again.published, again.version) == (False, 1)
+    assert version_store.version_numbers(str(tmp_path), config.dataset) == [1]
+    forced = run_build(BuildConfig(**{**config.__dict__, "force": True}), BEAM_ARGS)
+    assert (forced.published, forced.version) == (True, 2)
+    first_files = {f["path"]: f["sha256"] for f in first.manifest["files"]}
+    forced_files = {f["path"]: f["sha256"] for f in forced.manifest["files"]}
+    assert first_files == forced_files
+    for path in first_files:
+        assert pathlib.Path(first.version_dir, path).read_bytes() == pathlib.Path(forced.version_dir, path).read_bytes()
+
+
+def test_changed_params_publish_a_new_version(sample, tmp_path):
+    sample_dir, description = sample
+    config = config_for(sample_dir, description, tmp_path)
+    run_build(config, BEAM_ARGS)
+    changed = run_build(BuildConfig(**{**config.__dict__, "min_votes": 3}), BEAM_ARGS)
+    assert (changed.published, changed.version) == (True, 2)
+    assert changed.manifest["status"].get("needs_more_votes", 0) > 0
+
+
+def test_labels_are_identical_when_the_same_events_are_shuffled_and_split_differently(sample, first_build, tmp_path):
+    sample_dir, description = sample
+    _, outcome = first_build
+    json_lines = []
+    for name in sorted(os.listdir(sample_dir / "events")):
+        if name.endswith(".jsonl"):
+            json_lines += (sample_dir / "events" / name).read_bytes().splitlines(keepends=True)
+    random.Random(3).shuffle(json_lines)
+    resplit = tmp_path / "events"
+    resplit.mkdir()
+    for i in range(5):
+        (resplit / f"part-{i}.jsonl").write_bytes(b"".join(json_lines[i::5]))
+    (resplit / "events-v2.avro").write_bytes((sample_dir / "events" / "events-v2.avro").read_bytes())
+    config = config_for(sample_dir, description, tmp_path / "out", inputs=(str(resplit),))
+    again = run_build(config, BEAM_ARGS + ["--num_buckets=3", "--chunk_events=97"])
+    assert again.manifest["counts"] == outcome.manifest["counts"]
+    for name in ("labels-00000-of-00001.parquet", "labels-00000-of-00001.avro"):
+        assert sha256(os.path.join(again.version_dir, name)) == sha256(os.path.join(outcome.version_dir, name))
+
+
+def test_without_a_label_set_labels_are_inferred_and_recorded(sample, tmp_path):
+    sample_dir, description = sample
+    outcome = run_build(config_for(sample_dir, description, tmp_path, labels=None), BEAM_ARGS)
+    expected = description["expected"]
+    assert outcome.manifest["labels_source"] == "inferred"
+    # The generator's unknown-label events are valid votes now: fewer invalid, more valid.
+    assert outcome.manifest["counts"]["invalid"] == expected["invalid"] - expected["invalid_by_reason"]["UNKNOWN_LABEL"]
+    assert set(description["labels"]) < set(outcome.manifest["labels"])
+
+
+def test_weighted_majority_vote_build_records_its_weights(sample, tmp_path):
+    sample_dir, description = sample
+    weights = tmp_path / "weights.csv"
+    weights.write_text("annotator_id,weight\nannotator-00001,3.5\n")
+    outcome = run_build(config_for(sample_dir, description, tmp_path / "out", method="wmv",
+                                   weights_path=str(weights)), BEAM_ARGS)
+    assert outcome.manifest["params"]["method"] == "wmv"
+    assert outcome.manifest["params"]["weights"] == {"annotator-00001": 3.5}
+
+
+def test_rows_per_shard_splits_parquet_and_avro_at_the_same_rows(sample, tmp_path):
+    sample_dir, description = sample
+    outcome = run_build(config_for(sample_dir, description, tmp_path, rows_per_shard=200), BEAM_ARGS)
+    shards = sorted(f["path"] for f in outcome.manifest["files"] if f["path"].startswith("labels-"))
+    parquet = [p for p in shards if p.endswith(".parquet")]
+    assert len(parquet) == -(-outcome.manifest["counts"]["items"] // 200)
+    parquet_rows = sum(pq.read_table(os.path.join(outcome.version_dir, p)).num_rows for p in parquet)
+    assert parquet_rows == outcome.manifest["counts"]["items"]
+
+
+@pytest.mark.parametrize("method", ["ds", "one_coin", "glad", "mace"])
+def test_annotator_model_build_is_more_accurate_than_majority_vote_on_the_sample(
+        method, sample, first_build, tmp_path):
+    sample_dir, description = sample
+    config, majority = first_build
+    outcome = run_build(config_for(sample_dir, description, tmp_path, method=method), BEAM_ARGS)
+    assert outcome.manifest["params"]["method"] == method
+    assert outcome.manifest["counts"] == majority.manifest["counts"]
+    ds_accuracy, _ = accuracy_against(config.truth_path, outcome)
+    mv_accuracy, _ = accuracy_against(config.truth_path, majority)
+    assert ds_accuracy > mv_accuracy
+    table = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
+    assert all(0 < c <= 1 for c in table.column("confidence").to_pylist())
+
+
+def test_dawid_skene_keeps_gold_items_at_their_gold_label(sample, tmp_path):
+    sample_dir, description = sample
+    truth = list(csv.DictReader((sample_dir / "truth.csv").read_text().splitlines()))[:30]
+    # Gold that contradicts the truth must still win: it is what the user says is right.
+    labels = description["labels"]
+    gold = {row["item_id"]: labels[(labels.index(row["label"]) + 1) % len(labels)] for row in truth}
+    gold_path = tmp_path / "gold.csv"
+    gold_path.write_text("item_id,label\n" + "".join(f"{item},{label}\n" for item, label in gold.items()))
+    outcome = run_build(config_for(sample_dir, description, tmp_path / "out", method="ds", gold_path=str(gold_path)),
+                        BEAM_ARGS)
+    rows = {r["item_id"]: r for r in pq.read_table(
+        os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet")).to_pylist()}
+    for item, label in gold.items():
+        if item in rows:
+            assert (rows[item]["label"], rows[item]["confidence"]) == (label, 1.0)
+    assert outcome.manifest["params"]["gold_items"] == len(gold)
+
+
+# The CLI, as a user runs it
+
+def labelbeam(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "labelbeam.pipelines.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_build_versions_and_show(sample, tmp_path):
+    sample_dir, description = sample
+    args = ["build", "--input", str(sample_dir / "events"), "--output", str(tmp_path), "--dataset", "sample",
+            "--labels", ",".join(description["labels"]), "--runner=FnApiRunner"]
+    first = labelbeam(*args)
+    assert first.returncode == 0, first.stderr
+    assert "published sample version 1" in first.stdout
+    assert f"read {description['expected']['read']} = valid" in first.stdout
+    second = labelbeam(*args)
+    assert second.returncode == 0 and second.stdout.startswith("up to date")
+    versions = labelbeam("versions", str(tmp_path), "--dataset", "sample")
+    assert versions.returncode == 0 and "1*" in versions.stdout
+    show = labelbeam("show", str(tmp_path), "--dataset", "sample", "--json")
+    assert json.loads(show.stdout)["counts"]["read"] == description["expected"]["read"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["build", "--input", "/nonexistent/*.jsonl", "--output", "o", "--dataset", "d"], "no file matches"),
+    (["build", "--input", "x.jsonl", "--output", "o"], "--dataset"),
+    (["build", "--method", "nope"], "--method 'nope'"),
+    (["build", "--method", "wmv"], "needs either --weights"),
+    (["build", "--method", "wmv", "--skills-from", "seven"], "give a version number or 'latest'"),
+    (["build", "--method", "mv", "--weights", "w.csv"], "only apply to --method wmv"),
+    (["build", "--method", "mace", "--em", "beam"], "has no distributed EM"),
+    (["build", "--em", "beam"], "--em beam only applies"),
+    (["build", "--min-votes", "0"], "--min-votes"),
+    (["build", "--labels", " , "], "--labels"),
+    (["build", "--gold", "/nonexistent/g.csv"], "cannot read --gold"),
+    (["build", "--chunk_events=0"], "--chunk_events"),
+    (["build", "--min_votes", "3"], "did you mean --min-votes"),
+    (["build", "--as-of", "2026-01-01"], "unknown option --as-of"),
+    (["generate", "--output", "o", "--events", "0"], "--events"),
+    (["build", "--method", "ds", "--gold", "/nonexistent/gold.csv"], "cannot read --gold"),
+    (["show", "/nonexistent-root", "--dataset", "d"], "no published versions"),
+])
+def test_cli_user_errors_exit_2_with_one_line_and_no_traceback(args, message, tmp_path):
+    result = labelbeam(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("labelbeam: error")]) == 1
+
+
+def test_module_entry_point_prints_help():
+    result = subprocess.run([sys.executable, "-m", "labelbeam.pipelines.build", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--input" in result.stdout
+
+
+def test_embedded_default_build_runs_with_no_arguments(tmp_path):
+    first = labelbeam("build", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "published sample version 1" in first.stdout
+    assert "accuracy vs known truth" in first.stdout
+    truth = list(csv.DictReader((tmp_path / "labelbeam-sample" / "truth.csv").read_text().splitlines()))
+    assert len(truth) > 0
+    manifest = json.loads((tmp_path / "labelbeam-data" / "sample" / "versions" / "1" / "manifest.json").read_text())
+    expected = json.loads((tmp_path / "labelbeam-sample" / "expected.json").read_text())["expected"]
+    assert {k: manifest["counts"][k] for k in manifest["counts"]} == {k: expected[k] for k in manifest["counts"]}
+    second = labelbeam("build", cwd=tmp_path)
+    assert second.returncode == 0 and second.stdout.startswith("up to date")

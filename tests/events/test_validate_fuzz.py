@@ -1,0 +1,139 @@
+"""Property tests: parsing never raises on bad input, and every input lands in exactly one output."""
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labelbeam.schemas import registry
+from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.events.parser import EventParser, Rejected, ValidationRules
+from labelbeam.transforms.events.raw_chunks import RawChunk
+
+NOW_MS = 1_700_000_000_000
+EVENT_TIME_MS = NOW_MS - 3_600_000
+RULES_WITH_LABELS = ValidationRules.at("pets", NOW_MS, frozenset({"cat", "dog"}))
+RULES_ANY_LABEL = ValidationRules.at("pets", NOW_MS)
+PARSERS = {"labels": EventParser(RULES_WITH_LABELS), "any": EventParser(RULES_ANY_LABEL)}
+LATEST_FIELDS = tuple(f["name"] for f in registry.event_schema(2)["fields"])
+FUZZ = settings(max_examples=200, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+VALID_V1 = {
+    "event_id": "e1", "dataset": "pets", "item_id": "item-1", "annotator_id": "ann-1",
+    "label": "cat", "action": "UPSERT", "event_time": EVENT_TIME_MS,
+}
+VALID_V2 = dict(VALID_V1, schema_version=2, revision=1, labels=["cat"], score=2.5, duration_ms=800,
+                confidence=0.5, metadata={"tool": "ls"})
+MUTABLE_KEYS = sorted(set(VALID_V2) | {"colour", ""})
+
+json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+                | st.sampled_from(["", "cat", "dog", "fish", "UPSERT", "DELETE", "pets", 1, 2, 3,
+                                   EVENT_TIME_MS, NOW_MS + 2 * 86_400_000, 2**31, 2**63]))
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=6)
+
+
+@st.composite
+def mutated_events(draw):
+    """A valid v1 or v2 event with some fields dropped, some replaced by random JSON values."""
+    obj = dict(draw(st.sampled_from([VALID_V1, VALID_V2])))
+    for key in draw(st.lists(st.sampled_from(MUTABLE_KEYS), max_size=4, unique=True)):
+        if draw(st.booleans()):
+            obj.pop(key, None)
+        else:
+            obj[key] = draw(json_values)
+    return obj
+
+
+def event_line(obj) -> bytes:
+    # The stdlib encoder writes integers of any size, which orjson then has to cope with.
+    return json.dumps(obj).encode()
+
+
+payloads = st.one_of(
+    st.binary(max_size=120),
+    st.text(max_size=60).map(str.encode),
+    mutated_events().map(event_line),
+    json_values.map(event_line),
+)
+
+
+def assert_valid_or_rejected(result, rules):
+    if isinstance(result, Rejected):
+        assert result.reason in dl.REASONS, result
+        assert isinstance(result.detail, str)
+        assert result.schema_version in (None, 1, 2)
+        return
+    values, version = result
+    assert version in (1, 2)
+    assert len(values) == len(LATEST_FIELDS)
+    event = dict(zip(LATEST_FIELDS, values))
+    assert event["dataset"] == rules.dataset
+    assert all(isinstance(event[k], str) and event[k] for k in ("event_id", "item_id", "annotator_id"))
+    assert rules.min_event_time_ms <= event["event_time"] <= rules.max_event_time_ms
+    assert event["action"] in ("UPSERT", "DELETE")
+    if rules.labels is not None:
+        assert event["label"] is None or event["label"] in rules.labels
+        assert set(event["labels"]) <= rules.labels
+
+
+@FUZZ
+@given(payload=st.binary(max_size=200), rules_name=st.sampled_from(sorted(PARSERS)))
+def test_parse_one_of_arbitrary_bytes_never_raises(payload, rules_name):
+    parser = PARSERS[rules_name]
+    assert_valid_or_rejected(parser.parse_one(payload, None, None, "json"), parser.rules)
+
+
+@FUZZ
+@given(obj=mutated_events(), rules_name=st.sampled_from(sorted(PARSERS)))
+def test_parse_one_of_mutated_json_events_never_raises(obj, rules_name):
+    parser = PARSERS[rules_name]
+    assert_valid_or_rejected(parser.parse_one(event_line(obj), None, None, "json"), parser.rules)
+
+
+@FUZZ
+@given(value=json_values)
+def test_parse_one_of_arbitrary_json_documents_never_raises(value):
+    parser = PARSERS["labels"]
+    assert_valid_or_rejected(parser.parse_one(event_line(value), None, None, "json"), parser.rules)
+
+
+@FUZZ
+@given(obj=mutated_events(), version=st.sampled_from([1, 2]))
+def test_parse_one_of_mutated_decoded_records_never_raises(obj, version):
+    obj.pop("schema_version", None)
+    parser = PARSERS["labels"]
+    assert_valid_or_rejected(parser.parse_one(b"", obj, version, "avro"), parser.rules)
+
+
+@FUZZ
+@given(lines=st.lists(payloads, max_size=12))
+def test_parse_chunk_puts_every_line_in_exactly_one_output(lines):
+    offsets = [10 * i for i in range(len(lines))]
+    chunk = RawChunk("fuzz.jsonl", "json", offsets, lines)
+    columns, dead = PARSERS["labels"].parse_chunk(chunk)
+    assert len(columns) + len(dead) == len(lines)
+    assert all(letter.reason in dl.REASONS for letter in dead)
+    valid_offsets = columns.to_record_batch().column("offset").to_pylist() if len(columns) else []
+    assert sorted(valid_offsets + [letter.offset for letter in dead]) == offsets
+    for letter in dead:
+        assert letter.raw == lines[offsets.index(letter.offset)]
+
+
+@FUZZ
+@given(lines=st.lists(payloads, min_size=1, max_size=12), rules=st.sampled_from(sorted(PARSERS)))
+def test_parse_chunk_fast_path_agrees_with_parse_one_on_every_line(lines, rules):
+    """parse_chunk takes an inline happy path; parse_one is the careful path. They must agree."""
+    parser = PARSERS[rules]
+    columns, dead = parser.parse_chunk(RawChunk("f.jsonl", "json", list(range(len(lines))), lines))
+    accepted_by_chunk = dict(zip(columns.offsets, zip(columns.rows, columns.versions)))
+    rejected_by_chunk = {letter.offset: letter.reason for letter in dead}
+    for offset, line in enumerate(lines):
+        careful = parser.parse_one(line, None, None, "json")
+        if isinstance(careful, Rejected):
+            assert rejected_by_chunk.get(offset) == careful.reason
+        else:
+            assert accepted_by_chunk.get(offset) == careful

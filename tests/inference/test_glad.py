@@ -1,0 +1,178 @@
+"""GLAD core: recovers known abilities, beats majority vote, clamps gold, ascends Q, stays deterministic."""
+import numpy as np
+import pytest
+
+from labelbeam.transforms.inference.em import Answers, vote_shares
+from labelbeam.transforms.inference.glad import GaussianPrior, e_step, expected_log_posterior, glad, m_step
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def synthetic(seed: int, ability: np.ndarray, n_items: int = 3_000, answers_per_item: int = 6, n_labels: int = 3):
+    """Answers from the GLAD story with log inverse difficulties drawn from the N(1, 1) prior."""
+    rng = np.random.default_rng(seed)
+    n_workers = len(ability)
+    log_beta = rng.normal(1.0, 1.0, n_items)
+    truth = rng.integers(0, n_labels, n_items)
+    item = np.repeat(np.arange(n_items), answers_per_item)
+    worker = np.argsort(rng.random((n_items, n_workers)), axis=1)[:, :answers_per_item].ravel()
+    p_right = sigmoid(ability[worker] * np.exp(log_beta[item]))
+    wrong = (truth[item] + rng.integers(1, n_labels, len(item))) % n_labels
+    label = np.where(rng.random(len(item)) < p_right, truth[item], wrong)
+    return Answers(item, worker, label, n_items, n_workers, n_labels), truth, log_beta
+
+
+def per_annotator_accuracy(answers: Answers, ability: np.ndarray, log_beta: np.ndarray) -> np.ndarray:
+    """Each annotator's mean P(right) over the items they answered."""
+    p_right = sigmoid(ability[answers.worker] * np.exp(log_beta[answers.item]))
+    return np.bincount(answers.worker, p_right) / np.bincount(answers.worker)
+
+
+def test_em_recovers_known_abilities():
+    # Abilities from the N(1, 1) prior. Large abilities saturate (every answer right) and only the
+    # product alpha * beta is seen, so compare what the answers pin down: each annotator's accuracy
+    # over their items, and the ranking of abilities. Each beta rests on 10 answers and is shrunk
+    # towards its prior, which costs single annotators' fitted accuracies a few points.
+    ability = np.random.default_rng(100).normal(1.0, 1.0, 20)
+    answers, _, log_beta = synthetic(seed=0, ability=ability, answers_per_item=10)
+    result = glad(answers)
+    assert result.converged
+    true_accuracy = per_annotator_accuracy(answers, ability, log_beta)
+    fitted_accuracy = per_annotator_accuracy(answers, result.ability, np.log(result.inverse_difficulty))
+    assert np.abs(fitted_accuracy - true_accuracy).mean() < 0.035
+    assert np.abs(fitted_accuracy - true_accuracy).max() < 0.1
+    assert np.corrcoef(result.ability, ability)[0, 1] > 0.97
+    assert np.corrcoef(np.log(result.inverse_difficulty), log_beta)[0, 1] > 0.6
+
+
+def test_em_beats_majority_vote_with_adversarial_and_clueless_annotators():
+    ability = np.array([2.0, 2.0, 1.5, 0.0, 0.0, 0.0, -0.5, -0.5])
+    answers, truth, _ = synthetic(seed=1, ability=ability, answers_per_item=5, n_labels=2)
+    majority = vote_shares(answers).argmax(axis=1)
+    result = glad(answers)
+    assert np.mean(result.posteriors.argmax(axis=1) == truth) > np.mean(majority == truth) + 0.05
+    assert (result.ability[:3] > 1.0).all() and (result.ability[6:] < 0).all()
+
+
+def test_difficulty_is_the_inverse_of_beta():
+    answers, _, _ = synthetic(seed=2, ability=np.full(6, 1.0), n_items=300)
+    result = glad(answers)
+    assert np.allclose(result.difficulty * result.inverse_difficulty, 1.0)
+    assert (result.difficulty > 0).all()
+    assert np.allclose(result.posteriors.sum(axis=1), 1)
+
+
+def test_gold_items_keep_their_class_even_when_wrong():
+    answers, truth, _ = synthetic(seed=3, ability=np.full(8, 1.0), n_items=500)
+    gold = np.full(answers.n_items, -1)
+    gold[:50] = (truth[:50] + 1) % 3
+    result = glad(answers, gold=gold)
+    assert (result.posteriors[:50].argmax(axis=1) == gold[:50]).all()
+    assert np.allclose(result.posteriors[:50].max(axis=1), 1.0)
+
+
+def test_gold_lowers_the_ability_of_annotators_who_contradict_it():
+    item = np.repeat(np.arange(20), 2)
+    answers = Answers(item, np.tile([0, 1], 20), np.zeros(40, dtype=np.int64), 20, 2, 2)
+    assert (glad(answers).ability > 1.0).all()
+    assert (glad(answers, gold=np.ones(20, dtype=np.int64)).ability < 0).all()
+
+
+def test_fit_is_byte_identical_whatever_the_answer_order():
+    answers, _, _ = synthetic(seed=4, ability=np.linspace(-0.5, 2.0, 7), n_items=400)
+    first = glad(answers)
+    order = np.random.default_rng(0).permutation(len(answers.item))
+    shuffled = answers._replace(item=answers.item[order], worker=answers.worker[order], label=answers.label[order])
+    again = glad(shuffled)
+    assert np.array_equal(first.posteriors, again.posteriors)
+    assert np.array_equal(first.ability, again.ability)
+    assert np.array_equal(first.difficulty, again.difficulty)
+
+
+def test_single_answer_decides_its_item():
+    one = Answers(np.array([0]), np.array([0]), np.array([1]), n_items=1, n_workers=1, n_labels=2)
+    assert glad(one).posteriors[0].argmax() == 1
+
+
+def test_single_class_gives_certain_posteriors():
+    only_class = Answers(np.array([0, 1]), np.array([0, 0]), np.array([0, 0]), n_items=2, n_workers=1, n_labels=1)
+    result = glad(only_class)
+    assert np.allclose(result.posteriors, 1.0)
+    assert np.all(np.isfinite(result.ability)) and np.all(np.isfinite(result.difficulty))
+
+
+def test_items_without_answers_get_uniform_posteriors_and_prior_parameters():
+    answers = Answers(np.array([0, 0, 2]), np.array([0, 1, 0]), np.array([1, 1, 0]), n_items=4, n_workers=3,
+                      n_labels=3)
+    result = glad(answers)
+    assert np.allclose(result.posteriors[[1, 3]], 1 / 3)
+    assert result.inverse_difficulty[[1, 3]] == pytest.approx([np.e, np.e])   # the prior mean, log beta = 1
+    assert result.ability[2] == pytest.approx(1.0)
+
+
+def test_no_answers_at_all_gives_uniform_posteriors():
+    empty = np.array([], dtype=np.int64)
+    result = glad(Answers(empty, empty, empty, n_items=3, n_workers=2, n_labels=2))
+    assert np.allclose(result.posteriors, 0.5)
+    assert result.converged
+
+
+def test_annotator_who_always_answers_one_class_gets_little_weight():
+    answers, truth, _ = synthetic(seed=5, ability=np.array([1.5, 1.5, 1.5, 1.5, 1.0]), n_items=2_000,
+                                  answers_per_item=5, n_labels=2)
+    constant = answers.worker == 4
+    answers = answers._replace(label=np.where(constant, 0, answers.label))
+    result = glad(answers)
+    assert np.all(np.isfinite(result.posteriors))
+    assert abs(result.ability[4]) < 0.3
+
+
+def test_e_step_by_hand():
+    # Item with beta = 1. Ability 2 said 0, ability 0 (a coin flip) said 1. Uniform priors over 2 classes:
+    # class 0: 0.5 * sigmoid(2) * 0.5, class 1: 0.5 * (1 - sigmoid(2)) * 0.5; their sum is 0.25.
+    answers = Answers(np.array([0, 0]), np.array([0, 1]), np.array([0, 1]), 1, 2, 2)
+    posteriors, log_likelihood = e_step(answers, np.log([0.5, 0.5]), np.array([2.0, 0.0]), np.array([0.0]))
+    assert posteriors[0] == pytest.approx([0.8807970779778823, 0.1192029220221176])
+    assert log_likelihood == pytest.approx(np.log(0.25))
+
+
+def test_e_step_spreads_errors_over_the_other_classes():
+    # Three classes, ability 1, beta = 1: the named class gets sigmoid(1) = 0.7311, each other (1 - 0.7311) / 2.
+    answers = Answers(np.array([0]), np.array([0]), np.array([2]), 1, 1, 3)
+    posteriors, _ = e_step(answers, np.log(np.full(3, 1 / 3)), np.array([1.0]), np.array([0.0]))
+    assert posteriors[0] == pytest.approx([0.1344707107, 0.1344707107, 0.7310585786])
+
+
+def test_expected_log_posterior_by_hand():
+    # One answer on class 2 of 3, P(right) = 0.75; ability 1, log beta 0, priors N(1, 1):
+    # 0.75 log sigmoid(1) + 0.25 (log(1 - sigmoid(1)) - log 2) - (0^2 + 1^2) / 2.
+    answers = Answers(np.array([0]), np.array([0]), np.array([2]), 1, 1, 3)
+    posteriors = np.array([[0.125, 0.125, 0.75]])
+    q = expected_log_posterior(answers, posteriors, np.array([1.0]), np.array([0.0]))
+    assert q == pytest.approx(0.75 * -0.3132616875 + 0.25 * (-1.3132616875 - 0.6931471806) - 0.5)
+
+
+def test_m_step_never_lowers_q_and_stops_where_its_gradient_vanishes():
+    answers, _, _ = synthetic(seed=6, ability=np.array([2.0, 1.0, 0.5, -0.5]), n_items=60, answers_per_item=3)
+    posteriors, _ = e_step(answers, np.log(np.full(3, 1 / 3)), np.ones(4), np.ones(60))
+    prior = GaussianPrior(1.0, 1.0)
+    ability, log_beta = np.ones(4), np.ones(60)
+    q = [expected_log_posterior(answers, posteriors, ability, log_beta)]
+    for _ in range(30):
+        ability, log_beta = m_step(answers, posteriors, ability, log_beta, prior, prior, iterations=1)
+        q.append(expected_log_posterior(answers, posteriors, ability, log_beta))
+    assert np.all(np.diff(q) >= -1e-9)
+    h = 1e-6
+    for w in range(4):
+        bumped = ability.copy()
+        bumped[w] += h
+        slope = (expected_log_posterior(answers, posteriors, bumped, log_beta) - q[-1]) / h
+        assert abs(slope) < 1e-3
+
+
+def test_nonpositive_prior_variance_is_rejected():
+    answers = Answers(np.array([0]), np.array([0]), np.array([1]), 1, 1, 2)
+    with pytest.raises(ValueError, match="prior variances must be > 0"):
+        glad(answers, ability_prior=(1.0, 0.0))

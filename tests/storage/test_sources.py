@@ -1,0 +1,147 @@
+"""Reading event files: patterns, directories, byte ranges, compression and Avro detection."""
+import gzip
+import io
+
+import fastavro
+import pytest
+from event_builders import event, lines, write_jsonl
+
+from labelbeam.schemas import registry
+from labelbeam.transforms.events.raw_chunks import avro_datum
+from labelbeam.transforms.storage.event_files import (
+    ByteRange,
+    fetch_raw_events,
+    plan_ranges,
+    read_avro_records,
+    read_json_lines,
+)
+from labelbeam.transforms.storage.inputs import InputError, match_inputs
+
+
+def read_all(byte_ranges):
+    return [(chunk.offsets[i], chunk.payloads[i]) for r in byte_ranges for chunk in read_json_lines(r, chunk_events=3)
+            for i in range(len(chunk.payloads))]
+
+
+def test_byte_ranges_read_every_line_exactly_once_with_its_offset(tmp_path):
+    events = [event(f"e{i}", item="x" * (i % 17)) for i in range(200)]
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    [described] = match_inputs([path])
+    data = open(path, "rb").read()
+    expected = []
+    offset = 0
+    for line in data.split(b"\n")[:-1]:
+        expected.append((offset, line))
+        offset += len(line) + 1
+    for range_bytes in (1, 7, 64, 1000, 10**9):
+        assert read_all(plan_ranges([described], range_bytes)) == expected
+
+
+def test_blank_lines_are_skipped_and_crlf_is_stripped(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a":1}\r\n\n   \n{"b":2}\n')
+    assert read_all([ByteRange(str(path), "json", 0, -1)]) == [(0, b'{"a":1}'), (14, b'{"b":2}')]
+
+
+def test_gzip_files_are_read_whole(tmp_path):
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines([event("e1"), event("e2")])) + b"\n"))
+    [described] = match_inputs([str(path)])
+    assert plan_ranges([described], range_bytes=1) == [ByteRange(str(path), "json", 0, -1)]
+    assert [p for _, p in read_all(plan_ranges([described]))] == lines([event("e1"), event("e2")])
+
+
+def test_directory_input_finds_event_files_recursively_and_skips_others(tmp_path):
+    (tmp_path / "day=1").mkdir()
+    write_jsonl(tmp_path / "day=1" / "a.jsonl", [event("e1")])
+    write_jsonl(tmp_path / "b.json", [event("e2")])
+    (tmp_path / "README.txt").write_text("not events")
+    found = [f.path for f in match_inputs([str(tmp_path)])]
+    assert found == sorted([str(tmp_path / "b.json"), str(tmp_path / "day=1" / "a.jsonl")])
+
+
+def test_glob_and_file_inputs_are_merged_without_repeats(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [event("e1")])
+    write_jsonl(tmp_path / "b.jsonl", [event("e2")])
+    assert [f.path for f in match_inputs([a, str(tmp_path / "*.jsonl")])] == [a, str(tmp_path / "b.jsonl")]
+
+
+def test_one_file_spelled_several_ways_is_read_once(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "a.jsonl", [event("e1")])
+    monkeypatch.chdir(tmp_path)
+    found = match_inputs(["a.jsonl", "./a.jsonl", str(tmp_path / "a.jsonl"), "*.jsonl", "."])
+    assert [f.path for f in found] == [str(tmp_path / "a.jsonl")]
+
+
+def test_missing_input_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no file matches"):
+        match_inputs([str(tmp_path / "nope-*.jsonl")])
+    with pytest.raises(InputError, match="holds no event files"):
+        match_inputs([str(tmp_path)])
+
+
+def test_avro_files_are_recognised_by_their_magic_and_read_as_records(tmp_path):
+    path = tmp_path / "events.data"
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, registry.load_schema_json(registry.event_schema_file(1)),
+                    [{**event("e1"), "label": "cat"}, event("e2")])
+    path.write_bytes(buffer.getvalue())
+    [described] = match_inputs([str(path)])
+    assert described.raw_format == "avro"
+    [chunk] = read_avro_records(ByteRange(str(path), "avro", 0, -1))
+    assert chunk.offsets == [0, 1]
+    assert [r["event_id"] for r in chunk.records] == ["e1", "e2"]
+    assert chunk.records[1]["event_time"] == event("e2")["event_time"]  # wire millis, not a datetime
+    [(index, datum)] = fetch_raw_events(str(path), "avro", [1]).items()
+    decoded = fastavro.schemaless_reader(io.BytesIO(datum), fastavro.parse_schema(chunk.writer_schema))
+    assert index == 1 and datum == avro_datum(chunk.writer_schema, chunk.records[1])
+    assert int(decoded.pop("event_time").timestamp() * 1000) == chunk.records[1]["event_time"]
+    assert decoded == {k: v for k, v in chunk.records[1].items() if k != "event_time"}
+
+
+def test_avro_timestamp_beyond_datetime_range_is_read_not_fatal(tmp_path):
+    path = tmp_path / "events.avro"
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, registry.load_schema_json(registry.event_schema_file(1)),
+                    [{**event("e1"), "event_time": 2**62}])
+    path.write_bytes(buffer.getvalue())
+    [chunk] = read_avro_records(ByteRange(str(path), "avro", 0, -1))
+    assert chunk.records[0]["event_time"] == 2**62
+
+
+def test_fetch_raw_events_rereads_json_lines_by_offset(tmp_path):
+    path = write_jsonl(tmp_path / "events.jsonl", [event("e1"), event("e2"), event("e3")])
+    offsets_and_lines = read_all([ByteRange(path, "json", 0, -1)])
+    wanted = {offsets_and_lines[2][0]: offsets_and_lines[2][1], offsets_and_lines[0][0]: offsets_and_lines[0][1]}
+    assert fetch_raw_events(path, "json", sorted(wanted)) == wanted
+
+
+def test_input_checksums_identify_content(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [event("e1")])
+    before = match_inputs([a])[0]
+    write_jsonl(tmp_path / "a.jsonl", [event("e2")])  # same size, other content
+    after = match_inputs([a])[0]
+    assert before.size_bytes == after.size_bytes and before.sha256 != after.sha256
+
+
+def test_re_encoded_avro_datums_equal_the_bytes_in_the_file(tmp_path):
+    """Dead letters of Avro events carry re-encoded datums: they must be the file's own bytes."""
+    schema = registry.load_schema_json(registry.event_schema_file(2))
+    records = [{**event(f"e{i}"), "revision": i, "labels": ["cat"] * (i % 3), "score": None if i % 2 else 0.5,
+                "duration_ms": i, "confidence": 0.25, "metadata": {"k": str(i), "z": "a"}} for i in range(50)]
+    path = tmp_path / "events.avro"
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, schema, records, codec="deflate", sync_interval=200)  # several blocks
+    path.write_bytes(buffer.getvalue())
+    in_file = []
+    with open(path, "rb") as stream:
+        for block in fastavro.block_reader(stream):
+            data, start = block.bytes_, block.bytes_.tell()
+            for _ in range(block.num_records):
+                fastavro.schemaless_reader(data, fastavro.parse_schema(schema), None)
+                in_file.append(data.getvalue()[start:data.tell()])
+                start = data.tell()
+    chunks = list(read_avro_records(ByteRange(str(path), "avro", 0, -1), chunk_events=7))
+    re_encoded = [avro_datum(c.writer_schema, r) for c in chunks for r in c.records]
+    assert re_encoded == in_file
+    assert [o for c in chunks for o in c.offsets] == list(range(50))

@@ -1,0 +1,59 @@
+"""Deterministic table files through Beam FileSystems: the same rows always give the same bytes.
+
+Parquet via pyarrow; Avro via fastavro with a sync marker derived from the file's identity
+(fastavro draws a random one by default).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+AVRO_CODEC = "deflate"
+
+
+class FileEntry(NamedTuple):
+    path: str     # relative to the version directory
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+def shard_names(prefix: str, suffix: str, num_shards: int) -> list[str]:
+    return [f"{prefix}-{i:05d}-of-{num_shards:05d}{suffix}" for i in range(num_shards)]
+
+
+def num_shards_for(rows: int, rows_per_shard: int) -> int:
+    return max(1, math.ceil(rows / rows_per_shard))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return sink.getvalue()
+
+
+def avro_bytes(schema: dict, records: Iterable[dict], name: str) -> bytes:
+    records = list(records)
+    sink = io.BytesIO()
+    # fastavro draws a random sync marker by default; derive it from the file's identity instead.
+    marker = hashlib.sha256(f"{name}:{len(records)}".encode()).digest()[:16]
+    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=marker)
+    return sink.getvalue()
+
+
+def write_file(version_dir: str, relative_path: str, data: bytes, rows: int) -> FileEntry:
+    path = FileSystems.join(version_dir, *relative_path.split("/"))
+    with FileSystems.create(path) as out:
+        out.write(data)
+    return FileEntry(relative_path, rows, len(data), hashlib.sha256(data).hexdigest())
