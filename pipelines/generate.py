@@ -213,7 +213,8 @@ def write_sample(output_dir: str, n_events: int, seed: int) -> dict[str, Any]:
             out.write(buffer.getvalue())
     if avro_records:
         with open(os.path.join(events_dir, "events-v2.avro"), "wb") as out:
-            fastavro.writer(out, registry.load_schema_json(registry.event_schema_file(2)), avro_records, codec="deflate",
+            fastavro.writer(out, registry.load_schema_json(registry.event_schema_file(2)), avro_records,
+                            codec="deflate",
                             sync_marker=b"labelbeam-sample"[:16])
     with open(os.path.join(output_dir, "truth.csv"), "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out, lineterminator="\n")

@@ -8,7 +8,8 @@ the latest event schema (fields the version lacks take their defaults), or raise
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from labelbeam.schemas import registry
 
@@ -161,7 +162,9 @@ def _union_checker(branches: list[Any]) -> Checker:
 
 
 def _branch_name(branch: Any) -> str:
-    return branch if isinstance(branch, str) else branch.get("name", branch["type"]) if isinstance(branch, dict) else "union"
+    if isinstance(branch, str):
+        return branch
+    return branch.get("name", branch["type"]) if isinstance(branch, dict) else "union"
 
 
 def _enum_checker(schema: dict[str, Any]) -> Checker:
@@ -252,7 +255,7 @@ def _fast_test(schema: Any, var: str) -> str:
         tests = [_fast_test(b, var) for b in branches]
         if any(t == "False" for t in tests):
             return "False"
-        return " or ".join((["%s is None" % var] if len(branches) < len(schema) else []) + [f"({t})" for t in tests])
+        return " or ".join(([f"{var} is None"] if len(branches) < len(schema) else []) + [f"({t})" for t in tests])
     kind = schema if isinstance(schema, str) else schema["type"]
     if kind == "string":
         return f"type({var}) is str"

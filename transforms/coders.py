@@ -1,12 +1,11 @@
 """Beam coders for the hot path's big elements: Arrow record batches, tables and arrays.
 
-Beam samples element sizes for its counters by encoding elements, even inside a fused stage.
-With few, large elements that sampling cost more than the shuffle itself (measured: ~0.8 s per
-1M events), so these coders estimate size without encoding. Arrow data is encoded as an Arrow IPC
-stream, not pickled: pickle writes a slice's whole parent buffers (a Parquet read of 625k rows
-pickled to 5x its size), while IPC writes only the sliced rows and decodes without copying. Transforms declare the element types (with_output_types) so
-Beam picks these coders; importing this module registers them.
-"""
+Beam samples element sizes for its counters by encoding elements, even inside a fused stage. With few, large
+elements that sampling cost more than the shuffle itself (measured: ~0.8 s per 1M events), so these coders
+estimate size without encoding. Arrow data is encoded as an Arrow IPC stream, not pickled: pickle writes a
+slice's whole parent buffers (a Parquet read of 625k rows pickled to 5x its size), while IPC writes only the
+sliced rows and decodes without copying. Transforms declare the element types (with_output_types) so Beam
+picks these coders; importing this module registers them."""
 from __future__ import annotations
 
 import pickle

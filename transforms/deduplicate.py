@@ -7,8 +7,6 @@ different item buckets if their item_ids differ, which makes them a conflict; a 
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -97,12 +95,12 @@ class DeduplicateEvents(beam.PTransform):
         # Both keyings run in the parsing stage; only the light id shuffle must finish first.
         cross_item_conflicts = (batches
                                 | "KeyEventIds" >> beam.FlatMap(event_ids_by_bucket, num_buckets).with_output_types(
-                                    Tuple[int, Tuple[pa.Array, pa.Array]])
+                                    tuple[int, tuple[pa.Array, pa.Array]])
                                 | "GroupByEventId" >> beam.GroupByKey()
                                 | "FindCrossItemConflicts" >> beam.FlatMap(ids_in_several_item_buckets))
         return (batches
                 | "KeyByItem" >> beam.FlatMap(lambda b: split_by_bucket(b, "item_id_hash", num_buckets))
-                .with_output_types(Tuple[int, pa.RecordBatch])
+                .with_output_types(tuple[int, pa.RecordBatch])
                 | "GroupByItem" >> beam.GroupByKey()
                 | "Deduplicate" >> beam.ParDo(DeduplicateFn(), cross_item_conflicts=pvalue.AsList(cross_item_conflicts))
                 .with_output_types(pa.Table).with_outputs(dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID))

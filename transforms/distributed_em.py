@@ -53,7 +53,7 @@ class CompactAnswers(NamedTuple):
     gold_labels: np.ndarray   # their classes
 
     @classmethod
-    def from_answers(cls, answers: Answers, gold: np.ndarray | None) -> "CompactAnswers":
+    def from_answers(cls, answers: Answers, gold: np.ndarray | None) -> CompactAnswers:
         # Canonical order (item, annotator): sums over an item's answers never depend on input order.
         order = np.lexsort((answers.worker, answers.item))
         offsets = np.zeros(answers.n_items + 1, dtype=np.int64)
@@ -85,7 +85,7 @@ class CompactAnswers(NamedTuple):
         return sum(array.nbytes for array in (self.item_offsets, self.worker, self.label, self.gold_items,
                                               self.gold_labels))
 
-    def items(self, start: int, stop: int) -> "CompactAnswers":
+    def items(self, start: int, stop: int) -> CompactAnswers:
         """The answers of items start..stop-1, re-indexed from 0."""
         first, last = self.item_offsets[start], self.item_offsets[stop]
         in_range = (self.gold_items >= start) & (self.gold_items < stop)
@@ -315,7 +315,8 @@ class FitDawidSkeneOnBeam(beam.PTransform):
                    | "IndexAnswers" >> beam.FlatMap(index_answers, pvalue.AsSingleton(index), gold,
                                                   self._answers_per_element)
                    .with_output_types(AnswerBucket))
-        compact = buckets | "CompactAnswers" >> beam.Map(lambda bucket: bucket.compact).with_output_types(CompactAnswers)
+        compact = (buckets
+                   | "CompactAnswers" >> beam.Map(lambda bucket: bucket.compact).with_output_types(CompactAnswers))
         state = (compact
                  | "InitialCounts" >> beam.FlatMap(initial_counts)
                  | "SumInitialCounts" >> beam.CombineGlobally(SumCountsFn())

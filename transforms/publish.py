@@ -15,7 +15,8 @@ unusable comparisons).
 from __future__ import annotations
 
 import io
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa

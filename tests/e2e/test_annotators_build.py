@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from labelbeam.pipelines.build import PSEUDONYM_KEY_VARIABLE, accuracy_against, run_build
+from labelbeam.pipelines.errors import UserError
 from labelbeam.pipelines.generate import write_sample
 from labelbeam.pipelines.options import BuildConfig
-from labelbeam.pipelines.errors import UserError
 from labelbeam.transforms.inference.annotator_stats import key_id
 
 BEAM_ARGS = ["--runner=FnApiRunner"]

@@ -14,8 +14,8 @@ import pytest
 from event_builders import DATASET, NOW_MS, T0, event, lines
 
 from labelbeam.pipelines.build import format_summary, run_build
-from labelbeam.pipelines.options import BuildConfig
 from labelbeam.pipelines.errors import UserError
+from labelbeam.pipelines.options import BuildConfig
 
 BEAM_ARGS = ["--runner=FnApiRunner"]
 NOW = dt.datetime.fromtimestamp(NOW_MS / 1000, tz=dt.timezone.utc)
@@ -145,7 +145,7 @@ def test_bradley_terry_build_writes_the_dpo_export(tmp_path):
          "confidence": rows["q1"]["confidence"]},
         {"item_id": "q2", "prompt": "Pick one ✓", "chosen": "x", "rejected": "y",
          "confidence": rows["q2"]["confidence"]}]
-    assert "✓".encode("utf-8") in data and data.endswith(b"\n")
+    assert "✓".encode() in data and data.endswith(b"\n")
     # Same inputs, params and code: the export's bytes are the same again.
     again = build(tmp_path / "again", events, "bradley_terry")
     [again_entry] = [f for f in again.manifest["files"] if f["path"] == entry["path"]]

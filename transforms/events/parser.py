@@ -43,7 +43,7 @@ class ValidationRules:
             raise ValueError("ValidationRules needs a non-empty dataset name")
 
     @classmethod
-    def at(cls, dataset: str, now_ms: int, labels: frozenset[str] | None = None) -> "ValidationRules":
+    def at(cls, dataset: str, now_ms: int, labels: frozenset[str] | None = None) -> ValidationRules:
         return cls(dataset=dataset, max_event_time_ms=now_ms + CLOCK_SKEW_MS, labels=labels)
 
 

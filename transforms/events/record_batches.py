@@ -1,14 +1,15 @@
 """The Arrow layout of validated events on the hot path, a column builder, and stable bucketing.
 
 Between parsing and writing, events travel as `pa.RecordBatch`es with EVENT_SCHEMA: the latest
-event schema's fields, where each event came from (for dead letters), and crc32 hashes of event_id and item_id that pick shuffle buckets. Raw bytes
+event schema's fields, where each event came from (for dead letters), and crc32 hashes of event_id
+and item_id that pick shuffle buckets. Raw bytes
 are not carried: the few dead letters that need them after the shuffle re-read them from
 (source, offset).
 """
 from __future__ import annotations
 
 import zlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -170,8 +170,8 @@ def sum_partial_stats(partials: list[pa.Table]) -> pa.Table:
     Counts add up; `bias` and `noise_scale` keep the largest non-null value of the cell (order-free).
     """
     table = pa.concat_tables(partials) if partials else PARTIAL_SCHEMA.empty_table()
-    keys, sums = _sorted_sums(table, ["annotator_id", "true_label", "answered_label"], ["expected", "consensus", "gold"],
-                              largest=("bias", "noise_scale"))
+    keys, sums = _sorted_sums(table, ["annotator_id", "true_label", "answered_label"],
+                              ["expected", "consensus", "gold"], largest=("bias", "noise_scale"))
     return pa.table([*keys.columns, pa.array(sums["expected"], pa.int64()), pa.array(sums["consensus"], pa.int64()),
                      pa.array(sums["gold"], pa.int64()), _nullable(sums["bias"]), _nullable(sums["noise_scale"])],
                     schema=PARTIAL_SCHEMA)

@@ -4,7 +4,8 @@ models (one-coin, GLAD, MACE). Pure numpy, no Beam.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 

@@ -25,7 +25,8 @@ Choices (documented contracts, not tuned to any dataset):
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -151,10 +152,10 @@ def m_step(answers: Answers, posteriors: np.ndarray, ability: np.ndarray, log_be
     for _ in range(iterations):
         beta = np.exp(log_beta)[answers.item]
         ability = _ascend(ability, ability_prior, answers.worker, p_right,
-                          lambda a: a[answers.worker] * beta, lambda logit: beta)
+                          lambda a, beta=beta: a[answers.worker] * beta, lambda logit, beta=beta: beta)
         alpha = ability[answers.worker]
         log_beta = _ascend(log_beta, log_beta_prior, answers.item, p_right,
-                           lambda b: alpha * np.exp(b)[answers.item], lambda logit: logit)
+                           lambda b, alpha=alpha: alpha * np.exp(b)[answers.item], lambda logit: logit)
     return ability, log_beta
 
 

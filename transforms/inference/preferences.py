@@ -43,7 +43,8 @@ ensure_ascii=False), UTF-8, "\n" after each: the prompt/chosen/rejected format T
 from __future__ import annotations
 
 import json
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -160,8 +161,8 @@ def comparison_decisions(fit: ItemFit) -> tuple[list[str], list[str], list[str],
     rank = np.empty(len(fit.candidates), dtype=np.int64)
     rank[fit.order] = np.arange(len(fit.candidates))
     annotators, true, answered, expected, consensus = [], [], [], [], []
-    for annotator, w, l in zip(fit.annotators, fit.winner.tolist(), fit.loser.tolist()):
-        high, low = (w, l) if rank[w] < rank[l] else (l, w)
+    for annotator, w, loser in zip(fit.annotators, fit.winner.tolist(), fit.loser.tolist()):
+        high, low = (w, loser) if rank[w] < rank[loser] else (loser, w)
         p_high = _beats(fit, high, low)
         answer = HIGHER if high == w else LOWER
         annotators += [annotator, annotator]

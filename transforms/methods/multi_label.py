@@ -10,8 +10,8 @@ from labelbeam.transforms.inference import multi_label
 from labelbeam.transforms.inference.annotator_stats import PARTIAL_SCHEMA, decision_cells
 from labelbeam.transforms.methods.base import (
     CONSENSUS_SCHEMA,
-    MethodRequest,
     BucketConsensus,
+    MethodRequest,
     PerItemMethod,
     consensus_table,
     vote_status,

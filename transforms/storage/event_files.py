@@ -6,7 +6,8 @@ the range its first byte falls in. Avro container files and compressed files are
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
