@@ -1,4 +1,7 @@
-"""MACE core: recovers known competences, flags spammers, clamps gold, stays deterministic."""
+"""MACE core: recovers known competences, flags spammers, by-hand E- and M-steps.
+
+The contract all annotator models share is in test_annotator_model_contract.py.
+"""
 import numpy as np
 import pytest
 
@@ -46,24 +49,6 @@ def test_em_flags_spammers_and_beats_majority_vote():
     assert (result.spam_distribution[4:6, 0] > 0.95).all()
 
 
-def test_posteriors_and_parameters_are_distributions():
-    answers, _ = synthetic(seed=2, competence=np.full(6, 0.6), spam_distribution=np.full((6, 3), 1 / 3), n_items=300)
-    result = mace(answers)
-    assert np.allclose(result.posteriors.sum(axis=1), 1)
-    assert np.allclose(result.spam_distribution.sum(axis=1), 1)
-    assert ((result.competence > 0) & (result.competence < 1)).all()
-
-
-def test_gold_items_keep_their_class_even_when_wrong():
-    answers, truth = synthetic(seed=3, competence=np.full(8, 0.7), spam_distribution=np.full((8, 3), 1 / 3),
-                               n_items=500)
-    gold = np.full(answers.n_items, -1)
-    gold[:50] = (truth[:50] + 1) % 3
-    result = mace(answers, gold=gold)
-    assert (result.posteriors[:50].argmax(axis=1) == gold[:50]).all()
-    assert np.allclose(result.posteriors[:50].max(axis=1), 1.0)
-
-
 def test_gold_tells_the_annotator_who_agrees_with_it_from_the_one_who_does_not():
     # On 20 items annotator 0 always gives the gold class and annotator 1 the other one. Without gold
     # the two are interchangeable; with it, annotator 0 knows and annotator 1 spams.
@@ -75,47 +60,6 @@ def test_gold_tells_the_annotator_who_agrees_with_it_from_the_one_who_does_not()
     anchored = mace(answers, gold=gold)
     assert anchored.competence[0] > 0.99
     assert anchored.competence[1] < 0.01
-
-
-def test_fit_is_byte_identical_whatever_the_answer_order():
-    rng = np.random.default_rng(101)
-    competence, spam_distribution = rng.uniform(0.2, 0.9, 7), rng.dirichlet(np.ones(3), 7)
-    answers, _ = synthetic(seed=4, competence=competence, spam_distribution=spam_distribution, n_items=400)
-    first = mace(answers)
-    order = np.random.default_rng(0).permutation(len(answers.item))
-    shuffled = answers._replace(item=answers.item[order], worker=answers.worker[order], label=answers.label[order])
-    again = mace(shuffled)
-    assert np.array_equal(first.posteriors, again.posteriors)
-    assert np.array_equal(first.competence, again.competence)
-    assert np.array_equal(first.spam_distribution, again.spam_distribution)
-
-
-def test_single_answer_decides_its_item():
-    one = Answers(np.array([0]), np.array([0]), np.array([1]), n_items=1, n_workers=1, n_labels=2)
-    assert mace(one).posteriors[0].argmax() == 1
-
-
-def test_single_class_gives_certain_posteriors():
-    only_class = Answers(np.array([0, 1]), np.array([0, 0]), np.array([0, 0]), n_items=2, n_workers=1, n_labels=1)
-    result = mace(only_class)
-    assert np.allclose(result.posteriors, 1.0)
-    assert np.allclose(result.spam_distribution, 1.0)
-
-
-def test_items_without_answers_get_uniform_posteriors():
-    answers = Answers(np.array([0, 0, 2]), np.array([0, 1, 0]), np.array([1, 1, 0]), n_items=4, n_workers=3,
-                      n_labels=3)
-    result = mace(answers)
-    assert np.allclose(result.posteriors[[1, 3]], 1 / 3)
-    assert result.competence[2] == pytest.approx(0.5)          # never answered: smoothing alone gives 0.5
-    assert np.allclose(result.spam_distribution[2], 1 / 3)
-
-
-def test_no_answers_at_all_gives_uniform_posteriors():
-    empty = np.array([], dtype=np.int64)
-    result = mace(Answers(empty, empty, empty, n_items=3, n_workers=2, n_labels=2))
-    assert np.allclose(result.posteriors, 0.5)
-    assert result.converged
 
 
 def test_e_step_by_hand():

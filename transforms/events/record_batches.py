@@ -14,21 +14,12 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-EVENT_FIELDS = (
-    pa.field("event_id", pa.string(), nullable=False),
-    pa.field("dataset", pa.string(), nullable=False),
-    pa.field("item_id", pa.string(), nullable=False),
-    pa.field("annotator_id", pa.string(), nullable=False),
-    pa.field("label", pa.string()),
-    pa.field("action", pa.string(), nullable=False),
-    pa.field("event_time", pa.int64(), nullable=False),
-    pa.field("revision", pa.int32(), nullable=False),
-    pa.field("labels", pa.list_(pa.string()), nullable=False),
-    pa.field("score", pa.float64()),
-    pa.field("duration_ms", pa.int64()),
-    pa.field("confidence", pa.float32()),
-    pa.field("metadata", pa.map_(pa.string(), pa.string()), nullable=False),
-)
+from labelbeam.schemas import registry
+from labelbeam.schemas.arrow import arrow_fields
+
+# The latest event schema's fields, from its .avsc (schemas/arrow.py has the type mapping).
+EVENT_FIELDS = tuple(arrow_fields(registry.load_schema_json(
+    registry.event_schema_file(registry.LATEST_EVENT_SCHEMA_VERSION))))
 PROVENANCE_FIELDS = (
     pa.field("schema_version", pa.int8(), nullable=False),
     pa.field("source", pa.dictionary(pa.int32(), pa.string()), nullable=False),

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labelbeam.schemas import registry
+from labelbeam.schemas.arrow import arrow_schema
 from labelbeam.transforms.arrays.factorize import concatenated, factorize_sorted
 from labelbeam.transforms.inference.annotator_stats import PARTIAL_SCHEMA, partial_annotator_stats
 from labelbeam.transforms.inference.em import Answers
@@ -54,16 +56,8 @@ STATUS_TIE = "tie"
 STATUS_NEEDS_MORE_VOTES = "needs_more_votes"
 
 
-CONSENSUS_SCHEMA = pa.schema([
-    pa.field("item_id", pa.string(), nullable=False),
-    pa.field("label", pa.string()),
-    pa.field("confidence", pa.float64(), nullable=False),
-    pa.field("num_votes", pa.int64(), nullable=False),
-    pa.field("agreement", pa.float64()),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("labels", pa.list_(pa.string()), nullable=False),   # multilabel: included classes, sorted
-    pa.field("score", pa.float64()),                              # ratings: the consensus score
-])
+# Every consensus row column in memory (v2); a method publishes those of its row_schema_file.
+CONSENSUS_SCHEMA = arrow_schema(registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE))
 
 
 # The vote columns consensus methods read.
