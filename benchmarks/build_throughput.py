@@ -179,13 +179,14 @@ def read_published_manifest(root: Path, dataset: str) -> tuple[Path, dict[str, A
 
 
 def dead_letters_by_reason(version_dir: Path, manifest: dict[str, Any]) -> dict[str, int]:
-    """Counts by `reason` of the dead-letter Avro files the manifest lists (empty if it lists none)."""
+    """Counts by `reason` of the dead-letter Avro files the manifest's `dead_letters` section lists; they are
+    quarantined beside the version, at paths relative to ROOT/<dataset> (empty if it lists none)."""
+    dataset_dir = version_dir.parent.parent
     found: dict[str, int] = {}
-    for entry in manifest.get("files", []):
-        if entry["path"].startswith("rejected/") and entry["path"].endswith(".avro"):
-            with open(version_dir / entry["path"], "rb") as stream:
-                for record in fastavro.reader(stream):
-                    found[record["reason"]] = found.get(record["reason"], 0) + 1
+    for entry in manifest.get("dead_letters", {}).get("quarantine", []):
+        with open(dataset_dir / entry["path"], "rb") as stream:
+            for record in fastavro.reader(stream):
+                found[record["reason"]] = found.get(record["reason"], 0) + 1
     return dict(sorted(found.items()))
 
 

@@ -14,18 +14,29 @@ import datetime as dt
 import difflib
 import logging
 import os
+import shlex
 import sys
 import uuid
 from typing import Any
 
+# errors first: importing it hides the "apitools not found" line apache_beam logs while it loads.
+from labelbeam.pipelines.errors import EXIT_OK, EXIT_PUBLISH_GATE, UserError, guarded
+
+# isort: split
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from labelbeam.pipelines.code_version import code_version
-from labelbeam.pipelines.errors import EXIT_PUBLISH_GATE, UserError, guarded
 from labelbeam.pipelines.generate import SAMPLE_DATASET, SAMPLE_LABELS, write_sample
-from labelbeam.pipelines.options import BuildConfig, add_build_arguments, parse_labels
+from labelbeam.pipelines.options import (
+    BUILD_EPILOG,
+    DEFAULT_OUTPUT,
+    BuildConfig,
+    add_build_arguments,
+    check_output_root,
+    parse_labels,
+)
 from labelbeam.pipelines.tuning import LabelbeamTuningOptions
 from labelbeam.schemas import registry
 from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
@@ -37,13 +48,18 @@ from labelbeam.transforms.methods.base import EM_BEAM, EM_IN_PROCESS, ConsensusM
 from labelbeam.transforms.methods.csv_inputs import read_gold_csv, read_weights_csv
 from labelbeam.transforms.methods.registry import METHODS
 from labelbeam.transforms.methods.single_label import weights_from_skills
-from labelbeam.transforms.publish import ConservationError, PublishVersion, distinct_vote_labels, read_annotators
+from labelbeam.transforms.publish import (
+    DEFAULT_MAX_INVALID_SHARE,
+    GateError,
+    PublishVersion,
+    distinct_vote_labels,
+    read_annotators,
+)
 from labelbeam.transforms.read import ReadEvents
 from labelbeam.transforms.storage import version_store
-from labelbeam.transforms.storage.inputs import InputError, match_inputs
+from labelbeam.transforms.storage.inputs import InputError, corrupt_input_in, match_inputs
 from labelbeam.transforms.validate import ValidateEvents
 
-DEFAULT_OUTPUT = "labelbeam-data"
 SAMPLE_DIR = "labelbeam-sample"
 SAMPLE_EVENTS = 50_000
 SAMPLE_SEED = 0
@@ -97,17 +113,23 @@ def em_path(config: BuildConfig, runner: str | None) -> str:
 
 
 def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], dict]:
-    """Vote weights from the annotator skills a previous version published, and where they came from."""
+    """Vote weights from the annotator skills a previous version published, and where they came from.
+
+    Without a key (LABELBEAM_PSEUDONYM_KEY unset), the output root's key file is the build's key.
+    """
     try:
         version = version_store.read_latest(config.output, config.dataset) if config.skills_from == "latest" \
             else int(config.skills_from)
+        key = key or version_store.read_root_pseudonym_key(config.output) or b""
     except ValueError:
         raise UserError(f"--skills-from {config.skills_from!r}: give a version number or 'latest'") from None
+    except version_store.StoreError as err:
+        raise UserError(str(err)) from None
     manifest = version_store.read_manifest(config.output, config.dataset, version) if version else None
     if manifest is None or "annotators" not in manifest:
         raise UserError(f"--skills-from {config.skills_from}: {config.dataset} has no such version with "
                         f"annotator skills under {config.output}")
-    if manifest["annotators"]["key_id"] != key_id(key):
+    if not key or manifest["annotators"]["key_id"] != key_id(key):
         raise UserError(f"--skills-from {version}: its annotators were pseudonymized with another "
                         "LABELBEAM_PSEUDONYM_KEY, so their skills cannot be matched to today's annotators")
     skills = read_annotators(version_store.version_dir(config.output, config.dataset, version), manifest)
@@ -181,9 +203,17 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 PSEUDONYM_KEY_VARIABLE = "LABELBEAM_PSEUDONYM_KEY"
 
 
-def pseudonym_key() -> bytes:
-    """The secret that keys annotator pseudonyms; empty (unkeyed, flagged in the manifest) when unset."""
-    return os.environ.get(PSEUDONYM_KEY_VARIABLE, "").encode("utf-8")
+def pseudonym_key(root: str | None = None) -> bytes:
+    """The secret that keys annotator pseudonyms: LABELBEAM_PSEUDONYM_KEY, else (given `root`) the output
+    root's key file if it exists. Empty when neither is there: `execute_plan` then makes the root's key
+    file (version_store.root_pseudonym_key) before publishing. Reading never writes anything."""
+    key = os.environ.get(PSEUDONYM_KEY_VARIABLE, "").encode("utf-8")
+    if key or root is None:
+        return key
+    try:
+        return version_store.read_root_pseudonym_key(root) or b""
+    except version_store.StoreError:
+        return b""  # an object-store root: execute_plan reports it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,15 +243,29 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
             raise UserError(f"--{flag} must be at least 1, got {getattr(tuning, flag)}")
     key = pseudonym_key()
     method = make_method(config, options.view_as(StandardOptions).runner, key)
+    # Future event times are judged against a cutoff recorded in params, not the wall clock, so a rebuild
+    # with the same params accepts the same events. By default it is the start of the build's UTC day:
+    # builds of the same inputs on one day are up to date with each other.
+    cutoff = config.event_time_cutoff or ValidationRules.day_cutoff(now)
+    try:
+        rules = ValidationRules.with_cutoff(config.dataset, cutoff, frozenset(config.labels) if config.labels else None)
+    except ValueError as err:
+        raise UserError(f"event_time_cutoff: {err}") from None
     params = {**method.params(), "labels": list(config.labels) if config.labels else None,
-              "rows_per_shard": config.rows_per_shard}
-    rules = ValidationRules.at(config.dataset, int(now.timestamp() * 1000),
-                               frozenset(config.labels) if config.labels else None)
+              "rows_per_shard": config.rows_per_shard, "event_time_cutoff": rules.event_time_cutoff}
     return BuildPlan(config, options, tuning, method, rules, params, key, now)
 
 
 def execute_plan(plan: BuildPlan) -> BuildOutcome:
-    """Publish the next version of the plan's dataset, or report that the latest is up to date."""
+    """Publish the next version of the plan's dataset, or report that the newest one is up to date.
+
+    Up to date: the newest complete version (the highest with a manifest; `_latest` lags behind it after
+    a crash between the manifest and the pointer) has these inputs, params and code. `_latest` then
+    moves forward to it. Annotators are keyed by LABELBEAM_PSEUDONYM_KEY, else by the output root's key
+    file, made on the first build that needs it. A build that fails, a refused publish gate included
+    (GateError), removes its claimed version directory unless it holds a manifest; dead letters it
+    quarantined stay, and their version number is not claimed again.
+    """
     config, method = plan.config, plan.method
     try:
         files = match_inputs(list(config.inputs))
@@ -232,14 +276,23 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
     root, dataset = config.output, config.dataset
 
     try:
-        latest = version_store.read_latest(root, dataset)
+        newest = version_store.newest_complete_version(root, dataset)
     except version_store.StoreError as err:
         raise UserError(str(err)) from None
-    if latest is not None and not config.force:
-        manifest = version_store.read_manifest(root, dataset, latest)
+    if newest is not None and not config.force:
+        manifest = version_store.read_manifest(root, dataset, newest)
         if manifest and (manifest["inputs"], manifest["params"], manifest["code_version"]) == \
                 (inputs, plan.params, version_code):
-            return BuildOutcome(latest, False, version_store.version_dir(root, dataset, latest), manifest)
+            version_store.advance_latest(root, dataset, newest)
+            return BuildOutcome(newest, False, version_store.version_dir(root, dataset, newest), manifest)
+
+    key = pseudonym_key()
+    key_source = "env" if key else "root-key-file"
+    key = key or version_store.root_pseudonym_key(root)
+    if key != plan.pseudonym_key:  # the plan was made before the root's key: weights must use this key
+        method = make_method(config, plan.options.view_as(StandardOptions).runner, key)
+    # The CLI's --max-invalid-share lands in BuildConfig.max_invalid_share; until then the default.
+    max_invalid_share = getattr(config, "max_invalid_share", DEFAULT_MAX_INVALID_SHARE)
 
     build_id = uuid.uuid4().hex
     version = version_store.claim_next_version(root, dataset, owner=build_id)
@@ -250,10 +303,22 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         "schema": registry.load_schema_json(method.row_schema_file),
         "labels_source": "given" if config.labels else "inferred",
         "consensus": {"votes_taking_part": method.votes_taking_part},
+        "annotators": {"key_source": key_source},
+        "publish_gate": {"max_invalid_share": max_invalid_share},
     }
-    with beam.Pipeline(options=plan.options) as pipeline:
-        build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
-                       config.rows_per_shard, plan.pseudonym_key)
+    try:
+        with beam.Pipeline(options=plan.options) as pipeline:
+            build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
+                           config.rows_per_shard, key)
+    except BaseException as err:
+        try:
+            version_store.release_claim(root, dataset, version)  # unless it has a manifest; quarantine/<N> stays
+        except OSError:
+            pass  # the build's own failure is the one to report
+        corrupt = corrupt_input_in(err) if isinstance(err, Exception) else None
+        if corrupt is not None:  # found while decoding (e.g. a damaged Avro block): an input error, exit 2
+            raise UserError(str(corrupt)) from None
+        raise
     manifest = version_store.read_manifest(root, dataset, version)
     if manifest is None:
         raise RuntimeError(f"the pipeline finished but wrote no manifest for version {version}")
@@ -271,8 +336,8 @@ def accuracy_against(truth_path: str, outcome: BuildOutcome) -> tuple[float, int
     with open(truth_path, encoding="utf-8", newline="") as stream:
         truth = {row["item_id"]: row["label"] for row in csv.DictReader(stream)}
     correct = compared = 0
-    for entry in outcome.manifest["files"]:
-        if entry["path"].startswith("labels-") and entry["path"].endswith(".parquet"):
+    for entry in outcome.manifest["files"]:  # labels/labels-*.parquet (labels-*.parquet before tables had folders)
+        if entry["path"].rsplit("/", 1)[-1].startswith("labels-") and entry["path"].endswith(".parquet"):
             table = pq.read_table(os.path.join(outcome.version_dir, entry["path"]), columns=["item_id", "label"])
             for item_id, label in zip(table.column("item_id").to_pylist(), table.column("label").to_pylist()):
                 if item_id in truth:
@@ -282,13 +347,15 @@ def accuracy_against(truth_path: str, outcome: BuildOutcome) -> tuple[float, int
 
 
 def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
+    """What a build did, for stdout: where the version and its dead letters are, its counts, what to run next."""
     counts = outcome.manifest["counts"]
+    version_dir = os.path.abspath(outcome.version_dir)
     lines = []
     if outcome.published:
-        lines.append(f"published {config.dataset} version {outcome.version} -> {outcome.version_dir}")
+        lines.append(f"published {config.dataset} version {outcome.version} -> {version_dir}")
     else:
         lines.append(f"up to date: {config.dataset} version {outcome.version} already has these inputs, "
-                     f"params and code ({outcome.version_dir}); --force publishes anyway")
+                     f"params and code ({version_dir}); --force publishes anyway")
     lines.append("  read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(**counts))
     lines.append("  valid {valid} = votes {votes} + superseded {superseded} + deleted {deleted}".format(**counts))
     status = ", ".join(f"{k} {v}" for k, v in outcome.manifest.get("status", {}).items())
@@ -302,15 +369,40 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
         keyed = "keyed pseudonyms" if annotators["keyed"] else \
             f"UNKEYED pseudonyms: set {PSEUDONYM_KEY_VARIABLE} to a secret to key them"
         lines.append(f"  annotators {annotators['rows']} ({keyed}) -> {annotators['file']}")
+    lines.append(dead_letters_line(outcome))
     if config.truth_path:
         accuracy, compared = accuracy_against(config.truth_path, outcome)
         lines.append(f"  accuracy vs known truth: {accuracy:.4f} over {compared} items")
+    root, dataset = shlex.quote(config.output), shlex.quote(config.dataset)
+    lines += ["next:", f"  labelbeam show {root} --dataset {dataset}",
+              f"  labelbeam versions {root} --dataset {dataset}"]
     return "\n".join(lines)
+
+
+def dead_letters_line(outcome: BuildOutcome) -> str:
+    """How many dead letters the build wrote, the absolute folder holding them, and how many per reason.
+
+    The folder is ROOT/<dataset>/quarantine/<N>/ when the manifest's `dead_letters` section lists quarantined
+    files, else the version's rejected/ folder; the per-reason counts come from `dead_letters.by_reason`.
+    """
+    section = outcome.manifest.get("dead_letters", {})
+    line = f"  dead letters {section.get('rows', outcome.manifest['counts']['invalid'])}"
+    quarantined = [entry["path"] for entry in section.get("quarantine", [])]
+    rejected = [entry["path"] for entry in outcome.manifest.get("files", []) if entry["path"].startswith("rejected/")]
+    if quarantined:  # paths relative to ROOT/<dataset>, whose versions/<N> is the version directory
+        dataset_dir = os.path.dirname(os.path.dirname(os.path.abspath(outcome.version_dir)))
+        line += f" -> {os.path.join(dataset_dir, os.path.dirname(quarantined[0]))}{os.sep}"
+    elif rejected:
+        line += f" -> {os.path.join(os.path.abspath(outcome.version_dir), 'rejected')}{os.sep}"
+    by_reason = sorted(section.get("by_reason", {}).items(), key=lambda item: (-item[1], item[0]))
+    if by_reason:
+        line += " (" + ", ".join(f"{reason} {count}" for reason, count in by_reason) + ")"
+    return line
 
 
 def sample_config(args: argparse.Namespace) -> BuildConfig:
     """The embedded default: a deterministic generated sample (written by `run` once the plan holds),
-    built into ./labelbeam-data."""
+    built into ./labelbeam-data (options.DEFAULT_OUTPUT)."""
     return BuildConfig(
         inputs=(os.path.join(SAMPLE_DIR, "events"),), output=args.output or DEFAULT_OUTPUT,
         dataset=args.dataset or SAMPLE_DATASET, labels=parse_labels(args.labels) or SAMPLE_LABELS,
@@ -337,21 +429,25 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = config_from_args(args)
     plan = plan_build(config, beam_args)  # every argument checked before anything is written
+    check_output_root(config.output, config.dataset, "versions")  # before a version is claimed
     if not args.input:
         write_sample(SAMPLE_DIR, SAMPLE_EVENTS, SAMPLE_SEED)
     try:
         outcome = execute_plan(plan)
-    except ConservationError as err:
-        print(f"labelbeam: publish gate failed, nothing published: {err}", file=sys.stderr)
+    except GateError as err:  # its message starts with "publish gate failed, nothing published"
+        print(f"labelbeam: {err}", file=sys.stderr)
         return EXIT_PUBLISH_GATE
+    except version_store.BrokenManifest as err:
+        raise UserError(f"cannot compare with the newest version: {err}; move that version's folder aside "
+                        "to build") from None
     print(format_summary(config, outcome))
-    return 0
+    return EXIT_OK
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="labelbeam build", description="Build the next version of a consensus dataset.",
-        epilog="Other flags (--runner, --direct_num_workers, ...) pass through to Beam.")
+        epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_build_arguments(parser)
     return parser
 

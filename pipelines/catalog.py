@@ -1,10 +1,17 @@
-"""`labelbeam versions` and `labelbeam show`: read published manifests."""
+"""`labelbeam versions` and `labelbeam show`: read published manifests.
+
+ROOT defaults to ./labelbeam-data and --dataset to the embedded sample's, as `labelbeam build` does with no
+arguments. A manifest that cannot be read marks its version broken: `versions` lists it as such and carries
+on; `show` of it is a user error.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 
 from labelbeam.pipelines.errors import UserError
+from labelbeam.pipelines.generate import SAMPLE_DATASET
+from labelbeam.pipelines.options import DEFAULT_OUTPUT, check_dataset_name
 from labelbeam.transforms.storage import version_store
 
 
@@ -13,31 +20,51 @@ def _published(root: str, dataset: str) -> list[int]:
         versions = version_store.version_numbers(root, dataset)
     except version_store.StoreError as err:
         raise UserError(str(err)) from None
+    except OSError as err:  # ROOT or a folder below it is a file, unreadable, ...
+        raise UserError(f"cannot list the versions of {dataset!r} under {root}: {err.strerror or err}") from None
     if not versions:
         raise UserError(f"no published versions of dataset {dataset!r} under {root}")
     return versions
 
 
+def _latest(root: str, dataset: str) -> int | None:
+    try:
+        return version_store.read_latest(root, dataset)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # an unreadable _latest pointer
+        raise UserError(f"cannot read the _latest pointer of {dataset!r} under {root}: {err}") from None
+
+
 def run_versions(args: argparse.Namespace, beam_args: list[str]) -> int:
-    versions = _published(args.root, args.dataset)
-    latest = version_store.read_latest(args.root, args.dataset)
+    dataset = check_dataset_name(args.dataset)
+    versions = _published(args.root, dataset)
+    latest = _latest(args.root, dataset)
     print(f"{'version':>7}  {'created_at':<25}  {'read':>9}  {'invalid':>8}  {'votes':>9}  {'items':>8}  method")
     for version in versions:
-        manifest = version_store.read_manifest(args.root, args.dataset, version)
-        counts = manifest["counts"]
         marker = "*" if version == latest else " "
-        print(f"{version:>6}{marker}  {manifest['created_at']:<25}  {counts['read']:>9}  {counts['invalid']:>8}  "
-              f"{counts['votes']:>9}  {counts['items']:>8}  {manifest['params']['method']}")
+        try:
+            manifest = version_store.read_manifest(args.root, dataset, version)
+            counts = manifest["counts"]
+            row = (f"{manifest['created_at']:<25}  {counts['read']:>9}  {counts['invalid']:>8}  "
+                   f"{counts['votes']:>9}  {counts['items']:>8}  {manifest['params']['method']}")
+        except version_store.BrokenManifest as err:
+            row = f"broken: {err}"
+        except KeyError as err:
+            row = f"broken: its manifest.json has no {err} field"
+        print(f"{version:>6}{marker}  {row}")
     return 0
 
 
 def run_show(args: argparse.Namespace, beam_args: list[str]) -> int:
-    versions = _published(args.root, args.dataset)
-    version = args.version if args.version is not None else version_store.read_latest(args.root, args.dataset)
+    dataset = check_dataset_name(args.dataset)
+    versions = _published(args.root, dataset)
+    version = args.version if args.version is not None else _latest(args.root, dataset)
     if version not in versions:
-        raise UserError(f"dataset {args.dataset!r} has no published version {version}; "
+        raise UserError(f"dataset {dataset!r} has no published version {version}; "
                         f"published: {', '.join(map(str, versions))}")
-    manifest = version_store.read_manifest(args.root, args.dataset, version)
+    try:
+        manifest = version_store.read_manifest(args.root, dataset, version)
+    except version_store.BrokenManifest as err:
+        raise UserError(f"dataset {dataset!r} version {version} is broken: {err}") from None
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return 0
@@ -57,8 +84,9 @@ def run_show(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def add_catalog_arguments(parser: argparse.ArgumentParser, with_version: bool) -> None:
-    parser.add_argument("root", metavar="ROOT", help="dataset root given to build --output")
-    parser.add_argument("--dataset", required=True)
+    parser.add_argument("root", metavar="ROOT", nargs="?", default=DEFAULT_OUTPUT,
+                        help=f"dataset root given to build --output (default: ./{DEFAULT_OUTPUT})")
+    parser.add_argument("--dataset", default=SAMPLE_DATASET, help=f"(default: {SAMPLE_DATASET})")
     if with_version:
         parser.add_argument("--version", type=int, help="default: the version _latest points at")
         parser.add_argument("--json", action="store_true", help="print the whole manifest")

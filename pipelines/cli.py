@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from labelbeam.pipelines import catalog, generate
-from labelbeam.pipelines.errors import guarded
-from labelbeam.pipelines.options import add_build_arguments
+from labelbeam.pipelines.errors import guarded  # before anything imports apache_beam (hide_apitools_warning)
+from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments
 
 
 def run_build(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     build_cmd = commands.add_parser("build", help="build the next dataset version (no args: embedded sample)",
-                                    epilog="Other flags (--runner, ...) pass through to Beam.")
+                                    description="Build the next version of a consensus dataset.",
+                                    epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_build_arguments(build_cmd)
     build_cmd.set_defaults(command=run_build, passes_beam_args=True)
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.build_parser(generate_cmd)
     generate_cmd.set_defaults(command=lambda args, _: generate.run(args))
 
-    versions_cmd = commands.add_parser("versions", help="list published versions with counts")
+    versions_cmd = commands.add_parser("versions", help="list published versions with counts (* marks _latest)")
     catalog.add_catalog_arguments(versions_cmd, with_version=False)
     versions_cmd.set_defaults(command=catalog.run_versions)
 

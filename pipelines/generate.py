@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from labelbeam.pipelines.errors import UserError
+from labelbeam.pipelines.options import check_output_root
 from labelbeam.schemas import registry
 
 SAMPLE_DATASET = "sample"
@@ -186,7 +187,8 @@ def _expected_counts(n_votes: int, has_draft: np.ndarray, has_delete: np.ndarray
         "duplicates": n_duplicates,
         # A deleted vote's UPSERT (and its draft) are superseded by the DELETE that wins.
         "superseded": drafts + deletes, "deleted": deletes, "votes": n_votes - deletes,
-        "items": n_items_with_votes, "invalid_by_reason": dict(sorted(invalid_by_reason.items())),
+        "items": n_items_with_votes, "unknown_fields_dropped": 0,
+        "invalid_by_reason": dict(sorted(invalid_by_reason.items())),
     }
 
 
@@ -230,15 +232,27 @@ def write_sample(output_dir: str, n_events: int, seed: int) -> dict[str, Any]:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="labelbeam generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="directory to write events/, truth.csv, expected.json")
-    parser.add_argument("--events", type=int, default=50_000, help="about how many events (default 50000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="directory to write events/, truth.csv, expected.json; "
+                                                        "new or empty unless --force")
+    parser.add_argument("--events", type=int, default=50_000, help="about how many events (default: 50000)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --output folder, replacing the sample files there")
     return parser
+
+
+def check_generate_output(output: str, force: bool) -> None:
+    """UserError unless `output` is a writable folder (or can be made one) that is new, empty, or `force`d."""
+    check_output_root(output, "events")
+    if os.path.isdir(output) and os.listdir(output) and not force:
+        raise UserError(f"--output {output} is not empty; choose a new folder, or give --force to replace the "
+                        "sample files there")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.events < 1:
         raise UserError(f"--events must be positive, got {args.events}")
+    check_generate_output(args.output, args.force)
     description = write_sample(args.output, args.events, args.seed)
     expected = description["expected"]
     print(f"wrote {expected['read']} events ({expected['invalid']} invalid, {expected['duplicates']} duplicates) "

@@ -10,10 +10,58 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
+import tempfile
 
-from labelbeam.pipelines.errors import UserError
+from labelbeam.pipelines.errors import EXIT_CODES_HELP, UserError
 
 DEFAULT_ROWS_PER_SHARD = 1_000_000
+DEFAULT_OUTPUT = "labelbeam-data"  # the output root of `build` without --output, and of `versions`/`show`
+# A dataset name becomes one folder under ROOT: no separators, no leading dot (".", "..", hidden) or dash.
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DATASET_NAME_PATTERN = f"^{_DATASET_NAME.pattern}$"
+BUILD_EPILOG = "Other flags (--runner, --direct_num_workers, ...) pass through to Beam.\n\n" + EXIT_CODES_HELP
+
+
+def check_dataset_name(name: str) -> str:
+    """`name` if it is a valid dataset name (DATASET_NAME_PATTERN), else a UserError naming it and the rule."""
+    if _DATASET_NAME.fullmatch(name) is None:
+        raise UserError(f"--dataset {name!r} is not a valid dataset name: it becomes a folder under the output "
+                        f"root, so it must match {DATASET_NAME_PATTERN} (letters, digits, '.', '_', '-'; "
+                        "1-128 characters, starting with a letter or digit)")
+    return name
+
+
+def check_output_root(root: str, *below: str) -> None:
+    """Nothing if ROOT/below[0]/below[1]/... can be created and written, else a one-line UserError naming the path.
+
+    Every part that exists must be a directory, and the deepest existing one must take a new file: tried for
+    real, since root ignores permission bits but not read-only mounts or immutable folders. Object-store roots
+    are left to the version store.
+    """
+    if "://" in root and not root.startswith("file://"):
+        return
+    local_root = root[len("file://"):] if root.startswith("file://") else root
+    paths = [os.path.join(local_root, *below[:depth]) for depth in range(len(below) + 1)]
+    deepest = None
+    for path in paths:
+        if not os.path.exists(path):
+            break
+        if not os.path.isdir(path):
+            raise UserError(f"--output {root}: {path} is not a directory")
+        deepest = path
+    if deepest is None:  # nothing exists yet: the nearest existing ancestor must take the new folders
+        deepest = os.path.dirname(os.path.abspath(local_root))
+        while not os.path.exists(deepest):
+            deepest = os.path.dirname(deepest)
+        if not os.path.isdir(deepest):
+            raise UserError(f"--output {root}: {deepest} is not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=deepest, prefix=".labelbeam-write-check-"):
+            pass
+    except OSError as err:
+        raise UserError(f"--output {root}: cannot write in {deepest}: {err.strerror or err}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,14 +79,21 @@ class BuildConfig:
     truth_path: str | None = None  # known true labels (the embedded sample's) for the summary
     em: str = "auto"
     skills_from: str | None = None
+    # Events after it plus the clock-skew allowance are BAD_TIMESTAMP; default: start of the build's UTC day.
+    event_time_cutoff: str | None = None
+
+    def __post_init__(self):
+        check_dataset_name(self.dataset)
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", default=[], metavar="PATTERN",
-                        help="event file, glob or directory (repeatable; local or gs://). "
-                             "Without --input, builds the embedded sample.")
-    parser.add_argument("--output", metavar="ROOT", help="dataset root (default ./labelbeam-data)")
-    parser.add_argument("--dataset", help="dataset to build (events of other datasets are rejected)")
+                        help="event file, glob or directory (repeatable; local or gs://) "
+                             "(default: the embedded sample, generated into ./labelbeam-sample)")
+    parser.add_argument("--output", metavar="ROOT", help=f"dataset root (default: ./{DEFAULT_OUTPUT})")
+    parser.add_argument("--dataset", help="dataset to build; events of other datasets are rejected. A folder name: "
+                                          f"{DATASET_NAME_PATTERN} (default: sample; required "
+                                          "with --input)")
     parser.add_argument("--labels", help="comma-separated label set; other labels are rejected "
                                          "(default: inferred from the votes and recorded)")
     parser.add_argument("--method", default="mv",
@@ -47,7 +102,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                              "(per-class majority; the classes are --labels when given). Ratings (score): mean, "
                              "median, bias_corrected (annotator bias and noise, fitted over all ratings). Pairwise "
                              "preferences: bradley_terry (label = chosen response, metadata.rejected = the other; "
-                             "also writes preferences-00000-of-00001.jsonl for DPO)")
+                             "also writes preferences-00000-of-00001.jsonl for DPO) (default: mv)")
     parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
     parser.add_argument("--skills-from", metavar="VERSION",
                         help="for --method wmv: weigh each annotator by the accuracy a previous version of this "
@@ -59,9 +114,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "label while fitting")
     parser.add_argument("--em", choices=("auto", "in_process", "beam"), default="auto",
                         help="where --method ds fits: in_process (all votes on one worker), beam (EM as "
-                             "Beam transforms across workers), auto (beam on managed runners, else in_process)")
+                             "Beam transforms across workers), auto (beam on managed runners, else in_process) "
+                             "(default: auto)")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
-                        help="items with fewer votes get status needs_more_votes (default 1)")
+                        help="items with fewer votes get status needs_more_votes (default: 1)")
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true",
                         help="publish a new version even if inputs, params and code are unchanged")

@@ -4,6 +4,12 @@ Wire JSON is plain JSON, not Avro's JSON encoding: a union value is the bare val
 validator checks one object against one event schema version and returns its values resolved to
 the latest event schema (fields the version lacks take their defaults), or raises
 `SchemaViolation` naming the reason code and the field path.
+
+Fields that no event schema version defines are ignored, as Avro schema resolution ignores writer
+fields the reader lacks: `EventValidator.resolve` returns their names beside the values, so callers
+can count them. A field that a later version defines, sent under an earlier `schema_version`, is still
+a SCHEMA_MISMATCH: ignoring it would silently change the event (a `revision` without
+`"schema_version": 2` would otherwise read as revision 0).
 """
 from __future__ import annotations
 
@@ -31,6 +37,15 @@ class SchemaViolation(ValueError):
         super().__init__(f"{path}: {message}")
         self.reason = reason
         self.path = path
+
+
+class UnknownFields(SchemaViolation):
+    """Top-level fields that no event schema version defines (`names`, sorted). Not an error under
+    Avro resolution: `EventValidator.resolve` ignores them."""
+
+    def __init__(self, names: tuple[str, ...]):
+        super().__init__(SCHEMA_MISMATCH, names[0], "unknown field for every event schema version")
+        self.names = names
 
 
 def _json_type(value: Any) -> str:
@@ -228,8 +243,9 @@ def _record_checker(schema: dict[str, Any]) -> Checker:
 class EventValidator:
     """Validates a top-level event object against one wire version; resolves it to the latest version.
 
-    `validate(obj)` returns a tuple of values in the latest schema's field order. Top-level keys in
-    `ignored_keys` (the JSON envelope's `schema_version`) are not schema fields.
+    `validate(obj)` returns a tuple of values in the latest schema's field order; it raises
+    UnknownFields for fields no version defines, and `resolve(obj)` ignores those. Top-level keys
+    in `ignored_keys` (the JSON envelope's `schema_version`) are not schema fields.
 
     This runs once per event, so it is generated Python: each field gets an inline type test for
     the common case and falls back to the compiled checker, which normalizes (int -> double,
@@ -246,6 +262,15 @@ class EventValidator:
         self.field_names = tuple(f["name"] for f in latest_schema["fields"])
         self.validate = _generate_validator(version_schema, latest_schema,
                                             frozenset(f["name"] for f in version_schema["fields"]) | ignored_keys)
+
+    def resolve(self, obj: Any) -> tuple[tuple, tuple[str, ...]]:
+        """(values, names of the ignored fields): `validate`, ignoring fields no event schema version
+        defines, as Avro resolution ignores writer fields the reader lacks."""
+        try:
+            return self.validate(obj), ()
+        except UnknownFields as unknown:
+            names = frozenset(unknown.names)
+            return self.validate({key: value for key, value in obj.items() if key not in names}), unknown.names
 
 
 def _fast_test(schema: Any, var: str) -> str:
@@ -279,12 +304,12 @@ def _generate_validator(version_schema: dict[str, Any], latest_schema: dict[str,
     latest_names = [f["name"] for f in latest_schema["fields"]]
     own = {f["name"]: f for f in version_schema["fields"]}
     namespace: dict[str, Any] = {"_known": known_keys, "_mismatch": _mismatch, "_unknown": _raise_unknown,
-                                 "_version": version_schema}
+                                 "_version": version_schema, "_latest": frozenset(latest_names)}
     lines = ["def validate(obj):",
              "    if type(obj) is not dict:",
              "        raise _mismatch('$', 'object', obj)",
              "    if not _known.issuperset(obj):",
-             "        _unknown(obj, _known)"]
+             "        _unknown(obj, _known, _latest)"]
     values = []
     for i, name in enumerate(latest_names):
         if name not in own:
@@ -314,9 +339,12 @@ def _slow_path(name: str, checker: Checker, default: Any) -> Callable[[Any], Any
     return slow
 
 
-def _raise_unknown(obj: dict, known: frozenset[str]) -> None:
-    key = sorted(k for k in obj if k not in known)[0]
-    raise SchemaViolation(SCHEMA_MISMATCH, str(key), "unknown field for this event schema version")
+def _raise_unknown(obj: dict, known: frozenset[str], latest: frozenset[str]) -> None:
+    unknown = sorted(k for k in obj if k not in known)
+    defined_later = [k for k in unknown if k in latest]
+    if defined_later:
+        raise SchemaViolation(SCHEMA_MISMATCH, str(defined_later[0]), "unknown field for this event schema version")
+    raise UnknownFields(tuple(unknown))
 
 
 def _copy_default(default: Any) -> Any:

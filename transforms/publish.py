@@ -1,11 +1,26 @@
-"""PublishVersion: write a version's label shards, dead letters and (last) its manifest.
+"""PublishVersion: quarantine a build's dead letters, then write its tables and (last) its manifest.
+
+    ROOT/<dataset>/versions/<N>/labels/labels-00000-of-0000K.parquet     one table per folder, so
+    ROOT/<dataset>/versions/<N>/labels_avro/labels-00000-of-0000K.avro   pyarrow.dataset, pandas and
+    ROOT/<dataset>/versions/<N>/annotators/annotators-00000-of-00001.parquet  DuckDB read one table
+    ROOT/<dataset>/versions/<N>/preferences/preferences-00000-of-00001.jsonl  per path
+    ROOT/<dataset>/versions/<N>/manifest.json                            last, atomic, create-only
+    ROOT/<dataset>/quarantine/<N>/dead_letters-00000-of-0000K.avro       raw bytes: outside the version
+
+Dead letters keep their raw input (annotator ids included), so they never go inside a version: they
+are quarantined beside it, replayable, and the manifest lists them in its `dead_letters` section
+(rows per reason, and each quarantined file's path relative to ROOT/<dataset>, rows, bytes, sha256),
+not in `files`. They are written first, so they survive a refused build. Annotators appear only under
+keyed pseudonyms; an empty key is refused.
 
 Files are written whole by one worker from globally sorted rows, so the same rows always give
 byte-identical files: Parquet via pyarrow, Avro via fastavro with a sync marker derived from the
-content. All writes go through Beam FileSystems. The manifest is written create-only, after every
-file it lists, and only if the run's counts satisfy both conservation identities.
+content. All writes go through Beam FileSystems. A version is published only if the run's counts
+satisfy both conservation identities (else ConservationError, a bug) and pass the publish gate
+(`publish_gate`: usable votes, an invalid share at most `max_invalid_share`; else PublishGateError).
+Both are GateErrors; their messages start with "publish gate failed".
 
-With --method bradley_terry the version also holds preferences-00000-of-00001.jsonl, the
+With --method bradley_terry the version also holds preferences/preferences-00000-of-00001.jsonl, the
 prompt/chosen/rejected records of transforms/preferences.py (TRL DPOTrainer's format), listed in
 `files` like every other file and described in the manifest's `preferences` section. The manifest's
 `consensus` section says which votes the method uses and how many took part: `votes_used` is the sum
@@ -45,16 +60,55 @@ from labelbeam.transforms.storage.table_files import (
     write_file,
 )
 
-COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items")
-class ConservationError(RuntimeError):
+COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items",
+              "unknown_fields_dropped")
+DEFAULT_MAX_INVALID_SHARE = 0.5
+DECIDED_STATUSES = ("ok", "tie")
+GATE_FAILED = "publish gate failed"  # every GateError message starts with it, however a runner wraps it
+
+
+class GateError(RuntimeError):
+    """A build was refused: nothing was published (its dead letters stay in quarantine).
+
+    One message argument only: Beam re-raises a DoFn's exception as type(err)(message + context).
+    """
+
+
+class ConservationError(GateError):
     """The run's counts do not add up: a bug lost or invented events. Nothing is published."""
+
+
+class PublishGateError(GateError):
+    """The run's data is not fit to publish (no usable votes, too many invalid events). Nothing is published."""
 
 
 def check_conservation(counts: dict[str, int]) -> None:
     read_side = counts["valid"] + counts["invalid"] + counts["duplicates"]
     vote_side = counts["votes"] + counts["superseded"] + counts["deleted"]
     if counts["read"] != read_side or counts["valid"] != vote_side:
-        raise ConservationError(f"counts do not add up: {counts}")
+        raise ConservationError(f"{GATE_FAILED}, nothing published: counts do not add up: {counts}")
+
+
+def publish_gate(counts: dict[str, int], max_invalid_share: float,
+                 status: dict[str, int] | None = None) -> list[str]:
+    """The reasons not to publish a run with these counts and consensus statuses (none: publish).
+
+    A run needs usable votes: counts["votes"] > 0 and, if `status` (rows per consensus status) is
+    given, some row decided (`ok` or `tie`). Its invalid share (invalid / read) may be at most
+    `max_invalid_share`.
+    """
+    problems = []
+    decided = sum((status or {}).get(name, 0) for name in DECIDED_STATUSES)
+    if counts["votes"] == 0:
+        problems.append(f"no usable votes: 0 votes among {counts['read']} events read")
+    elif status is not None and decided == 0:
+        statuses = ", ".join(f"{name} {rows}" for name, rows in sorted(status.items())) or "no rows"
+        problems.append(f"no usable votes: {counts['votes']} votes but no item has status ok or tie ({statuses})")
+    share = counts["invalid"] / counts["read"] if counts["read"] else 0.0
+    if share > max_invalid_share:
+        problems.append(f"invalid share {share:.4g} (invalid {counts['invalid']} of read {counts['read']}) "
+                        f"is above --max-invalid-share {max_invalid_share:g}")
+    return problems
 
 
 def sorted_labels(tables: list[pa.Table]) -> pa.Table:
@@ -64,7 +118,8 @@ def sorted_labels(tables: list[pa.Table]) -> pa.Table:
 
 def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int,
                        avro_schema: dict | None = None) -> list[FileEntry]:
-    """The same rows as Parquet and as Avro shards, split at the same row boundaries.
+    """The same rows as Parquet shards (in labels/) and as Avro shards (in labels_avro/), split at the
+    same row boundaries.
 
     Only the columns the row schema (default: the full one) names are written.
     """
@@ -72,8 +127,9 @@ def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int,
     entries = []
     avro_schema = avro_schema or registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE)
     labels = labels.select([field["name"] for field in avro_schema["fields"]])
-    for i, (parquet_name, avro_name) in enumerate(zip(shard_names("labels", ".parquet", num_shards),
-                                                      shard_names("labels", ".avro", num_shards))):
+    for i, (parquet_name, avro_name) in enumerate(zip(
+            shard_names(f"{version_store.LABELS_TABLE}/labels", ".parquet", num_shards),
+            shard_names(f"{version_store.LABELS_AVRO_TABLE}/labels", ".avro", num_shards))):
         shard = labels.slice(i * rows_per_shard, rows_per_shard)
         entries.append(write_file(version_dir, parquet_name, parquet_bytes(shard), shard.num_rows))
         entries.append(write_file(version_dir, avro_name, avro_bytes(avro_schema, shard.to_pylist(), avro_name),
@@ -81,15 +137,30 @@ def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int,
     return entries
 
 
-def write_dead_letter_shards(version_dir: str, batches: list[pa.RecordBatch], rows_per_shard: int) -> list[FileEntry]:
+def quarantine_dir_of(version_dir: str) -> str:
+    """ROOT/<dataset>/versions/<N> -> ROOT/<dataset>/quarantine/<N>: beside the version, never inside it."""
+    versions, version = FileSystems.split(version_dir.rstrip("/"))
+    dataset_dir = FileSystems.split(versions)[0]
+    return FileSystems.join(dataset_dir, version_store.QUARANTINE, version)
+
+
+def quarantine_dead_letters(quarantine_dir: str, batches: list[pa.RecordBatch],
+                            rows_per_shard: int) -> tuple[list[FileEntry], dict[str, Any]]:
+    """Dead letters, raw bytes included, as Avro shards (schemas/dead_letter.v1.avsc) in `quarantine_dir`,
+    and the manifest's `dead_letters` section: rows, rows per reason, and the quarantined files with
+    paths relative to ROOT/<dataset> (quarantine/<N>/...)."""
     letters = pa.Table.from_batches(batches, schema=dl.DEAD_LETTER_SCHEMA).sort_by(dl.SORT_ORDER)
     num_shards = num_shards_for(letters.num_rows, rows_per_shard)
     schema = registry.load_schema_json(registry.DEAD_LETTER_SCHEMA_FILE)
+    prefix = f"{version_store.QUARANTINE}/{FileSystems.split(quarantine_dir.rstrip('/'))[1]}/"
     entries = []
-    for i, name in enumerate(shard_names("rejected/dead_letters", ".avro", num_shards)):
+    for i, name in enumerate(shard_names("dead_letters", ".avro", num_shards)):
         shard = letters.slice(i * rows_per_shard, rows_per_shard).to_pylist()
-        entries.append(write_file(version_dir, name, avro_bytes(schema, shard, name), len(shard)))
-    return entries
+        entry = write_file(quarantine_dir, name, avro_bytes(schema, shard, name), len(shard))
+        entries.append(entry._replace(path=prefix + entry.path))
+    by_reason = {row["values"]: row["counts"] for row in letters.column("reason").value_counts().to_pylist()}
+    return entries, {"rows": letters.num_rows, "by_reason": dict(sorted(by_reason.items())),
+                     "quarantine": [entry.to_json() for entry in entries]}
 
 
 def label_summary(labels: pa.Table, vote_labels: list[str]) -> dict[str, Any]:
@@ -123,8 +194,9 @@ def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
 
 LABELS, ANNOTATOR_STATS, DEAD_LETTERS, COUNTS, VOTE_LABELS, PREFERENCES = (
     "labels", "annotator_stats", "dead_letters", "counts", "vote_labels", "preferences")
-ANNOTATORS_FILE = "annotators-00000-of-00001.parquet"
-PREFERENCES_FILE = "preferences-00000-of-00001.jsonl"
+ANNOTATORS_FILE = f"{version_store.ANNOTATORS_TABLE}/annotators-00000-of-00001.parquet"
+PREFERENCES_FILE = f"{version_store.PREFERENCES_TABLE}/preferences-00000-of-00001.jsonl"
+KEY_SOURCES = ("env", "root-key-file")
 
 
 def write_preferences(version_dir: str, tables: list[pa.Table]) -> tuple[FileEntry, dict[str, Any]]:
@@ -166,13 +238,17 @@ class SumAnnotatorStatsFn(beam.CombineFn):
         return sum_partial_stats(accumulator)
 
 
-def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes) -> tuple[FileEntry, dict[str, Any]]:
+def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes,
+                     key_source: str = "env") -> tuple[FileEntry, dict[str, Any]]:
     """The annotators file (pseudonymized ids, votes, accuracy, agreement, gold accuracy, confusion)
-    and the manifest's description of it."""
+    and the manifest's description of it. An empty key is refused: it would make the pseudonyms an unkeyed
+    hash, which anyone who can guess the ids can reverse."""
+    if not key:
+        raise ValueError("annotators are never pseudonymized without a key")
     table, confusion_labels = summarize_annotators(partials, keyed_pseudonym(key))
     entry = write_file(version_dir, ANNOTATORS_FILE, parquet_bytes(table), table.num_rows)
     return entry, {"file": ANNOTATORS_FILE, "rows": table.num_rows, "confusion_labels": confusion_labels,
-                   "pseudonym": "hmac-sha256", "keyed": bool(key), "key_id": key_id(key)}
+                   "pseudonym": "hmac-sha256", "keyed": True, "key_source": key_source, "key_id": key_id(key)}
 
 
 def read_annotators(version_dir: str, manifest: dict[str, Any]) -> pa.Table:
@@ -182,34 +258,44 @@ def read_annotators(version_dir: str, manifest: dict[str, Any]) -> pa.Table:
 
 
 class WriteVersionFn(beam.DoFn):
-    """All parts of a version, gathered as (kind, value) pairs -> its files, then manifest.json.
+    """All parts of a version, gathered as (kind, value) pairs -> quarantined dead letters, its files, then
+    manifest.json.
 
-    Conservation is checked before anything is written. The manifest is written last and
+    Dead letters are quarantined first, so a refused build keeps them. Then conservation and the publish
+    gate are checked (GateError: nothing else is written). The manifest is written last, atomically and
     create-only; a retried bundle writes the same bytes, and finding its own manifest is fine.
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int, pseudonym_key: bytes,
-                 with_preferences: bool = False):
+                 with_preferences: bool = False, max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE,
+                 key_source: str = "env"):
         super().__init__()
         self._version_dir = version_dir
+        self._quarantine_dir = quarantine_dir_of(version_dir)
         self._manifest_base = manifest_base
         self._rows_per_shard = rows_per_shard
         self._pseudonym_key = pseudonym_key
         self._with_preferences = with_preferences
+        self._max_invalid_share = max_invalid_share
+        self._key_source = key_source
 
     def process(self, parts: list[tuple[str, Any]]):
         by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: [],
                                     PREFERENCES: []}
         for kind, value in parts:
             by_kind[kind].append(value)
+        _, dead_letters = quarantine_dead_letters(self._quarantine_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
         labels = sorted_labels(by_kind[LABELS])
         counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
         check_conservation(counts)
         summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
+        problems = publish_gate(counts, self._max_invalid_share, summary["status"])
+        if problems:
+            raise PublishGateError(f"{GATE_FAILED}, nothing published: {'; '.join(problems)}; "
+                                   f"dead letters kept in quarantine at {self._quarantine_dir}")
         annotators_entry, annotators = write_annotators(self._version_dir, by_kind[ANNOTATOR_STATS],
-                                                        self._pseudonym_key)
+                                                        self._pseudonym_key, self._key_source)
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard, self._manifest_base["schema"]) + \
-            write_dead_letter_shards(self._version_dir, by_kind[DEAD_LETTERS], self._rows_per_shard) + \
             [annotators_entry]
         extra: dict[str, Any] = {}
         if self._with_preferences:
@@ -221,7 +307,10 @@ class WriteVersionFn(beam.DoFn):
             "files": [entry.to_json() for entry in sorted(files)],
             "labels": summary["labels"],
             "status": summary["status"],
-            "annotators": annotators,
+            "annotators": {**self._manifest_base.get("annotators", {}), **annotators},
+            "dead_letters": dead_letters,
+            "publish_gate": {"max_invalid_share": self._max_invalid_share,
+                             "invalid_share": counts["invalid"] / counts["read"] if counts["read"] else 0.0},
             "consensus": {**self._manifest_base.get("consensus", {}), **vote_use(labels, counts)},
             **extra,
         }
@@ -244,17 +333,34 @@ class PublishVersion(beam.PTransform):
     `vote_labels` are lists of the labels the votes used (the manifest's label set when none was given).
     Every part meets in one place: the files are written whole, from sorted rows, by one worker;
     one gather instead of one per part keeps the graph small (each stage costs the runner time).
+
+    `pseudonym_key` must be a non-empty secret; `key_source` ("env" | "root-key-file") says where it came
+    from. `max_invalid_share` is the publish gate's threshold. When not given, both are taken from
+    `manifest_base` (`annotators.key_source`, `publish_gate.max_invalid_share`), else "env" and 0.5.
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int,
-                 pseudonym_key: bytes = b""):
+                 pseudonym_key: bytes = b"", max_invalid_share: float | None = None, key_source: str | None = None):
         super().__init__()
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
+        if not pseudonym_key:
+            raise ValueError("pseudonym_key is empty: annotator ids would be hashed without a key; pass a secret "
+                             "(LABELBEAM_PSEUDONYM_KEY or the root's key file)")
+        if max_invalid_share is None:
+            max_invalid_share = manifest_base.get("publish_gate", {}).get("max_invalid_share",
+                                                                          DEFAULT_MAX_INVALID_SHARE)
+        if not 0.0 <= max_invalid_share <= 1.0:
+            raise ValueError(f"max_invalid_share must be between 0 and 1, got {max_invalid_share}")
+        key_source = key_source or manifest_base.get("annotators", {}).get("key_source", "env")
+        if key_source not in KEY_SOURCES:
+            raise ValueError(f"key_source must be one of {', '.join(KEY_SOURCES)}, got {key_source!r}")
         self._version_dir = version_dir
         self._manifest_base = manifest_base
         self._rows_per_shard = rows_per_shard
         self._pseudonym_key = pseudonym_key
+        self._max_invalid_share = max_invalid_share
+        self._key_source = key_source
 
     def expand(self, inputs):
         tagged = (inputs[LABELS] | "TagLabels" >> beam.Map(lambda table: (LABELS, table)),
@@ -272,4 +378,5 @@ class PublishVersion(beam.PTransform):
                 | "GatherParts" >> beam.combiners.ToList()
                 | "WriteVersion" >> beam.ParDo(
                     WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard,
-                                   self._pseudonym_key, with_preferences)))
+                                   self._pseudonym_key, with_preferences, self._max_invalid_share,
+                                   self._key_source)))

@@ -1,7 +1,10 @@
 """Parse + validate raw events: RawChunks -> {VALID: RecordBatch, DEAD_LETTER: RecordBatch, COUNTS}.
 
 Every raw event ends up in exactly one of VALID or DEAD_LETTER; COUNTS carries how many were read,
-so conservation is checked against an independent count.
+so conservation is checked against an independent count. COUNTS also carries
+UNKNOWN_FIELDS_DROPPED: valid events that had fields no event schema defines (ignored, as Avro
+resolution ignores them). It is a detail of `valid`, outside the conservation identities, and is
+emitted only when not zero.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.gc_pause import gc_paused
 from labelbeam.transforms.events.parser import EventParser, ValidationRules
 from labelbeam.transforms.events.raw_chunks import RawChunk
+
+UNKNOWN_FIELDS_DROPPED = "unknown_fields_dropped"
 
 
 class ParseEventsFn(beam.DoFn):
@@ -29,12 +34,15 @@ class ParseEventsFn(beam.DoFn):
 
     def process(self, chunk: RawChunk):
         with gc_paused():
-            columns, dead = self._parser.parse_chunk(chunk)
+            columns, dead, unknown_fields_dropped = self._parser.parse_chunk_with_counts(chunk)
             batch = columns.to_record_batch() if len(columns) else None
             del columns  # free the parsed rows before the collector runs again
         self._read.inc(len(chunk))
         self._rejected.inc(len(dead))
-        yield pvalue.TaggedOutput(dl.COUNTS, {"read": len(chunk), "invalid": len(dead)})
+        counts = {"read": len(chunk), "invalid": len(dead)}
+        if unknown_fields_dropped:
+            counts[UNKNOWN_FIELDS_DROPPED] = unknown_fields_dropped
+        yield pvalue.TaggedOutput(dl.COUNTS, counts)
         if dead:
             yield pvalue.TaggedOutput(dl.DEAD_LETTER, dl.to_record_batch(dead))
         if batch is not None:

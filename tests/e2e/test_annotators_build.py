@@ -40,7 +40,7 @@ def build(sample, output, key: str = "test-key", beam_args: tuple[str, ...] = ()
 
 
 def tables(outcome):
-    labels = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
+    labels = pq.read_table(os.path.join(outcome.version_dir, "labels/labels-00000-of-00001.parquet"))
     annotators = pq.read_table(os.path.join(outcome.version_dir, outcome.manifest["annotators"]["file"]))
     return labels, annotators
 
@@ -125,5 +125,6 @@ def test_bucketing_never_changes_the_published_bytes(sample, tmp_path, method, e
     gold_path.write_text("\n".join((sample[0] / "truth.csv").read_text().splitlines()[:101]) + "\n")
     one, other = (build(sample, tmp_path / f"out{buckets}", method=method, em=em, gold_path=str(gold_path),
                         beam_args=(f"--num_buckets={buckets}",)) for buckets in (16, 3))
-    for name in ("labels-00000-of-00001.parquet", "labels-00000-of-00001.avro", "annotators-00000-of-00001.parquet"):
+    for name in ("labels/labels-00000-of-00001.parquet", "labels_avro/labels-00000-of-00001.avro",
+                 "annotators/annotators-00000-of-00001.parquet"):
         assert (pathlib.Path(one.version_dir) / name).read_bytes() == (pathlib.Path(other.version_dir) / name).read_bytes(), name

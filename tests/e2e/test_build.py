@@ -63,8 +63,10 @@ def test_build_counts_equal_the_generators_expectations(sample, first_build):
 def test_dead_letters_carry_each_reason_the_generator_injected(sample, first_build):
     _, description = sample
     _, outcome = first_build
-    [rejected] = [f for f in outcome.manifest["files"] if f["path"].startswith("rejected/")]
-    with open(os.path.join(outcome.version_dir, rejected["path"]), "rb") as stream:
+    # Dead letters keep their raw bytes, so they are quarantined beside the version (ROOT/<dataset>/quarantine/N).
+    [rejected] = outcome.manifest["dead_letters"]["quarantine"]
+    dataset_dir = os.path.dirname(os.path.dirname(outcome.version_dir))
+    with open(os.path.join(dataset_dir, rejected["path"]), "rb") as stream:
         letters = list(fastavro.reader(stream))
     assert dict(collections.Counter(letter["reason"] for letter in letters)) == \
         description["expected"]["invalid_by_reason"]
@@ -86,9 +88,9 @@ def test_consensus_beats_chance_by_far_against_known_truth(first_build):
 def test_parquet_and_avro_shards_hold_the_same_rows_and_load_with_pandas(first_build):
     _, outcome = first_build
     files = {f["path"]: f for f in outcome.manifest["files"]}
-    parquet = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
-    frame = pd.read_parquet(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
-    with open(os.path.join(outcome.version_dir, "labels-00000-of-00001.avro"), "rb") as stream:
+    parquet = pq.read_table(os.path.join(outcome.version_dir, "labels/labels-00000-of-00001.parquet"))
+    frame = pd.read_parquet(os.path.join(outcome.version_dir, "labels/labels-00000-of-00001.parquet"))
+    with open(os.path.join(outcome.version_dir, "labels_avro/labels-00000-of-00001.avro"), "rb") as stream:
         avro_rows = list(fastavro.reader(stream))
     assert parquet.to_pylist() == avro_rows
     # A single-label method publishes v1 rows: no labels/score columns (they would only hold [] and null).
@@ -100,7 +102,7 @@ def test_parquet_and_avro_shards_hold_the_same_rows_and_load_with_pandas(first_b
     for path, entry in files.items():
         full = os.path.join(outcome.version_dir, path)
         assert (os.path.getsize(full), sha256(full)) == (entry["bytes"], entry["sha256"])
-    assert files["labels-00000-of-00001.parquet"]["rows"] == len(frame) == outcome.manifest["counts"]["items"]
+    assert files["labels/labels-00000-of-00001.parquet"]["rows"] == len(frame) == outcome.manifest["counts"]["items"]
 
 
 def test_manifest_records_params_inputs_code_and_schema(first_build):
@@ -156,7 +158,7 @@ def test_labels_are_identical_when_the_same_events_are_shuffled_and_split_differ
     config = config_for(sample_dir, description, tmp_path / "out", inputs=(str(resplit),))
     again = run_build(config, BEAM_ARGS + ["--num_buckets=3", "--chunk_events=97"])
     assert again.manifest["counts"] == outcome.manifest["counts"]
-    for name in ("labels-00000-of-00001.parquet", "labels-00000-of-00001.avro"):
+    for name in ("labels/labels-00000-of-00001.parquet", "labels_avro/labels-00000-of-00001.avro"):
         assert sha256(os.path.join(again.version_dir, name)) == sha256(os.path.join(outcome.version_dir, name))
 
 
@@ -170,20 +172,28 @@ def test_without_a_label_set_labels_are_inferred_and_recorded(sample, tmp_path):
     assert set(description["labels"]) < set(outcome.manifest["labels"])
 
 
-def test_weighted_majority_vote_build_records_its_weights(sample, tmp_path):
+def test_weighted_majority_vote_records_a_digest_of_its_weights_never_the_annotator_ids(sample, tmp_path):
     sample_dir, description = sample
     weights = tmp_path / "weights.csv"
     weights.write_text("annotator_id,weight\nannotator-00001,3.5\n")
     outcome = run_build(config_for(sample_dir, description, tmp_path / "out", method="wmv",
                                    weights_path=str(weights)), BEAM_ARGS)
-    assert outcome.manifest["params"]["method"] == "wmv"
-    assert outcome.manifest["params"]["weights"] == {"annotator-00001": 3.5}
+    params = outcome.manifest["params"]
+    assert params["method"] == "wmv"
+    assert params["weights_sha256"] == hashlib.sha256(json.dumps({"annotator-00001": 3.5}).encode()).hexdigest()
+    assert params["weights_count"] == 1
+    manifest_text = (pathlib.Path(outcome.version_dir) / "manifest.json").read_text()
+    assert "annotator-00001" not in manifest_text
+    weights.write_text("annotator_id,weight\nannotator-00001,2.0\n")
+    changed = run_build(config_for(sample_dir, description, tmp_path / "out", method="wmv",
+                                   weights_path=str(weights)), BEAM_ARGS)
+    assert changed.published and changed.version == outcome.version + 1
 
 
 def test_rows_per_shard_splits_parquet_and_avro_at_the_same_rows(sample, tmp_path):
     sample_dir, description = sample
     outcome = run_build(config_for(sample_dir, description, tmp_path, rows_per_shard=200), BEAM_ARGS)
-    shards = sorted(f["path"] for f in outcome.manifest["files"] if f["path"].startswith("labels-"))
+    shards = sorted(f["path"] for f in outcome.manifest["files"] if f["path"].startswith("labels/"))
     parquet = [p for p in shards if p.endswith(".parquet")]
     assert len(parquet) == -(-outcome.manifest["counts"]["items"] // 200)
     parquet_rows = sum(pq.read_table(os.path.join(outcome.version_dir, p)).num_rows for p in parquet)
@@ -201,7 +211,7 @@ def test_annotator_model_build_is_more_accurate_than_majority_vote_on_the_sample
     ds_accuracy, _ = accuracy_against(config.truth_path, outcome)
     mv_accuracy, _ = accuracy_against(config.truth_path, majority)
     assert ds_accuracy > mv_accuracy
-    table = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet"))
+    table = pq.read_table(os.path.join(outcome.version_dir, "labels/labels-00000-of-00001.parquet"))
     assert all(0 < c <= 1 for c in table.column("confidence").to_pylist())
 
 
@@ -216,10 +226,10 @@ def test_dawid_skene_keeps_gold_items_at_their_gold_label(sample, tmp_path):
     outcome = run_build(config_for(sample_dir, description, tmp_path / "out", method="ds", gold_path=str(gold_path)),
                         BEAM_ARGS)
     rows = {r["item_id"]: r for r in pq.read_table(
-        os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet")).to_pylist()}
+        os.path.join(outcome.version_dir, "labels/labels-00000-of-00001.parquet")).to_pylist()}
+    assert set(gold) <= set(rows)  # every gold item has votes in the sample, so a row
     for item, label in gold.items():
-        if item in rows:
-            assert (rows[item]["label"], rows[item]["confidence"]) == (label, 1.0)
+        assert (rows[item]["label"], rows[item]["confidence"]) == (label, 1.0)
     assert outcome.manifest["params"]["gold_items"] == len(gold)
 
 

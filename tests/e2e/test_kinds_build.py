@@ -46,16 +46,16 @@ def check_counts(outcome, events: list[dict], votes: int, items: int):
     counts = outcome.manifest["counts"]
     assert counts["read"] == len(events) + 2
     assert counts == {"read": len(events) + 2, "valid": len(events), "invalid": 1, "duplicates": 1, "superseded": 2,
-                      "deleted": 1, "votes": votes, "items": items}
+                      "deleted": 1, "votes": votes, "items": items, "unknown_fields_dropped": 0}
     assert counts["read"] == counts["valid"] + counts["invalid"] + counts["duplicates"]
     assert counts["valid"] == counts["votes"] + counts["superseded"] + counts["deleted"]
 
 
 def rows_of(outcome) -> dict:
-    parquet = pq.read_table(os.path.join(outcome.version_dir, "labels-00000-of-00001.parquet")).to_pylist()
-    with open(os.path.join(outcome.version_dir, "labels-00000-of-00001.avro"), "rb") as stream:
+    parquet = pq.read_table(os.path.join(outcome.version_dir, "labels/labels-00000-of-00001.parquet")).to_pylist()
+    with open(os.path.join(outcome.version_dir, "labels_avro/labels-00000-of-00001.avro"), "rb") as stream:
         assert list(fastavro.reader(stream)) == parquet
-    [entry] = [f for f in outcome.manifest["files"] if f["path"] == "labels-00000-of-00001.parquet"]
+    [entry] = [f for f in outcome.manifest["files"] if f["path"] == "labels/labels-00000-of-00001.parquet"]
     assert entry["rows"] == len(parquet) == outcome.manifest["counts"]["items"]
     return {row["item_id"]: row for row in parquet}
 
@@ -134,7 +134,7 @@ def test_bradley_terry_build_writes_the_dpo_export(tmp_path):
     summary = format_summary(BuildConfig(inputs=(), output="", dataset=DATASET), outcome)
     assert "consensus used 5 of 7 votes (2 not used; the method takes usable comparisons" in summary
 
-    [entry] = [f for f in outcome.manifest["files"] if f["path"] == "preferences-00000-of-00001.jsonl"]
+    [entry] = [f for f in outcome.manifest["files"] if f["path"] == "preferences/preferences-00000-of-00001.jsonl"]
     with open(os.path.join(outcome.version_dir, entry["path"]), "rb") as stream:
         data = stream.read()
     assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["rows"] == 2

@@ -12,7 +12,7 @@ from event_builders import DROP, PETS_EVENT_TIME_MS, v1_event
 
 from labelbeam.schemas import registry
 from labelbeam.transforms.events import dead_letters as dl
-from labelbeam.transforms.events.parser import EventParser, Rejected, ValidationRules
+from labelbeam.transforms.events.parser import CLOCK_SKEW_MS, Accepted, EventParser, Rejected, ValidationRules
 from labelbeam.transforms.events.raw_chunks import RawChunk
 from labelbeam.transforms.storage.event_files import ByteRange, read_avro_records
 from labelbeam.transforms.validate import ValidateEvents
@@ -20,6 +20,7 @@ from labelbeam.transforms.validate import ValidateEvents
 NOW_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z, the build's clock
 EVENT_TIME_MS = PETS_EVENT_TIME_MS  # an hour before NOW_MS
 ONE_DAY_MS = 24 * 3600 * 1000
+ALLOWANCE_MS = CLOCK_SKEW_MS  # how far past the cutoff an event may lie
 Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 LABELS = frozenset({"cat", "dog", "bird"})
 RULES = ValidationRules.at("pets", NOW_MS, LABELS)
@@ -40,12 +41,13 @@ def parse(payload: bytes, rules: ValidationRules = RULES):
 
 
 def accepted(payload: bytes, rules: ValidationRules = RULES) -> tuple[dict, int]:
-    """(field -> value in the latest layout, schema version) of a payload that must be valid."""
+    """(field -> value in the latest layout, schema version) of a payload that must be valid, with no
+    unknown fields."""
     result = parse(payload, rules)
-    assert not isinstance(result, Rejected), result
-    values, version = result
-    assert len(values) == len(LATEST_FIELDS)
-    return dict(zip(LATEST_FIELDS, values)), version
+    assert isinstance(result, Accepted), result
+    assert result.unknown_fields == ()
+    assert len(result.values) == len(LATEST_FIELDS)
+    return dict(zip(LATEST_FIELDS, result.values)), result.version
 
 
 def rejected(payload: bytes, rules: ValidationRules = RULES) -> Rejected:
@@ -167,10 +169,43 @@ def test_v2_field_without_schema_version_2_is_schema_mismatch_unknown_field():
     assert result.schema_version == 1
 
 
-def test_unknown_field_in_v2_is_schema_mismatch_naming_it():
-    result = rejected(line(event_v2(colour="red")))
+# Avro schema resolution ignores fields the writer has and the reader lacks: so do we, and count them.
+
+def test_unknown_field_in_v2_is_ignored_and_the_event_is_valid():
+    result = parse(line(event_v2(colour="red")))
+    assert isinstance(result, Accepted), result
+    assert (result.values, result.version) == parse(line(event_v2()))[:2]
+    assert result.unknown_fields == ("colour",)
+
+
+def test_unknown_fields_in_v1_are_ignored_and_named_in_order():
+    result = parse(line(event(zeta={"nested": [1]}, alpha=None)))
+    assert isinstance(result, Accepted), result
+    assert (result.values, result.version) == parse(line(event()))[:2]
+    assert result.unknown_fields == ("alpha", "zeta")
+
+
+def test_unknown_field_does_not_hide_another_problem():
+    result = rejected(line(event(colour="red", label=7)))
     assert result.reason == dl.SCHEMA_MISMATCH
-    assert result.detail.startswith("colour")
+    assert result.detail.startswith("label")
+
+
+def test_parse_chunk_counts_the_valid_events_that_had_unknown_fields():
+    payloads = [line(event(event_id="a")), line(event(event_id="b", colour="red")),
+                line(event_v2(event_id="c", colour="red", size=3)), line(event(event_id="d", colour="red", label="fish"))]
+    parsed = EventParser(RULES).parse_chunk_with_counts(json_chunk(payloads))
+    assert sorted(valid_rows(parsed.columns), key=lambda r: r["event_id"])[1]["event_id"] == "b"
+    assert len(parsed.columns) == 3
+    assert [d.reason for d in parsed.dead] == [dl.UNKNOWN_LABEL]
+    assert parsed.unknown_fields_dropped == 2
+
+
+def test_parse_chunk_with_counts_agrees_with_parse_chunk():
+    payloads = [line(event(event_id="a", colour="red")), b"nope"]
+    columns, dead = EventParser(RULES).parse_chunk(json_chunk(payloads))
+    parsed = EventParser(RULES).parse_chunk_with_counts(json_chunk(payloads))
+    assert (valid_rows(columns), dead) == (valid_rows(parsed.columns), parsed.dead)
 
 
 def test_json_array_instead_of_object_is_schema_mismatch():
@@ -235,6 +270,38 @@ def test_v2_upsert_with_null_label_empty_labels_and_no_score_is_missing_field():
     assert rejected(line(event_v2(label=None, labels=[], score=None))).reason == dl.MISSING_FIELD
 
 
+@pytest.mark.parametrize("labels", [LABELS, None], ids=["label-set", "inferred"])
+def test_empty_label_is_missing_field_with_or_without_a_label_set(labels):
+    result = rejected(line(event(label="")), ValidationRules.at("pets", NOW_MS, labels))
+    assert result.reason == dl.MISSING_FIELD
+    assert result.detail.startswith("label:")
+
+
+@pytest.mark.parametrize("labels", [LABELS, None], ids=["label-set", "inferred"])
+def test_empty_string_in_labels_is_missing_field_at_its_index(labels):
+    result = rejected(line(event_v2(label=None, labels=["cat", ""])), ValidationRules.at("pets", NOW_MS, labels))
+    assert result.reason == dl.MISSING_FIELD
+    assert result.detail.startswith("labels[1]")
+
+
+def test_empty_label_beside_a_score_is_still_missing_field():
+    result = rejected(line(event_v2(label="", score=2.0)), ValidationRules.at("pets", NOW_MS))
+    assert result.reason == dl.MISSING_FIELD
+
+
+def test_empty_label_in_a_chunk_is_a_dead_letter_without_a_label_set():
+    payloads = [line(event(event_id="a", label="")), line(event_v2(event_id="b", label=None, labels=[""])),
+                line(event(event_id="c"))]
+    columns, dead = EventParser(ValidationRules.at("pets", NOW_MS)).parse_chunk(json_chunk(payloads))
+    assert [r["event_id"] for r in valid_rows(columns)] == ["c"]
+    assert sorted((d.event_id, d.reason) for d in dead) == [("a", dl.MISSING_FIELD), ("b", dl.MISSING_FIELD)]
+
+
+def test_a_label_set_cannot_hold_the_empty_label():
+    with pytest.raises(ValueError, match="empty"):
+        ValidationRules.at("pets", NOW_MS, frozenset({"cat", ""}))
+
+
 def test_v2_upsert_with_only_labels_is_valid():
     values, _ = accepted(line(event_v2(label=None, labels=["cat", "dog"])))
     assert values["label"] is None
@@ -290,15 +357,15 @@ def test_negative_event_time_is_bad_timestamp():
     assert rejected(line(event(event_time=-1))).reason == dl.BAD_TIMESTAMP
 
 
-def test_event_time_more_than_a_day_after_now_is_bad_timestamp():
-    result = rejected(line(event(event_time=NOW_MS + ONE_DAY_MS + 1)))
+def test_event_time_past_the_cutoff_allowance_is_bad_timestamp():
+    result = rejected(line(event(event_time=NOW_MS + ALLOWANCE_MS + 1)))
     assert result.reason == dl.BAD_TIMESTAMP
     assert result.detail.startswith("event_time")
 
 
-def test_event_time_exactly_a_day_after_now_is_valid():
-    values, _ = accepted(line(event(event_time=NOW_MS + ONE_DAY_MS)))
-    assert values["event_time"] == NOW_MS + ONE_DAY_MS
+def test_event_time_exactly_at_the_cutoff_allowance_is_valid():
+    values, _ = accepted(line(event(event_time=NOW_MS + ALLOWANCE_MS)))
+    assert values["event_time"] == NOW_MS + ALLOWANCE_MS
 
 
 def test_bad_timestamp_detail_does_not_depend_on_the_build_clock():
@@ -340,11 +407,11 @@ def test_v1_event_without_action_defaults_to_upsert():
 
 def test_v1_defaults_are_fresh_containers_per_event():
     parser = EventParser(RULES)
-    first, _ = parser.parse_one(line(event(event_id="a")), None, None, "json")
+    first = parser.parse_one(line(event(event_id="a")), None, None, "json").values
     first_event = dict(zip(LATEST_FIELDS, first))
     first_event["labels"].append("leak")
     first_event["metadata"]["leak"] = "x"
-    second, _ = parser.parse_one(line(event(event_id="b")), None, None, "json")
+    second = parser.parse_one(line(event(event_id="b")), None, None, "json").values
     second_event = dict(zip(LATEST_FIELDS, second))
     assert second_event["labels"] == []
     assert second_event["metadata"] == {}
@@ -527,6 +594,26 @@ def test_avro_unregistered_writer_that_resolves_is_read_as_latest():
     assert (row["event_id"], row["label"], row["event_time"], row["revision"]) == ("e1", "cat", EVENT_TIME_MS, 0)
 
 
+def test_avro_unregistered_writer_with_an_extra_field_counts_every_valid_record():
+    writer = registry.load_schema_json("annotation_event.v1.avsc")
+    writer["fields"].append({"name": "client", "type": "string"})
+    records = [v1_avro_record(event_id="a", client="web"), v1_avro_record(event_id="b", client="app", label="fish")]
+    parsed = EventParser(RULES).parse_chunk_with_counts(avro_chunk(writer, records))
+    assert len(parsed.columns) == 1
+    assert parsed.unknown_fields_dropped == 1  # valid events only
+
+
+def test_avro_dead_letter_from_a_writer_with_an_extra_field_keeps_the_files_bytes():
+    writer = registry.load_schema_json("annotation_event.v1.avsc")
+    writer["fields"].append({"name": "client", "type": "string", "default": ""})
+    chunk = avro_chunk(writer, [v1_avro_record(event_id="b", label="fish", client="web")])
+    _, [letter] = EventParser(RULES).parse_chunk(chunk)
+    assert letter.reason == dl.UNKNOWN_LABEL
+    assert letter.raw == chunk.payloads[0]
+    assert fastavro.schemaless_reader(io.BytesIO(letter.raw), fastavro.parse_schema(chunk.writer_schema))["client"] \
+        == "web"
+
+
 def test_avro_dead_letter_keeps_datum_bytes_record_index_and_version():
     chunk = avro_chunk(registry.load_schema_json("annotation_event.v1.avsc"),
                        [v1_avro_record(event_id="a"), v1_avro_record(event_id="b", label="fish")],
@@ -555,7 +642,7 @@ MIXED_LINES = [
     b'{"event_id": "broken"',
     line(event(event_id="bad-label", label="fish")),
     line(event(event_id="bad-version", schema_version=7)),
-    line(event(event_id="late", event_time=NOW_MS + 2 * ONE_DAY_MS)),
+    line(event(event_id="late", event_time=NOW_MS + ALLOWANCE_MS + ONE_DAY_MS)),
 ]
 
 
@@ -611,6 +698,22 @@ def test_validate_events_counts_conserve_read_equals_valid_plus_invalid():
             lambda c: [("read", c["read"]), ("invalid", c["invalid"])])
         totals = (valid, dead, counts) | beam.Flatten() | beam.CombinePerKey(sum)
         assert_that(totals, check_conservation)
+
+
+def test_validate_events_counts_unknown_fields_dropped_and_conserves_read():
+    chunks = [json_chunk([line(event(event_id="a", colour="red")), line(event(event_id="b")), b"{"], source="a.jsonl"),
+              json_chunk([line(event(event_id="c", colour="blue", size=1))], source="b.jsonl")]
+
+    def check(totals):
+        by_name = dict(totals)
+        assert by_name == {"read": 4, "valid": 3, "invalid": 1, "unknown_fields_dropped": 2}, by_name
+
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | beam.Create(chunks) | ValidateEvents(RULES)
+        valid = out[dl.VALID] | "ValidCount" >> beam.Map(lambda batch: ("valid", batch.num_rows))
+        counts = out[dl.COUNTS] | "CountItems" >> beam.FlatMap(lambda c: c.items())
+        totals = (valid, counts) | beam.Flatten() | beam.CombinePerKey(sum)
+        assert_that(totals, check)
 
 
 @pytest.mark.parametrize("field, value", [

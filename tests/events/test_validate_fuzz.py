@@ -1,13 +1,16 @@
 """Property tests: parsing never raises on bad input, and every input lands in exactly one output."""
 import json
+import os
+import tempfile
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from labelbeam.schemas import registry
 from labelbeam.transforms.events import dead_letters as dl
-from labelbeam.transforms.events.parser import EventParser, Rejected, ValidationRules
+from labelbeam.transforms.events.parser import Accepted, EventParser, Rejected, ValidationRules
 from labelbeam.transforms.events.raw_chunks import RawChunk
+from labelbeam.transforms.storage.event_files import ByteRange, read_json_lines
 
 NOW_MS = 1_700_000_000_000
 EVENT_TIME_MS = NOW_MS - 3_600_000
@@ -25,6 +28,9 @@ VALID_V1 = {
 VALID_V2 = dict(VALID_V1, schema_version=2, revision=1, labels=["cat"], score=2.5, duration_ms=800,
                 confidence=0.5, metadata={"tool": "ls"})
 MUTABLE_KEYS = sorted(set(VALID_V2) | {"colour", ""})
+BOM = b"\xef\xbb\xbf"
+# Keys that no event schema version defines (Avro resolution ignores them), and keys some version does.
+UNKNOWN_KEYS = st.text(max_size=6).filter(lambda key: key not in set(LATEST_FIELDS) | {"schema_version"})
 
 json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
@@ -48,6 +54,14 @@ def mutated_events(draw):
     return obj
 
 
+@st.composite
+def events_with_unknown_fields(draw):
+    """A mutated event with fields no schema defines added, and the same event without them."""
+    obj = draw(mutated_events())
+    extra = draw(st.dictionaries(UNKNOWN_KEYS, json_values, min_size=1, max_size=3))
+    return {**obj, **extra}, obj
+
+
 def event_line(obj) -> bytes:
     # The stdlib encoder writes integers of any size, which orjson then has to cope with.
     return json.dumps(obj).encode()
@@ -57,6 +71,8 @@ payloads = st.one_of(
     st.binary(max_size=120),
     st.text(max_size=60).map(str.encode),
     mutated_events().map(event_line),
+    events_with_unknown_fields().map(lambda pair: event_line(pair[0])),
+    mutated_events().map(lambda obj: BOM + event_line(obj)),  # a BOM inside a file is not stripped
     json_values.map(event_line),
 )
 
@@ -67,14 +83,17 @@ def assert_valid_or_rejected(result, rules):
         assert isinstance(result.detail, str)
         assert result.schema_version in (None, 1, 2)
         return
-    values, version = result
+    assert isinstance(result, Accepted), result
+    values, version, unknown_fields = result
     assert version in (1, 2)
     assert len(values) == len(LATEST_FIELDS)
+    assert not set(unknown_fields) & set(LATEST_FIELDS) and list(unknown_fields) == sorted(unknown_fields)
     event = dict(zip(LATEST_FIELDS, values))
     assert event["dataset"] == rules.dataset
     assert all(isinstance(event[k], str) and event[k] for k in ("event_id", "item_id", "annotator_id"))
     assert rules.min_event_time_ms <= event["event_time"] <= rules.max_event_time_ms
     assert event["action"] in ("UPSERT", "DELETE")
+    assert event["label"] != "" and "" not in event["labels"]  # an empty label is never valid
     if rules.labels is not None:
         assert event["label"] is None or event["label"] in rules.labels
         assert set(event["labels"]) <= rules.labels
@@ -131,9 +150,72 @@ def test_parse_chunk_fast_path_agrees_with_parse_one_on_every_line(lines, rules)
     columns, dead = parser.parse_chunk(RawChunk("f.jsonl", "json", list(range(len(lines))), lines))
     accepted_by_chunk = dict(zip(columns.offsets, zip(columns.rows, columns.versions)))
     rejected_by_chunk = {letter.offset: letter.reason for letter in dead}
+    with_unknown_fields = 0
     for offset, line in enumerate(lines):
         careful = parser.parse_one(line, None, None, "json")
         if isinstance(careful, Rejected):
             assert rejected_by_chunk.get(offset) == careful.reason
         else:
-            assert accepted_by_chunk.get(offset) == careful
+            assert accepted_by_chunk.get(offset) == (careful.values, careful.version)
+            with_unknown_fields += bool(careful.unknown_fields)
+    parsed = parser.parse_chunk_with_counts(RawChunk("f.jsonl", "json", list(range(len(lines))), lines))
+    assert parsed.unknown_fields_dropped == with_unknown_fields
+
+
+@FUZZ
+@given(pair=events_with_unknown_fields(), rules=st.sampled_from(sorted(PARSERS)))
+def test_fields_no_schema_defines_never_change_the_verdict(pair, rules):
+    """Avro resolution ignores writer fields the reader lacks: adding such fields changes nothing but the count."""
+    with_extra, without = pair
+    parser = PARSERS[rules]
+    extended = parser.parse_one(event_line(with_extra), None, None, "json")
+    plain = parser.parse_one(event_line(without), None, None, "json")
+    if isinstance(plain, Rejected):
+        assert isinstance(extended, Rejected) and extended.reason == plain.reason
+    else:
+        assert isinstance(extended, Accepted), extended
+        assert extended[:2] == plain[:2]
+        assert set(extended.unknown_fields) == set(with_extra) - set(LATEST_FIELDS) - {"schema_version"}
+
+
+@FUZZ
+@given(obj=mutated_events(), label=st.sampled_from(["", None]), labels=st.lists(st.sampled_from(["", "cat"]),
+                                                                                   max_size=3))
+def test_an_empty_label_is_never_valid(obj, label, labels):
+    for parser in PARSERS.values():
+        event = {**obj, "label": label if label is not None else "cat", "schema_version": 2, "labels": labels}
+        result = parser.parse_one(event_line(event), None, None, "json")
+        if label == "" or "" in labels:
+            assert isinstance(result, Rejected)
+            assert result.reason in dl.REASONS
+        columns, dead = parser.parse_chunk(RawChunk("f.jsonl", "json", [0], [event_line(event)]))
+        assert (len(columns), len(dead)) == ((0, 1) if isinstance(result, Rejected) else (1, 0))
+
+
+@FUZZ
+@given(lines=st.lists(payloads, min_size=1, max_size=12), range_bytes=st.integers(min_value=1, max_value=400))
+def test_a_bom_at_the_start_of_a_file_changes_nothing_but_offsets(lines, range_bytes):
+    """Every line and verdict is the same with and without a UTF-8 BOM before the first line."""
+    lines = [line.replace(b"\n", b" ").replace(b"\r", b" ") for line in lines]  # one event per line
+    assume(not lines[0].startswith(BOM))  # only one BOM is stripped
+    parser = PARSERS["labels"]
+
+    def parsed(data: bytes):
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "events.jsonl")
+            with open(path, "wb") as out:
+                out.write(data)
+            size = len(data)
+            ranges = [ByteRange(path, "json", start, min(start + range_bytes, size))
+                      for start in range(0, size, range_bytes)]
+            payloads, verdicts = [], []
+            for byte_range in ranges:
+                for chunk in read_json_lines(byte_range, chunk_events=5):
+                    payloads += chunk.payloads
+                    columns, dead = parser.parse_chunk(chunk)
+                    verdicts += [(offset, "valid", row[0]) for offset, row in zip(columns.offsets, columns.rows)]
+                    verdicts += [(letter.offset, letter.reason, letter.raw) for letter in dead]
+            return payloads, [verdict[1:] for verdict in sorted(verdicts, key=lambda verdict: verdict[0])]
+
+    data = b"".join(line + b"\n" for line in lines)
+    assert parsed(BOM + data) == parsed(data)

@@ -23,8 +23,43 @@ from labelbeam.transforms.events.record_batches import EventColumns
 MIN_EVENT_TIME_MS = int(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
 
 
-# Annotators' clocks may run ahead of the build's clock by this much.
-CLOCK_SKEW_MS = 24 * 3600 * 1000
+# Events may lie this far after the build's event-time cutoff. The default cutoff is the start of the
+# build's UTC day, so two days past it leave annotators' clocks at least a day ahead of the build's
+# clock. The cutoff is recorded in the manifest's params, never read from the wall clock while
+# validating, so a rebuild with the same params accepts the same events.
+CLOCK_SKEW_MS = 48 * 3600 * 1000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_ONE_MS = dt.timedelta(milliseconds=1)
+
+
+def parse_event_time_cutoff(text: str) -> int:
+    """Milliseconds since the epoch of an ISO 8601 date or date-time; UTC unless it has an offset.
+
+    Finer than millisecond precision is truncated. Raises ValueError naming the text otherwise.
+    """
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{text!r} is not an ISO 8601 date or date-time, e.g. 2026-03-05T00:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def format_event_time_cutoff(cutoff_ms: int) -> str:
+    """ISO 8601 in UTC, e.g. 2026-03-05T00:00:00Z; milliseconds only when they are not zero."""
+    moment = _EPOCH + cutoff_ms * _ONE_MS
+    return moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds").replace("+00:00", "Z")
+
+
+def day_event_time_cutoff(now: dt.datetime) -> str:
+    """The default cutoff of a build started at `now`: the start of that UTC day.
+
+    It changes once a day, so builds of the same inputs on one day have equal params (and the second
+    is up to date). Events are accepted up to CLOCK_SKEW_MS (two days) after the cutoff, at least a
+    day past the build's clock; an event stamped later is BAD_TIMESTAMP in this build.
+    """
+    return format_event_time_cutoff((now - _EPOCH) // dt.timedelta(days=1) * 24 * 3600 * 1000)
 
 
 _ID_FIELDS = ("event_id", "dataset", "item_id", "annotator_id")
@@ -41,10 +76,26 @@ class ValidationRules:
     def __post_init__(self):
         if not self.dataset:
             raise ValueError("ValidationRules needs a non-empty dataset name")
+        if self.labels is not None and "" in self.labels:
+            raise ValueError("a label set cannot hold the empty label: an empty label is always MISSING_FIELD")
 
     @classmethod
-    def at(cls, dataset: str, now_ms: int, labels: frozenset[str] | None = None) -> ValidationRules:
-        return cls(dataset=dataset, max_event_time_ms=now_ms + CLOCK_SKEW_MS, labels=labels)
+    def at(cls, dataset: str, event_time_cutoff_ms: int, labels: frozenset[str] | None = None) -> ValidationRules:
+        """Rules accepting event times up to CLOCK_SKEW_MS after the cutoff (ms since the epoch)."""
+        return cls(dataset=dataset, max_event_time_ms=event_time_cutoff_ms + CLOCK_SKEW_MS, labels=labels)
+
+    @classmethod
+    def with_cutoff(cls, dataset: str, event_time_cutoff: str,
+                    labels: frozenset[str] | None = None) -> ValidationRules:
+        """Rules for an ISO 8601 cutoff, as a build's params record it; ValueError if it does not parse."""
+        return cls.at(dataset, parse_event_time_cutoff(event_time_cutoff), labels)
+
+    @property
+    def event_time_cutoff(self) -> str:
+        """The cutoff in normal form (ISO 8601, UTC), the form a build's params record."""
+        return format_event_time_cutoff(self.max_event_time_ms - CLOCK_SKEW_MS)
+
+    day_cutoff = staticmethod(day_event_time_cutoff)  # the default cutoff of a build started at `now`
 
 
 class EventParser:
@@ -68,18 +119,27 @@ class EventParser:
 
     def parse_chunk(self, chunk: RawChunk) -> tuple[EventColumns, list[dl.DeadLetter]]:
         """Every payload of the chunk becomes exactly one valid row or one dead letter."""
-        columns, dead = EventColumns(chunk.source, chunk.raw_format), []
+        parsed = self.parse_chunk_with_counts(chunk)
+        return parsed.columns, parsed.dead
+
+    def parse_chunk_with_counts(self, chunk: RawChunk) -> ParsedChunk:
+        """parse_chunk, and how many valid events had fields no event schema defines (ignored, as Avro
+        resolution ignores them)."""
+        columns, dead, unknown_fields_dropped = EventColumns(chunk.source, chunk.raw_format), [], 0
         # The hot loop: the happy path inline; anything unusual goes to parse_one, which decides
         # the precise reason. Both paths accept exactly the same events (see the fuzz tests).
         loads, accepts, validators = orjson.loads, self._accepts, self._validate_by_version
         add_row, add_version, add_offset = columns.rows.append, columns.versions.append, columns.offsets.append
         add_event_hash, add_item_hash = columns.event_hashes.append, columns.item_hashes.append
         is_json = chunk.raw_format == "json"
+        writer_has_unknown_fields = False
         if is_json:
             candidates = zip(chunk.offsets, chunk.payloads, chunk.payloads, itertools.repeat(None))
         else:
-            candidates = ((offset, payload, obj, version) for offset, payload, (obj, version)
-                          in zip(chunk.offsets, chunk.payloads, self._avro_objects(chunk)))
+            # For Avro the payload slot holds the record as decoded, whose datum a dead letter keeps.
+            objects, writer_has_unknown_fields = self._avro_objects(chunk)
+            candidates = ((offset, record, obj, version) for offset, record, (obj, version)
+                          in zip(chunk.offsets, chunk.records, objects))
         for offset, payload, obj, version in candidates:
             try:
                 if is_json:
@@ -97,32 +157,36 @@ class EventParser:
                 continue
             result = self.parse_one(payload, obj, version, chunk.raw_format)
             if isinstance(result, Rejected):
-                raw = payload if is_json else avro_datum(chunk.writer_schema, _record_of(obj))
+                raw = payload if is_json else avro_datum(chunk.writer_schema, payload)
                 dead.append(dl.DeadLetter(result.reason, result.detail, raw, chunk.raw_format,
                                           result.schema_version, chunk.source, offset,
                                           _event_id_of(obj, payload, chunk.raw_format)))
             else:
-                columns.append(*result, offset)
-        return columns, dead
+                columns.append(result.values, result.version, offset)
+                unknown_fields_dropped += bool(result.unknown_fields)
+        if writer_has_unknown_fields:  # every record of the file has the writer's extra fields
+            unknown_fields_dropped = len(columns)
+        return ParsedChunk(columns, dead, unknown_fields_dropped)
 
-    def _avro_objects(self, chunk: RawChunk) -> Iterator[tuple[Any, int | None]]:
+    def _avro_objects(self, chunk: RawChunk) -> tuple[Iterator[tuple[Any, int | None]], bool]:
+        """(record or _Unresolvable, version) per record, and whether the writer schema has fields that
+        no event schema defines (dropped from the records, as Avro resolution does)."""
         version = registry.event_version_of(chunk.writer_schema)
         if version is not None:
-            for record in chunk.records:
-                yield record, version
-            return
+            return zip(chunk.records, itertools.repeat(version)), False
         # An unregistered writer schema: resolve its records to the latest schema if Avro rules allow.
-        problems = registry.resolution_problems(registry.event_schema(registry.LATEST_EVENT_SCHEMA_VERSION),
-                                                chunk.writer_schema)
+        latest = registry.LATEST_EVENT_SCHEMA_VERSION
+        problems = registry.resolution_problems(registry.event_schema(latest), chunk.writer_schema)
+        if problems:
+            return ((_Unresolvable(problems[0], record), None) for record in chunk.records), False
         known = set(self._latest.field_names)
-        for record in chunk.records:
-            if problems:
-                yield _Unresolvable(problems[0], record), None
-            else:
-                yield {k: v for k, v in record.items() if k in known}, registry.LATEST_EVENT_SCHEMA_VERSION
+        if all(field["name"] in known for field in chunk.writer_schema["fields"]):
+            return zip(chunk.records, itertools.repeat(latest)), False
+        return (({k: v for k, v in record.items() if k in known}, latest) for record in chunk.records), True
 
-    def parse_one(self, payload: bytes, obj: Any, version: int | None, raw_format: str):
-        """(values, version) for a valid event, else Rejected(reason, detail, version tried)."""
+    def parse_one(self, payload: bytes, obj: Any, version: int | None, raw_format: str) -> Accepted | Rejected:
+        """Accepted(values, version, unknown fields ignored) for a valid event, else Rejected(reason,
+        detail, version tried). For JSON `payload` is parsed; for Avro `obj` is the decoded record."""
         if raw_format == "json":
             try:
                 obj = orjson.loads(payload)
@@ -137,13 +201,13 @@ class EventParser:
         elif isinstance(obj, _Unresolvable):
             return Rejected(dl.SCHEMA_MISMATCH, f"writer schema: {obj.problem}", None)
         try:
-            values = self._validators[version].validate(obj)
+            values, unknown_fields = self._validators[version].resolve(obj)
         except SchemaViolation as err:
             return Rejected(err.reason, str(err), version)
         problem = self._semantic_problem(values)
         if problem is not None:
             return Rejected(*problem, version)
-        return values, version
+        return Accepted(values, version, unknown_fields)
 
     def _semantic_problem(self, values: tuple) -> tuple[str, str] | None:
         index, rules = self._index, self.rules
@@ -154,14 +218,19 @@ class EventParser:
         if event_time < rules.min_event_time_ms:
             return dl.BAD_TIMESTAMP, f"event_time: {event_time} ms is before 2000-01-01T00:00:00Z"
         if event_time > rules.max_event_time_ms:
-            # The bound moves with the build's clock; keep it out of the detail so reruns write equal bytes.
-            return dl.BAD_TIMESTAMP, f"event_time: {event_time} ms is more than a day after the build started"
+            # The bound moves with the cutoff (one a day); keep it out of the detail so dead letters of the
+            # same events are equal bytes whatever the day. The manifest's params record the cutoff.
+            return dl.BAD_TIMESTAMP, f"event_time: {event_time} ms is more than a day after the event_time_cutoff"
         label, labels = values[index["label"]], values[index["labels"]]
         if values[index["action"]] == "DELETE":
             if label is not None or labels:
                 return dl.SCHEMA_MISMATCH, "label: must be null when action is DELETE"
         elif label is None and not labels and values[index["score"]] is None:
             return dl.MISSING_FIELD, "label: an UPSERT needs a label (or labels, or score)"
+        elif label == "":
+            return dl.MISSING_FIELD, "label: must be non-empty (null when the vote is labels or a score)"
+        elif "" in labels:
+            return dl.MISSING_FIELD, f"labels[{labels.index('')}]: must be non-empty"
         if values[index["dataset"]] != rules.dataset:
             return dl.DATASET_MISMATCH, f"dataset: {values[index['dataset']]!r} is not {rules.dataset!r}"
         if rules.labels is not None:
@@ -175,6 +244,8 @@ def _semantic_check(rules: ValidationRules):
     """A fast predicate: do schema-valid values pass every semantic rule? (parse_one says why not.)"""
     dataset, low, high, allowed = rules.dataset, rules.min_event_time_ms, rules.max_event_time_ms, rules.labels
 
+    # An empty label is never valid; a label set cannot hold one (ValidationRules checks), so with a
+    # set, membership alone decides.
     def accepts(values: tuple) -> bool:
         if not (values[0] and values[2] and values[3] and values[1] == dataset and low <= values[6] <= high):
             return False
@@ -184,9 +255,9 @@ def _semantic_check(rules: ValidationRules):
         if label is None:
             if not labels and values[9] is None:
                 return False
-        elif allowed is not None and label not in allowed:
+        elif not label if allowed is None else label not in allowed:
             return False
-        return not labels or allowed is None or all(x in allowed for x in labels)
+        return not labels or (all(labels) if allowed is None else all(x in allowed for x in labels))
     return accepts
 
 
@@ -202,8 +273,16 @@ class Rejected(NamedTuple):
     schema_version: int | None
 
 
-def _record_of(obj: Any) -> dict:
-    return obj.record if isinstance(obj, _Unresolvable) else obj
+class Accepted(NamedTuple):
+    values: tuple  # in the latest event schema's field order
+    version: int
+    unknown_fields: tuple[str, ...] = ()  # ignored: no event schema version defines them
+
+
+class ParsedChunk(NamedTuple):
+    columns: EventColumns
+    dead: list[dl.DeadLetter]
+    unknown_fields_dropped: int  # valid events that had at least one unknown field
 
 
 def _event_id_of(obj: Any, payload: bytes, raw_format: str) -> str | None:

@@ -225,7 +225,11 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
 
 
 def keyed_pseudonym(key: bytes) -> Callable[[str], str]:
-    """annotator_id -> "a" + 20 hex digits of HMAC-SHA256(key, id): stable per key, not reversible without it."""
+    """annotator_id -> "a" + 20 hex digits of HMAC-SHA256(key, id): stable per key, not reversible without it.
+
+    Only a secret key makes it so: publishing (transforms/publish.py) refuses an empty key, and a build
+    without LABELBEAM_PSEUDONYM_KEY uses its output root's key file (version_store.root_pseudonym_key).
+    """
     def pseudonym(annotator_id: str) -> str:
         return "a" + hmac.new(key, annotator_id.encode("utf-8"), hashlib.sha256).hexdigest()[:20]
     return pseudonym

@@ -84,9 +84,11 @@ class WeightedMajorityVote(MajorityVote):
                    source=request.weights_source)
 
     def params(self) -> dict:
-        weights = ({"weights_sha256": hashlib.sha256(json.dumps(self.weights).encode()).hexdigest(),
-                    "weights_from": self.source} if self.source else {"weights": self.weights})
-        return {**super().params(), **weights, "default_weight": self.default_weight}
+        # The weights are keyed by raw annotator ids (a --weights CSV): the manifest records their
+        # digest and count, never the ids. Equal digests still mean equal weights, so equal results.
+        return {**super().params(), "weights_sha256": hashlib.sha256(json.dumps(self.weights).encode()).hexdigest(),
+                "weights_count": len(self.weights), "weights_from": self.source or "file",
+                "default_weight": self.default_weight}
 
     def answer_weights(self, indexed):
         key = self.key or (lambda annotator: annotator)

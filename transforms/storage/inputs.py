@@ -1,14 +1,28 @@
-"""Finds event files (local or any Beam FileSystem, e.g. gs://) and describes them for the manifest."""
+"""Finds event files (local or any Beam FileSystem, e.g. gs://), checks they are whole, and describes them
+for the manifest.
+
+A truncated or corrupt input is never read in part. `match_inputs` reads every byte to hash it, and in
+the same pass decompresses compressed files to their end and walks the framing of Avro files (blocks and
+sync markers), so most damage is a CorruptInputError before the pipeline starts. Damage inside an Avro
+block is found only by decoding it: the reader (event_files.py) raises CorruptInputError then.
+"""
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import hashlib
+import lzma
 import os
+import re
+import zlib
+from collections.abc import Callable, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 AVRO_MAGIC = b"Obj\x01"
+AVRO_SYNC_SIZE = 16  # bytes of an Avro container file's sync marker
+READ_BYTES = 1 << 20
 
 
 EVENT_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".avro", ".jsonl.gz", ".json.gz", ".ndjson.gz")
@@ -16,6 +30,53 @@ EVENT_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".avro", ".jsonl.gz", ".jso
 
 class InputError(ValueError):
     """An --input that names nothing readable."""
+
+
+class CorruptInputError(InputError):
+    """An input file that is truncated or corrupt: the build stops rather than read part of it.
+
+    `path` names the file; `detail` says what is wrong and where (for Avro, the record index).
+    """
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"input {path} is truncated or corrupt: {detail}")
+        self.path = path
+        self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (self.path, self.detail)
+
+
+# How the error reads once a runner has turned it into text (a remote worker's traceback).
+_CORRUPT_INPUT_TEXT = re.compile(r"CorruptInputError: input (.+?) is truncated or corrupt: (.*?)"
+                                 r"(?: \[while running '[^']*'\])*$", re.MULTILINE)
+
+
+def corrupt_input_in(err: BaseException) -> CorruptInputError | None:
+    """The CorruptInputError behind an exception a pipeline run raised, or None.
+
+    Beam re-raises a DoFn's exception as another object (the FnApiRunner as a RuntimeError whose
+    context is the original; remote runners as text): this looks through the chain of causes and
+    contexts, then for the error's text in the messages.
+    """
+    chain = list(_causes(err))
+    for cause in chain:
+        if isinstance(cause, CorruptInputError):
+            return cause
+    for cause in chain:
+        match = _CORRUPT_INPUT_TEXT.search(str(cause))
+        if match:
+            return CorruptInputError(match.group(1), match.group(2))
+    return None
+
+
+def _causes(err: BaseException | None) -> Iterator[BaseException]:
+    """err, then what it was raised from or while handling, and so on."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +99,8 @@ def _is_dir(pattern: str) -> bool:
 def match_inputs(patterns: list[str]) -> list[InputFile]:
     """Every event file named by the patterns (a file, a glob, or a directory searched recursively).
 
-    Sorted by path and de-duplicated. Raises InputError for a pattern that matches no file.
+    Sorted by path and de-duplicated. Raises InputError for a pattern that matches no file, and
+    CorruptInputError (an InputError) for a file that is truncated or corrupt.
     """
     paths: dict[str, int] = {}
     for pattern in map(_canonical, patterns):
@@ -70,12 +132,191 @@ def _match(pattern: str):
         raise InputError(f"cannot list {pattern}: {err}") from err
 
 
+class _HashingReader:
+    """Reads a stream, hashing every byte read and counting them."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.digest = hashlib.sha256()
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.digest.update(data)
+        self.position += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(READ_BYTES):
+            pass
+
+
 def _describe(path: str, size_bytes: int) -> InputFile:
-    digest = hashlib.sha256()
+    """Size, format and sha256 of one file, read once; CorruptInputError if it is truncated or corrupt."""
+    compression = CompressionTypes.detect_compression_type(path)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-        head = stream.read(1 << 20)
-        raw_format = "avro" if head.startswith(AVRO_MAGIC) else "json"
-        while head:
-            digest.update(head)
-            head = stream.read(1 << 20)
-    return InputFile(path, size_bytes, raw_format, digest.hexdigest())
+        hashed = _HashingReader(stream)
+        magic = hashed.read(len(AVRO_MAGIC))
+        raw_format = "avro" if magic == AVRO_MAGIC else "json"
+        if compression != CompressionTypes.UNCOMPRESSED:
+            for _ in iter_decompressed(_prefixed(magic, hashed.read), compression, path):
+                pass
+        elif raw_format == "avro":
+            check_avro_framing(hashed.read, path, size_bytes)
+        hashed.drain()
+    return InputFile(path, size_bytes, raw_format, hashed.digest.hexdigest())
+
+
+def _prefixed(prefix: bytes, read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """A read function that returns `prefix` first, then what `read` returns."""
+    pending = [prefix] if prefix else []
+
+    def prefixed_read(size: int) -> bytes:
+        return pending.pop() if pending else read(size)
+    return prefixed_read
+
+
+# --- compressed files -------------------------------------------------------------------------------
+
+def _new_decompressor(compression: str) -> Callable[[], object]:
+    if compression == CompressionTypes.GZIP:
+        return lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if compression == CompressionTypes.DEFLATE:
+        return zlib.decompressobj
+    if compression == CompressionTypes.BZIP2:
+        return bz2.BZ2Decompressor
+    if compression == CompressionTypes.LZMA:
+        return lzma.LZMADecompressor
+    if compression == CompressionTypes.ZSTD:
+        import zstandard  # a Beam dependency, as for Beam's own reader
+
+        # Beam's window limit: zstd frames written with a larger window need it to decode.
+        return lambda: zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
+    raise ValueError(f"no decompressor for compression type {compression!r}")
+
+
+def _decompression_errors(compression: str) -> tuple[type[BaseException], ...]:
+    """What the decompressors raise for data that is not what they decompress."""
+    if compression == CompressionTypes.ZSTD:
+        import zstandard
+        return (zstandard.ZstdError,)
+    # bz2 raises a bare OSError ("Invalid data stream"); only decompress() calls are guarded by it.
+    return (zlib.error, lzma.LZMAError, OSError, EOFError)
+
+
+def iter_decompressed(read: Callable[[int], bytes], compression: str, path: str) -> Iterator[bytes]:
+    """The decompressed contents of a compressed stream, piece by piece, read to its very end.
+
+    Concatenated members (gzip, bzip2, xz, zstd frames) follow one another, as Beam reads them.
+    Raises CorruptInputError naming `path` if the data does not decompress (bad header, corrupt data,
+    bad checksum) or ends before the end-of-stream marker of its last member (a truncated file).
+    A file cut exactly between two members cannot be told from a whole one.
+    """
+    new_decompressor, errors = _new_decompressor(compression), _decompression_errors(compression)
+    decompressor, inside_member = new_decompressor(), False
+    while True:
+        data = read(READ_BYTES)
+        if not data:
+            break
+        while data:
+            try:
+                piece = decompressor.decompress(data)
+            except errors as err:
+                raise CorruptInputError(path, f"its {compression} data does not decompress ({err})") from None
+            inside_member = True
+            if piece:
+                yield piece
+            if decompressor.eof:  # the member ended; what follows it starts the next one
+                data, decompressor, inside_member = decompressor.unused_data, new_decompressor(), False
+            else:
+                data = b""
+    if inside_member:
+        raise CorruptInputError(path, f"its {compression} data ends before the end-of-stream marker")
+
+
+# --- Avro container files ---------------------------------------------------------------------------
+
+class _AvroFraming:
+    """Walks an Avro object container file's structure (Avro spec, "Object Container Files"):
+    header metadata and sync marker, then per block a record count, a byte size, the bytes and the
+    sync marker again. Block contents are skipped, not decoded."""
+
+    def __init__(self, read: Callable[[int], bytes], path: str, size_bytes: int, position: int):
+        self._read, self._path, self._size_bytes, self._position = read, path, size_bytes, position
+
+    def _fail(self, detail: str) -> CorruptInputError:
+        return CorruptInputError(self._path, f"Avro {detail} (at byte {self._position})")
+
+    def _byte(self) -> int | None:
+        data = self._read(1)
+        if not data:
+            return None
+        self._position += 1
+        return data[0]
+
+    def _long(self, where: str, first: int | None = None) -> int:
+        """A zig-zag varint long; `first` is its first byte if already read."""
+        byte = self._byte() if first is None else first
+        value = shift = 0
+        while True:
+            if byte is None:
+                raise self._fail(f"file ends inside {where}")
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return (value >> 1) ^ -(value & 1)
+            shift += 7
+            if shift > 63:
+                raise self._fail(f"{where} is not a valid long")
+            byte = self._byte()
+
+    def _bytes(self, size: int, where: str, keep: bool = False) -> bytes:
+        """Reads `size` bytes; returns them if `keep` (small values only), else b""."""
+        if size < 0:
+            raise self._fail(f"{where} has a negative size {size}")
+        if self._position + size > self._size_bytes:
+            raise self._fail(f"file ends inside {where}")
+        kept, left = [], size
+        while left:
+            piece = self._read(min(left, READ_BYTES))
+            if not piece:
+                raise self._fail(f"file ends inside {where}")
+            self._position += len(piece)
+            left -= len(piece)
+            if keep:
+                kept.append(piece)
+        return b"".join(kept)
+
+    def check(self) -> None:
+        while True:  # header metadata: a map of string -> bytes, in blocks ending with a zero count
+            count = self._long("the header")
+            if count == 0:
+                break
+            if count < 0:
+                count = -count
+                self._long("the header")  # the block's byte size
+            for _ in range(count):
+                self._bytes(self._long("the header"), "the header")  # key
+                self._bytes(self._long("the header"), "the header")  # value
+        sync_marker = self._bytes(AVRO_SYNC_SIZE, "the header's sync marker", keep=True)
+        block = 0
+        while True:
+            first = self._byte()
+            if first is None:
+                return
+            count = self._long(f"block {block}'s record count", first)
+            size = self._long(f"block {block}'s byte size")
+            if count < 0:
+                raise self._fail(f"block {block} has a negative record count {count}")
+            self._bytes(size, f"block {block}")
+            if self._bytes(AVRO_SYNC_SIZE, f"block {block}'s sync marker", keep=True) != sync_marker:
+                raise self._fail(f"block {block} does not end with the file's sync marker")
+            block += 1
+
+
+def check_avro_framing(read: Callable[[int], bytes], path: str, size_bytes: int) -> None:
+    """Raises CorruptInputError if an Avro container file is truncated or a sync marker is wrong.
+
+    `read` continues right after the 4-byte magic. Only framing is checked: damage inside a block
+    (found when it is decoded) and a file cut exactly after a block's sync marker pass.
+    """
+    _AvroFraming(read, path, size_bytes, len(AVRO_MAGIC)).check()
