@@ -49,7 +49,6 @@ from labelbeam.transforms.methods.csv_inputs import read_gold_csv, read_weights_
 from labelbeam.transforms.methods.registry import METHODS
 from labelbeam.transforms.methods.single_label import weights_from_skills
 from labelbeam.transforms.publish import (
-    DEFAULT_MAX_INVALID_SHARE,
     GateError,
     PublishVersion,
     distinct_vote_labels,
@@ -74,7 +73,7 @@ class BuildOutcome:
 
 
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
-                   tuning, rows_per_shard: int, pseudonym_key: bytes = b""):
+                   tuning, rows_per_shard: int, pseudonym_key: bytes, max_invalid_share: float, key_source: str):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
     raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events)
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
@@ -88,7 +87,8 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
              "counts": counts, "vote_labels": vote_labels}
     if PREFERENCES in consensus:  # bradley_terry: the prompt/chosen/rejected export
         parts["preferences"] = consensus[PREFERENCES]
-    return parts | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key)
+    return parts | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key,
+                                                      max_invalid_share, key_source)
 
 
 def _read_csv_option(flag: str, path: str, parse):
@@ -212,8 +212,8 @@ def pseudonym_key(root: str | None = None) -> bytes:
         return key
     try:
         return version_store.read_root_pseudonym_key(root) or b""
-    except version_store.StoreError:
-        return b""  # an object-store root: execute_plan reports it
+    except (version_store.StoreError, OSError):
+        return b""  # an unusable root: check_output_root reports it in one line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +234,8 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
     now = now or dt.datetime.now(dt.timezone.utc)
     if config.min_votes < 1:
         raise UserError(f"--min-votes must be at least 1, got {config.min_votes}")
+    if not 0.0 <= config.max_invalid_share <= 1.0:
+        raise UserError(f"--max-invalid-share must be between 0 and 1, got {config.max_invalid_share}")
     if config.rows_per_shard < 1:
         raise UserError(f"--rows-per-shard must be at least 1, got {config.rows_per_shard}")
     options = pipeline_options(beam_args)
@@ -241,7 +243,7 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
     for flag in ("num_buckets", "chunk_events", "range_bytes"):
         if getattr(tuning, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(tuning, flag)}")
-    key = pseudonym_key()
+    key = pseudonym_key(config.output)
     method = make_method(config, options.view_as(StandardOptions).runner, key)
     # Future event times are judged against a cutoff recorded in params, not the wall clock, so a rebuild
     # with the same params accepts the same events. By default it is the start of the build's UTC day:
@@ -291,8 +293,7 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
     key = key or version_store.root_pseudonym_key(root)
     if key != plan.pseudonym_key:  # the plan was made before the root's key: weights must use this key
         method = make_method(config, plan.options.view_as(StandardOptions).runner, key)
-    # The CLI's --max-invalid-share lands in BuildConfig.max_invalid_share; until then the default.
-    max_invalid_share = getattr(config, "max_invalid_share", DEFAULT_MAX_INVALID_SHARE)
+    max_invalid_share = config.max_invalid_share
 
     build_id = uuid.uuid4().hex
     version = version_store.claim_next_version(root, dataset, owner=build_id)
@@ -303,13 +304,11 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         "schema": registry.load_schema_json(method.row_schema_file),
         "labels_source": "given" if config.labels else "inferred",
         "consensus": {"votes_taking_part": method.votes_taking_part},
-        "annotators": {"key_source": key_source},
-        "publish_gate": {"max_invalid_share": max_invalid_share},
     }
     try:
         with beam.Pipeline(options=plan.options) as pipeline:
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
-                           config.rows_per_shard, key)
+                           config.rows_per_shard, key, max_invalid_share, key_source)
     except BaseException as err:
         try:
             version_store.release_claim(root, dataset, version)  # unless it has a manifest; quarantine/<N> stays
@@ -412,7 +411,7 @@ def sample_config(args: argparse.Namespace) -> BuildConfig:
 def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {"method": args.method, "weights_path": args.weights, "gold_path": args.gold, "min_votes": args.min_votes,
             "rows_per_shard": args.rows_per_shard, "force": args.force, "em": args.em,
-            "skills_from": args.skills_from}
+            "skills_from": args.skills_from, "max_invalid_share": args.max_invalid_share}
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:

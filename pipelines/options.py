@@ -17,6 +17,7 @@ import tempfile
 from labelbeam.pipelines.errors import EXIT_CODES_HELP, UserError
 
 DEFAULT_ROWS_PER_SHARD = 1_000_000
+DEFAULT_MAX_INVALID_SHARE = 0.5  # the publish gate's default: a run that is mostly garbage publishes nothing
 DEFAULT_OUTPUT = "labelbeam-data"  # the output root of `build` without --output, and of `versions`/`show`
 # A dataset name becomes one folder under ROOT: no separators, no leading dot (".", "..", hidden) or dash.
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -81,6 +82,7 @@ class BuildConfig:
     skills_from: str | None = None
     # Events after it plus the clock-skew allowance are BAD_TIMESTAMP; default: start of the build's UTC day.
     event_time_cutoff: str | None = None
+    max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
 
     def __post_init__(self):
         check_dataset_name(self.dataset)
@@ -118,6 +120,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: auto)")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default: 1)")
+    parser.add_argument("--max-invalid-share", type=float, default=DEFAULT_MAX_INVALID_SHARE, metavar="SHARE",
+                        help="publish gate: publish nothing (exit 3) when more than this share of the events read "
+                             f"is invalid (default: {DEFAULT_MAX_INVALID_SHARE})")
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true",
                         help="publish a new version even if inputs, params and code are unchanged")

@@ -62,7 +62,6 @@ from labelbeam.transforms.storage.table_files import (
 
 COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items",
               "unknown_fields_dropped")
-DEFAULT_MAX_INVALID_SHARE = 0.5
 DECIDED_STATUSES = ("ok", "tie")
 GATE_FAILED = "publish gate failed"  # every GateError message starts with it, however a runner wraps it
 
@@ -267,8 +266,7 @@ class WriteVersionFn(beam.DoFn):
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int, pseudonym_key: bytes,
-                 with_preferences: bool = False, max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE,
-                 key_source: str = "env"):
+                 with_preferences: bool, max_invalid_share: float, key_source: str):
         super().__init__()
         self._version_dir = version_dir
         self._quarantine_dir = quarantine_dir_of(version_dir)
@@ -335,24 +333,19 @@ class PublishVersion(beam.PTransform):
     one gather instead of one per part keeps the graph small (each stage costs the runner time).
 
     `pseudonym_key` must be a non-empty secret; `key_source` ("env" | "root-key-file") says where it came
-    from. `max_invalid_share` is the publish gate's threshold. When not given, both are taken from
-    `manifest_base` (`annotators.key_source`, `publish_gate.max_invalid_share`), else "env" and 0.5.
+    from. `max_invalid_share` is the publish gate's threshold.
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int,
-                 pseudonym_key: bytes = b"", max_invalid_share: float | None = None, key_source: str | None = None):
+                 pseudonym_key: bytes, max_invalid_share: float, key_source: str):
         super().__init__()
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
         if not pseudonym_key:
             raise ValueError("pseudonym_key is empty: annotator ids would be hashed without a key; pass a secret "
                              "(LABELBEAM_PSEUDONYM_KEY or the root's key file)")
-        if max_invalid_share is None:
-            max_invalid_share = manifest_base.get("publish_gate", {}).get("max_invalid_share",
-                                                                          DEFAULT_MAX_INVALID_SHARE)
         if not 0.0 <= max_invalid_share <= 1.0:
             raise ValueError(f"max_invalid_share must be between 0 and 1, got {max_invalid_share}")
-        key_source = key_source or manifest_base.get("annotators", {}).get("key_source", "env")
         if key_source not in KEY_SOURCES:
             raise ValueError(f"key_source must be one of {', '.join(KEY_SOURCES)}, got {key_source!r}")
         self._version_dir = version_dir

@@ -31,7 +31,9 @@ PROVENANCE_FIELDS = (
 ITEM_HASH_FIELD = pa.field("item_id_hash", pa.uint32(), nullable=False)
 EVENT_SCHEMA = pa.schema(EVENT_FIELDS + (ITEM_HASH_FIELD,) + PROVENANCE_FIELDS)
 EVENT_FIELD_NAMES = tuple(f.name for f in EVENT_FIELDS)
-_EVENT_ID, _ITEM_ID = EVENT_FIELD_NAMES.index("event_id"), EVENT_FIELD_NAMES.index("item_id")
+# Where each field sits in a validated event's value tuple (the validators' output order).
+FIELD_POSITION = {name: position for position, name in enumerate(EVENT_FIELD_NAMES)}
+_EVENT_ID, _ITEM_ID = FIELD_POSITION["event_id"], FIELD_POSITION["item_id"]
 # After deduplication only what lifecycle and consensus read is kept.
 VOTE_SCHEMA = pa.schema(EVENT_FIELDS + (ITEM_HASH_FIELD,))
 
