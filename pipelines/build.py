@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import datetime as dt
 import difflib
+import json
 import logging
 import os
 import shlex
@@ -42,18 +43,21 @@ from labelbeam.schemas import registry
 from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
 from labelbeam.transforms.deduplicate import VOTES, DeduplicateEvents, ResolveLifecycle
 from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.events.conservation import (
+    GATE_FAILED,
+    GateError,
+    PublishGateError,
+    check_conservation,
+    invalid_share,
+    publish_gate,
+)
 from labelbeam.transforms.events.parser import ValidationRules
 from labelbeam.transforms.inference.annotator_stats import key_id, keyed_pseudonym
 from labelbeam.transforms.methods.base import EM_BEAM, EM_IN_PROCESS, ConsensusMethod, MethodRequest
 from labelbeam.transforms.methods.csv_inputs import read_gold_csv, read_weights_csv
 from labelbeam.transforms.methods.registry import METHODS
 from labelbeam.transforms.methods.single_label import weights_from_skills
-from labelbeam.transforms.publish import (
-    GateError,
-    PublishVersion,
-    distinct_vote_labels,
-    read_annotators,
-)
+from labelbeam.transforms.publish import PublishVersion, distinct_vote_labels, read_annotators
 from labelbeam.transforms.read import ReadEvents
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.inputs import InputError, corrupt_input_in, match_inputs
@@ -73,7 +77,7 @@ class BuildOutcome:
 
 
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
-                   tuning, rows_per_shard: int, pseudonym_key: bytes, max_invalid_share: float, key_source: str):
+                   tuning, rows_per_shard: int, pseudonym_key: bytes, key_source: str):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
     raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events)
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
@@ -88,7 +92,7 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     if PREFERENCES in consensus:  # bradley_terry: the prompt/chosen/rejected export
         parts["preferences"] = consensus[PREFERENCES]
     return parts | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key,
-                                                      max_invalid_share, key_source)
+                                                      key_source)
 
 
 def _read_csv_option(flag: str, path: str, parse):
@@ -293,7 +297,6 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
     key = key or version_store.root_pseudonym_key(root)
     if key != plan.pseudonym_key:  # the plan was made before the root's key: weights must use this key
         method = make_method(config, plan.options.view_as(StandardOptions).runner, key)
-    max_invalid_share = config.max_invalid_share
 
     build_id = uuid.uuid4().hex
     version = version_store.claim_next_version(root, dataset, owner=build_id)
@@ -308,7 +311,8 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
     try:
         with beam.Pipeline(options=plan.options) as pipeline:
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
-                           config.rows_per_shard, key, max_invalid_share, key_source)
+                           config.rows_per_shard, key, key_source)
+        manifest = publish_version(root, dataset, version, config.max_invalid_share)
     except BaseException as err:
         try:
             version_store.release_claim(root, dataset, version)  # unless it has a manifest; quarantine/<N> stays
@@ -318,11 +322,30 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         if corrupt is not None:  # found while decoding (e.g. a damaged Avro block): an input error, exit 2
             raise UserError(str(corrupt)) from None
         raise
-    manifest = version_store.read_manifest(root, dataset, version)
-    if manifest is None:
-        raise RuntimeError(f"the pipeline finished but wrote no manifest for version {version}")
     version_store.advance_latest(root, dataset, version)
     return BuildOutcome(version, True, version_dir, manifest)
+
+
+def publish_version(root: str, dataset: str, version: int, max_invalid_share: float) -> dict[str, Any]:
+    """Decide on the candidate the pipeline wrote: conservation and the publish gate, then manifest.json.
+
+    Raises ConservationError or PublishGateError (both GateErrors, exit 3) and publishes nothing then.
+    """
+    data = version_store.read_candidate(root, dataset, version)
+    if data is None:
+        raise RuntimeError(f"the pipeline finished but wrote no candidate manifest for version {version}")
+    candidate = json.loads(data)
+    counts = candidate["counts"]
+    check_conservation(counts)
+    problems = publish_gate(counts, max_invalid_share, candidate["status"])
+    quarantine = version_store.quarantine_dir(root, dataset, version)
+    if problems:
+        raise PublishGateError(f"{GATE_FAILED}, nothing published: {'; '.join(problems)}; dead letters kept in "
+                               f"quarantine at {quarantine}")
+    manifest = {**candidate, "publish_gate": {"max_invalid_share": max_invalid_share,
+                                              "invalid_share": invalid_share(counts)}}
+    version_store.publish_candidate(root, dataset, version, version_store.encode_manifest(manifest))
+    return manifest
 
 
 def run_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None = None) -> BuildOutcome:

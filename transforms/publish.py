@@ -15,10 +15,9 @@ keyed pseudonyms; an empty key is refused.
 
 Files are written whole by one worker from globally sorted rows, so the same rows always give
 byte-identical files: Parquet via pyarrow, Avro via fastavro with a sync marker derived from the
-content. All writes go through Beam FileSystems. A version is published only if the run's counts
-satisfy both conservation identities (else ConservationError, a bug) and pass the publish gate
-(`publish_gate`: usable votes, an invalid share at most `max_invalid_share`; else PublishGateError).
-Both are GateErrors; their messages start with "publish gate failed".
+content. All writes go through Beam FileSystems. The last thing written is the candidate manifest
+(`.candidate.json` in the version folder, invisible to readers): the launcher (pipelines/build.py)
+checks its counts (events/conservation.py) and, if they pass, publishes it as manifest.json.
 
 With --method bradley_terry the version also holds preferences/preferences-00000-of-00001.jsonl, the
 prompt/chosen/rejected records of transforms/preferences.py (TRL DPOTrainer's format), listed in
@@ -42,6 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from labelbeam.schemas import registry
 from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.events.conservation import sum_counts
 from labelbeam.transforms.inference import preferences as prefs
 from labelbeam.transforms.inference.annotator_stats import (
     key_id,
@@ -59,55 +59,6 @@ from labelbeam.transforms.storage.table_files import (
     shard_names,
     write_file,
 )
-
-COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items",
-              "unknown_fields_dropped")
-DECIDED_STATUSES = ("ok", "tie")
-GATE_FAILED = "publish gate failed"  # every GateError message starts with it, however a runner wraps it
-
-
-class GateError(RuntimeError):
-    """A build was refused: nothing was published (its dead letters stay in quarantine).
-
-    One message argument only: Beam re-raises a DoFn's exception as type(err)(message + context).
-    """
-
-
-class ConservationError(GateError):
-    """The run's counts do not add up: a bug lost or invented events. Nothing is published."""
-
-
-class PublishGateError(GateError):
-    """The run's data is not fit to publish (no usable votes, too many invalid events). Nothing is published."""
-
-
-def check_conservation(counts: dict[str, int]) -> None:
-    read_side = counts["valid"] + counts["invalid"] + counts["duplicates"]
-    vote_side = counts["votes"] + counts["superseded"] + counts["deleted"]
-    if counts["read"] != read_side or counts["valid"] != vote_side:
-        raise ConservationError(f"{GATE_FAILED}, nothing published: counts do not add up: {counts}")
-
-
-def publish_gate(counts: dict[str, int], max_invalid_share: float,
-                 status: dict[str, int] | None = None) -> list[str]:
-    """The reasons not to publish a run with these counts and consensus statuses (none: publish).
-
-    A run needs usable votes: counts["votes"] > 0 and, if `status` (rows per consensus status) is
-    given, some row decided (`ok` or `tie`). Its invalid share (invalid / read) may be at most
-    `max_invalid_share`.
-    """
-    problems = []
-    decided = sum((status or {}).get(name, 0) for name in DECIDED_STATUSES)
-    if counts["votes"] == 0:
-        problems.append(f"no usable votes: 0 votes among {counts['read']} events read")
-    elif status is not None and decided == 0:
-        statuses = ", ".join(f"{name} {rows}" for name, rows in sorted(status.items())) or "no rows"
-        problems.append(f"no usable votes: {counts['votes']} votes but no item has status ok or tie ({statuses})")
-    share = counts["invalid"] / counts["read"] if counts["read"] else 0.0
-    if share > max_invalid_share:
-        problems.append(f"invalid share {share:.4g} (invalid {counts['invalid']} of read {counts['read']}) "
-                        f"is above --max-invalid-share {max_invalid_share:g}")
-    return problems
 
 
 def sorted_labels(tables: list[pa.Table]) -> pa.Table:
@@ -183,14 +134,6 @@ def union_of_label_lists(label_lists: Iterable[list[str]]) -> list[str]:
     return sorted(set().union(*label_lists))
 
 
-def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
-    total = {key: 0 for key in COUNT_KEYS}
-    for part in parts:
-        for key, value in part.items():
-            total[key] = total.get(key, 0) + value
-    return total
-
-
 LABELS, ANNOTATOR_STATS, DEAD_LETTERS, COUNTS, VOTE_LABELS, PREFERENCES = (
     "labels", "annotator_stats", "dead_letters", "counts", "vote_labels", "preferences")
 ANNOTATORS_FILE = f"{version_store.ANNOTATORS_TABLE}/annotators-00000-of-00001.parquet"
@@ -257,16 +200,16 @@ def read_annotators(version_dir: str, manifest: dict[str, Any]) -> pa.Table:
 
 
 class WriteVersionFn(beam.DoFn):
-    """All parts of a version, gathered as (kind, value) pairs -> quarantined dead letters, its files, then
-    manifest.json.
+    """All parts of a version, gathered as (kind, value) pairs -> quarantined dead letters, the version's
+    tables, and the candidate manifest (version_store.CANDIDATE) that the launcher publishes or refuses.
 
-    Dead letters are quarantined first, so a refused build keeps them. Then conservation and the publish
-    gate are checked (GateError: nothing else is written). The manifest is written last, atomically and
-    create-only; a retried bundle writes the same bytes, and finding its own manifest is fine.
+    Nothing here decides whether the version is published: the launcher checks conservation and the
+    publish gate on the candidate's counts, then writes manifest.json. A retried bundle writes the same
+    bytes to the same paths.
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int, pseudonym_key: bytes,
-                 with_preferences: bool, max_invalid_share: float, key_source: str):
+                 with_preferences: bool, key_source: str):
         super().__init__()
         self._version_dir = version_dir
         self._quarantine_dir = quarantine_dir_of(version_dir)
@@ -274,7 +217,6 @@ class WriteVersionFn(beam.DoFn):
         self._rows_per_shard = rows_per_shard
         self._pseudonym_key = pseudonym_key
         self._with_preferences = with_preferences
-        self._max_invalid_share = max_invalid_share
         self._key_source = key_source
 
     def process(self, parts: list[tuple[str, Any]]):
@@ -285,12 +227,7 @@ class WriteVersionFn(beam.DoFn):
         _, dead_letters = quarantine_dead_letters(self._quarantine_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
         labels = sorted_labels(by_kind[LABELS])
         counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
-        check_conservation(counts)
         summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
-        problems = publish_gate(counts, self._max_invalid_share, summary["status"])
-        if problems:
-            raise PublishGateError(f"{GATE_FAILED}, nothing published: {'; '.join(problems)}; "
-                                   f"dead letters kept in quarantine at {self._quarantine_dir}")
         annotators_entry, annotators = write_annotators(self._version_dir, by_kind[ANNOTATOR_STATS],
                                                         self._pseudonym_key, self._key_source)
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard, self._manifest_base["schema"]) + \
@@ -305,20 +242,12 @@ class WriteVersionFn(beam.DoFn):
             "files": [entry.to_json() for entry in sorted(files)],
             "labels": summary["labels"],
             "status": summary["status"],
-            "annotators": {**self._manifest_base.get("annotators", {}), **annotators},
+            "annotators": annotators,
             "dead_letters": dead_letters,
-            "publish_gate": {"max_invalid_share": self._max_invalid_share,
-                             "invalid_share": counts["invalid"] / counts["read"] if counts["read"] else 0.0},
             "consensus": {**self._manifest_base.get("consensus", {}), **vote_use(labels, counts)},
             **extra,
         }
-        data = version_store.encode_manifest(manifest)
-        path = FileSystems.join(self._version_dir, version_store.MANIFEST)
-        try:
-            version_store.create_only(path, data)
-        except version_store.AlreadyExists:
-            if version_store.read_bytes(path) != data:
-                raise
+        write_file(self._version_dir, version_store.CANDIDATE, version_store.encode_manifest(manifest), 1)
         yield manifest
 
 
@@ -333,26 +262,23 @@ class PublishVersion(beam.PTransform):
     one gather instead of one per part keeps the graph small (each stage costs the runner time).
 
     `pseudonym_key` must be a non-empty secret; `key_source` ("env" | "root-key-file") says where it came
-    from. `max_invalid_share` is the publish gate's threshold.
+    from.
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int,
-                 pseudonym_key: bytes, max_invalid_share: float, key_source: str):
+                 pseudonym_key: bytes, key_source: str):
         super().__init__()
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
         if not pseudonym_key:
             raise ValueError("pseudonym_key is empty: annotator ids would be hashed without a key; pass a secret "
                              "(LABELBEAM_PSEUDONYM_KEY or the root's key file)")
-        if not 0.0 <= max_invalid_share <= 1.0:
-            raise ValueError(f"max_invalid_share must be between 0 and 1, got {max_invalid_share}")
         if key_source not in KEY_SOURCES:
             raise ValueError(f"key_source must be one of {', '.join(KEY_SOURCES)}, got {key_source!r}")
         self._version_dir = version_dir
         self._manifest_base = manifest_base
         self._rows_per_shard = rows_per_shard
         self._pseudonym_key = pseudonym_key
-        self._max_invalid_share = max_invalid_share
         self._key_source = key_source
 
     def expand(self, inputs):
@@ -371,5 +297,4 @@ class PublishVersion(beam.PTransform):
                 | "GatherParts" >> beam.combiners.ToList()
                 | "WriteVersion" >> beam.ParDo(
                     WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard,
-                                   self._pseudonym_key, with_preferences, self._max_invalid_share,
-                                   self._key_source)))
+                                   self._pseudonym_key, with_preferences, self._key_source)))

@@ -21,8 +21,8 @@ from event_builders import DATASET, NOW_MS, event, lines
 from labelbeam.pipelines.build import PSEUDONYM_KEY_VARIABLE, run_build
 from labelbeam.pipelines.generate import write_sample
 from labelbeam.pipelines.options import BuildConfig
+from labelbeam.transforms.events.conservation import GateError, PublishGateError
 from labelbeam.transforms.inference.annotator_stats import key_id
-from labelbeam.transforms.publish import GateError, PublishGateError
 from labelbeam.transforms.storage import version_store
 
 BEAM_ARGS = ["--runner=FnApiRunner"]

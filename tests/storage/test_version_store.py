@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from labelbeam.transforms.publish import (
+from labelbeam.transforms.events.conservation import (
     ConservationError,
     GateError,
     PublishGateError,

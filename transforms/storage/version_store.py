@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 MANIFEST = "manifest.json"
 CLAIM = ".claim"
+CANDIDATE = ".candidate.json"  # the manifest a pipeline proposes; the launcher publishes or refuses it
 LATEST = "_latest"
 QUARANTINE = "quarantine"
 ROOT_KEY_FILE = ".labelbeam/pseudonym.key"
@@ -186,6 +187,30 @@ def read_manifest(root: str, dataset: str, version: int) -> dict[str, Any] | Non
     if not isinstance(manifest, dict):
         raise BrokenManifest(f"{path} is not a JSON object")
     return manifest
+
+
+def read_candidate(root: str, dataset: str, version: int) -> bytes | None:
+    """The candidate manifest a build's pipeline wrote for `version`, as bytes (None if it wrote none)."""
+    return read_bytes(os.path.join(version_dir(root, dataset, version), CANDIDATE))
+
+
+def publish_candidate(root: str, dataset: str, version: int, data: bytes) -> None:
+    """Publish `version`: its manifest.json, created atomically and only if absent, then drop the candidate.
+
+    A manifest already there with the same bytes is this build's own, written before a crash or by a
+    retry: fine. Different bytes raise AlreadyExists.
+    """
+    directory = version_dir(root, dataset, version)
+    path = os.path.join(directory, MANIFEST)
+    try:
+        create_only(path, data)
+    except AlreadyExists:
+        if read_bytes(path) != data:
+            raise
+    try:
+        os.unlink(os.path.join(_local(directory), CANDIDATE))
+    except FileNotFoundError:
+        pass
 
 
 def release_claim(root: str, dataset: str, version: int) -> bool:
