@@ -60,7 +60,9 @@ from labelbeam.transforms.methods.single_label import weights_from_skills
 from labelbeam.transforms.publish import PublishVersion, distinct_vote_labels, read_annotators
 from labelbeam.transforms.read import ReadEvents
 from labelbeam.transforms.storage import version_store
+from labelbeam.transforms.storage.dataset_card import CARD_FILE, dataset_card
 from labelbeam.transforms.storage.inputs import InputError, corrupt_input_in, match_inputs
+from labelbeam.transforms.storage.table_files import write_file
 from labelbeam.transforms.validate import ValidateEvents
 
 SAMPLE_DIR = "labelbeam-sample"
@@ -172,7 +174,7 @@ def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""
 
 
 APP_FLAGS = ("--input", "--output", "--dataset", "--labels", "--method", "--weights", "--gold", "--min-votes",
-             "--force", "--em", "--skills-from")
+             "--force", "--em", "--skills-from", "--as-of", "--max-invalid-share")
 
 
 def reject_unknown_flags(beam_args: list[str]) -> None:
@@ -252,13 +254,18 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
     # Future event times are judged against a cutoff recorded in params, not the wall clock, so a rebuild
     # with the same params accepts the same events. By default it is the start of the build's UTC day:
     # builds of the same inputs on one day are up to date with each other.
-    cutoff = config.event_time_cutoff or ValidationRules.day_cutoff(now)
+    labels = frozenset(config.labels) if config.labels else None
     try:
-        rules = ValidationRules.with_cutoff(config.dataset, cutoff, frozenset(config.labels) if config.labels else None)
+        if config.as_of:  # a snapshot: no allowance past it
+            rules = ValidationRules.as_of(config.dataset, config.as_of, labels)
+        else:
+            rules = ValidationRules.with_cutoff(config.dataset, config.event_time_cutoff or
+                                                ValidationRules.day_cutoff(now), labels)
     except ValueError as err:
-        raise UserError(f"event_time_cutoff: {err}") from None
+        raise UserError(f"{'--as-of' if config.as_of else 'event_time_cutoff'}: {err}") from None
     params = {**method.params(), "labels": list(config.labels) if config.labels else None,
-              "rows_per_shard": config.rows_per_shard, "event_time_cutoff": rules.event_time_cutoff}
+              "rows_per_shard": config.rows_per_shard, "event_time_cutoff": rules.event_time_cutoff,
+              "as_of": rules.event_time_cutoff if config.as_of else None}
     return BuildPlan(config, options, tuning, method, rules, params, key, now)
 
 
@@ -344,6 +351,9 @@ def publish_version(root: str, dataset: str, version: int, max_invalid_share: fl
                                f"quarantine at {quarantine}")
     manifest = {**candidate, "publish_gate": {"max_invalid_share": max_invalid_share,
                                               "invalid_share": invalid_share(counts)}}
+    card = write_file(version_store.version_dir(root, dataset, version), CARD_FILE,
+                      dataset_card(manifest).encode("utf-8"), 0)
+    manifest["files"] = sorted([*manifest["files"], card.to_json()], key=lambda entry: entry["path"])
     version_store.publish_candidate(root, dataset, version, version_store.encode_manifest(manifest))
     return manifest
 
@@ -380,6 +390,9 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
                      f"params and code ({version_dir}); --force publishes anyway")
     lines.append("  read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(**counts))
     lines.append("  valid {valid} = votes {votes} + superseded {superseded} + deleted {deleted}".format(**counts))
+    if counts.get("after_as_of"):
+        lines.append(f"  after --as-of {outcome.manifest['params']['as_of']}: {counts['after_as_of']} events stamped "
+                     "later, left out of this snapshot")
     status = ", ".join(f"{k} {v}" for k, v in outcome.manifest.get("status", {}).items())
     lines.append(f"  items {counts['items']} ({status}); method {outcome.manifest['params']['method']}")
     use = outcome.manifest.get("consensus", {})
@@ -434,7 +447,7 @@ def sample_config(args: argparse.Namespace) -> BuildConfig:
 def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {"method": args.method, "weights_path": args.weights, "gold_path": args.gold, "min_votes": args.min_votes,
             "rows_per_shard": args.rows_per_shard, "force": args.force, "em": args.em,
-            "skills_from": args.skills_from, "max_invalid_share": args.max_invalid_share}
+            "skills_from": args.skills_from, "max_invalid_share": args.max_invalid_share, "as_of": args.as_of}
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:

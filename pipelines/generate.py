@@ -187,7 +187,7 @@ def _expected_counts(n_votes: int, has_draft: np.ndarray, has_delete: np.ndarray
         "duplicates": n_duplicates,
         # A deleted vote's UPSERT (and its draft) are superseded by the DELETE that wins.
         "superseded": drafts + deletes, "deleted": deletes, "votes": n_votes - deletes,
-        "items": n_items_with_votes, "unknown_fields_dropped": 0,
+        "items": n_items_with_votes, "unknown_fields_dropped": 0, "after_as_of": 0,
         "invalid_by_reason": dict(sorted(invalid_by_reason.items())),
     }
 

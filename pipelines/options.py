@@ -83,6 +83,7 @@ class BuildConfig:
     # Events after it plus the clock-skew allowance are BAD_TIMESTAMP; default: start of the build's UTC day.
     event_time_cutoff: str | None = None
     max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
+    as_of: str | None = None  # an as-of snapshot: events stamped after it are left out (ISO 8601)
 
     def __post_init__(self):
         check_dataset_name(self.dataset)
@@ -120,6 +121,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: auto)")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default: 1)")
+    parser.add_argument("--as-of", metavar="ISO8601",
+                        help="build the snapshot as of this time (e.g. 2026-11-30T00:00:00Z): events stamped after "
+                             "it are left out and counted as after_as_of, so a nightly build of one day publishes "
+                             "the same whenever it runs (default: no snapshot; events up to two days past the "
+                             "start of today are accepted)")
     parser.add_argument("--max-invalid-share", type=float, default=DEFAULT_MAX_INVALID_SHARE, metavar="SHARE",
                         help="publish gate: publish nothing (exit 3) when more than this share of the events read "
                              f"is invalid (default: {DEFAULT_MAX_INVALID_SHARE})")

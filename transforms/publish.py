@@ -114,11 +114,20 @@ def quarantine_dead_letters(quarantine_dir: str, batches: list[pa.RecordBatch],
 
 
 def label_summary(labels: pa.Table, vote_labels: list[str]) -> dict[str, Any]:
+    """Items, the label set, rows per status and per consensus label, and the mean per-item agreement.
+
+    `labels` is sorted by item_id, so the agreement sum runs in one fixed order (same bits every run).
+    """
     statuses = labels.column("status").value_counts().to_pylist()
+    chosen = labels.column("label").drop_null().value_counts().to_pylist()
+    agreement = labels.column("agreement").drop_null()
     return {
         "items": labels.num_rows,
         "labels": sorted(vote_labels),
         "status": {entry["values"]: entry["counts"] for entry in sorted(statuses, key=lambda e: e["values"])},
+        "label_distribution": {entry["values"]: entry["counts"] for entry in sorted(chosen, key=lambda e: e["values"])},
+        "agreement": {"mean": float(sum(agreement.to_pylist()) / len(agreement)) if len(agreement) else None,
+                      "items": len(agreement)},
     }
 
 
@@ -242,6 +251,8 @@ class WriteVersionFn(beam.DoFn):
             "files": [entry.to_json() for entry in sorted(files)],
             "labels": summary["labels"],
             "status": summary["status"],
+            "label_distribution": summary["label_distribution"],
+            "agreement": summary["agreement"],
             "annotators": annotators,
             "dead_letters": dead_letters,
             "consensus": {**self._manifest_base.get("consensus", {}), **vote_use(labels, counts)},

@@ -19,6 +19,7 @@ from labelbeam.transforms.events.parser import EventParser, ValidationRules
 from labelbeam.transforms.events.raw_chunks import RawChunk
 
 UNKNOWN_FIELDS_DROPPED = "unknown_fields_dropped"
+AFTER_AS_OF_COUNT = "after_as_of"
 
 
 class ParseEventsFn(beam.DoFn):
@@ -34,12 +35,15 @@ class ParseEventsFn(beam.DoFn):
 
     def process(self, chunk: RawChunk):
         with gc_paused():
-            columns, dead, unknown_fields_dropped = self._parser.parse_chunk_with_counts(chunk)
+            columns, dead, unknown_fields_dropped, after_as_of = self._parser.parse_chunk_with_counts(chunk)
             batch = columns.to_record_batch() if len(columns) else None
             del columns  # free the parsed rows before the collector runs again
         self._read.inc(len(chunk))
         self._rejected.inc(len(dead))
-        counts = {"read": len(chunk), "invalid": len(dead)}
+        # Events after an as-of time are outside the snapshot: not read by this build, counted apart.
+        counts = {"read": len(chunk) - after_as_of, "invalid": len(dead)}
+        if after_as_of:
+            counts[AFTER_AS_OF_COUNT] = after_as_of
         if unknown_fields_dropped:
             counts[UNKNOWN_FIELDS_DROPPED] = unknown_fields_dropped
         yield pvalue.TaggedOutput(dl.COUNTS, counts)

@@ -46,7 +46,8 @@ def check_counts(outcome, events: list[dict], votes: int, items: int):
     counts = outcome.manifest["counts"]
     assert counts["read"] == len(events) + 2
     assert counts == {"read": len(events) + 2, "valid": len(events), "invalid": 1, "duplicates": 1, "superseded": 2,
-                      "deleted": 1, "votes": votes, "items": items, "unknown_fields_dropped": 0}
+                      "deleted": 1, "votes": votes, "items": items, "unknown_fields_dropped": 0,
+                      "after_as_of": 0}
     assert counts["read"] == counts["valid"] + counts["invalid"] + counts["duplicates"]
     assert counts["valid"] == counts["votes"] + counts["superseded"] + counts["deleted"]
 

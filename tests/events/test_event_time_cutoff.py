@@ -4,7 +4,7 @@ import datetime as dt
 
 import orjson
 import pytest
-from event_builders import v1_event
+from event_builders import chunk, event, v1_event
 
 from labelbeam.pipelines.build import BuildConfig, plan_build
 from labelbeam.pipelines.errors import UserError
@@ -111,3 +111,16 @@ def test_accepted_values_do_not_depend_on_the_cutoff_within_the_allowance():
     late = EventParser(ValidationRules.at("pets", MIDNIGHT_MS + 10 * CLOCK_SKEW_MS)).parse_one(
         payload, None, None, "json")
     assert isinstance(early, Accepted) and early == late
+
+
+def test_an_as_of_snapshot_takes_events_up_to_its_time_and_counts_later_ones_apart():
+    rules = ValidationRules.as_of("pets", "2026-03-01T00:00:00Z")
+    as_of_ms = rules.as_of_ms
+    events = [event("at", time_ms=as_of_ms), event("after", time_ms=as_of_ms + 1),
+              event("after-bad-label", time_ms=as_of_ms + 5, label=""),   # judged by a later build, not this one
+              event("before-bad", time_ms=as_of_ms - 1, label="")]
+    parsed = EventParser(rules).parse_chunk_with_counts(chunk(events))
+    assert [row[0] for row in parsed.columns.rows] == ["at"]
+    assert [letter.event_id for letter in parsed.dead] == ["before-bad"]
+    assert parsed.after_as_of == 2
+    assert rules.event_time_cutoff == "2026-03-01T00:00:00Z"

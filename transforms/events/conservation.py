@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 COUNT_KEYS = ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items",
-              "unknown_fields_dropped")
+              "unknown_fields_dropped", "after_as_of")
 DECIDED_STATUSES = ("ok", "tie")
 GATE_FAILED = "publish gate failed"  # every GateError message starts with it
 

@@ -72,10 +72,15 @@ class ValidationRules:
     max_event_time_ms: int
     labels: frozenset[str] | None = None  # None: any label (the set is inferred and recorded)
     min_event_time_ms: int = MIN_EVENT_TIME_MS
+    # An as-of snapshot: schema-valid events stamped after this are outside it (counted as after_as_of,
+    # neither read nor dead-lettered), and max_event_time_ms equals it.
+    as_of_ms: int | None = None
 
     def __post_init__(self):
         if not self.dataset:
             raise ValueError("ValidationRules needs a non-empty dataset name")
+        if self.as_of_ms is not None and self.max_event_time_ms != self.as_of_ms:
+            raise ValueError("an as-of snapshot accepts events up to its as-of time exactly")
         if self.labels is not None and "" in self.labels:
             raise ValueError("a label set cannot hold the empty label: an empty label is always MISSING_FIELD")
 
@@ -90,9 +95,17 @@ class ValidationRules:
         """Rules for an ISO 8601 cutoff, as a build's params record it; ValueError if it does not parse."""
         return cls.at(dataset, parse_event_time_cutoff(event_time_cutoff), labels)
 
+    @classmethod
+    def as_of(cls, dataset: str, as_of: str, labels: frozenset[str] | None = None) -> ValidationRules:
+        """Rules of an as-of snapshot (ISO 8601): events stamped after it are left for later builds."""
+        as_of_ms = parse_event_time_cutoff(as_of)
+        return cls(dataset=dataset, max_event_time_ms=as_of_ms, labels=labels, as_of_ms=as_of_ms)
+
     @property
     def event_time_cutoff(self) -> str:
         """The cutoff in normal form (ISO 8601, UTC), the form a build's params record."""
+        if self.as_of_ms is not None:
+            return format_event_time_cutoff(self.as_of_ms)
         return format_event_time_cutoff(self.max_event_time_ms - CLOCK_SKEW_MS)
 
     day_cutoff = staticmethod(day_event_time_cutoff)  # the default cutoff of a build started at `now`
@@ -124,7 +137,7 @@ class EventParser:
     def parse_chunk_with_counts(self, chunk: RawChunk) -> ParsedChunk:
         """parse_chunk, and how many valid events had fields no event schema defines (ignored, as Avro
         resolution ignores them)."""
-        columns, dead, unknown_fields_dropped = EventColumns(chunk.source, chunk.raw_format), [], 0
+        columns, dead, unknown_fields_dropped, after_as_of = EventColumns(chunk.source, chunk.raw_format), [], 0, 0
         # The hot loop: the happy path inline; anything unusual goes to parse_one, which decides
         # the precise reason. Both paths accept exactly the same events (see the fuzz tests).
         loads, accepts, validators = orjson.loads, self._accepts, self._validate_by_version
@@ -156,7 +169,9 @@ class EventParser:
                 add_item_hash(crc32(values[item_id_at].encode()))
                 continue
             result = self.parse_one(payload, obj, version, chunk.raw_format)
-            if isinstance(result, Rejected):
+            if result is AFTER_AS_OF:
+                after_as_of += 1
+            elif isinstance(result, Rejected):
                 raw = payload if is_json else avro_datum(chunk.writer_schema, payload)
                 dead.append(dl.DeadLetter(result.reason, result.detail, raw, chunk.raw_format,
                                           result.schema_version, chunk.source, offset,
@@ -166,7 +181,7 @@ class EventParser:
                 unknown_fields_dropped += bool(result.unknown_fields)
         if writer_has_unknown_fields:  # every record of the file has the writer's extra fields
             unknown_fields_dropped = len(columns)
-        return ParsedChunk(columns, dead, unknown_fields_dropped)
+        return ParsedChunk(columns, dead, unknown_fields_dropped, after_as_of)
 
     def _avro_objects(self, chunk: RawChunk) -> tuple[Iterator[tuple[Any, int | None]], bool]:
         """(record or _Unresolvable, version) per record, and whether the writer schema has fields that
@@ -184,7 +199,8 @@ class EventParser:
             return zip(chunk.records, itertools.repeat(latest)), False
         return (({k: v for k, v in record.items() if k in known}, latest) for record in chunk.records), True
 
-    def parse_one(self, payload: bytes, obj: Any, version: int | None, raw_format: str) -> Accepted | Rejected:
+    def parse_one(self, payload: bytes, obj: Any, version: int | None,
+                  raw_format: str) -> Accepted | Rejected | AfterAsOf:
         """Accepted(values, version, unknown fields ignored) for a valid event, else Rejected(reason,
         detail, version tried). For JSON `payload` is parsed; for Avro `obj` is the decoded record."""
         if raw_format == "json":
@@ -204,6 +220,9 @@ class EventParser:
             values, unknown_fields = self._validators[version].resolve(obj)
         except SchemaViolation as err:
             return Rejected(err.reason, str(err), version)
+        as_of_ms = self.rules.as_of_ms
+        if as_of_ms is not None and values[self._index["event_time"]] > as_of_ms:
+            return AFTER_AS_OF  # outside the snapshot whatever else it holds: a later build judges it
         problem = self._semantic_problem(values)
         if problem is not None:
             return Rejected(*problem, version)
@@ -288,6 +307,14 @@ class ParsedChunk(NamedTuple):
     columns: EventColumns
     dead: list[dl.DeadLetter]
     unknown_fields_dropped: int  # valid events that had at least one unknown field
+    after_as_of: int = 0         # schema-valid events stamped after the as-of time: not in this snapshot
+
+
+class AfterAsOf(NamedTuple):
+    """parse_one's verdict on an event stamped after an as-of snapshot's time."""
+
+
+AFTER_AS_OF = AfterAsOf()
 
 
 def _event_id_of(obj: Any, payload: bytes, raw_format: str) -> str | None:
