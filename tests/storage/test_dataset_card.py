@@ -1,0 +1,44 @@
+"""The dataset card: a YAML header that loaders read, the facts of the manifest, no clock reading."""
+import yaml
+
+from labelbeam.transforms.storage.dataset_card import dataset_card
+
+MANIFEST = {
+    "dataset": "pets", "version": 3, "created_at": "2026-11-30T12:00:00+00:00", "code_version": "0.1.0+abc",
+    "counts": {"read": 10, "valid": 8, "invalid": 1, "duplicates": 1, "superseded": 1, "deleted": 1, "votes": 6,
+               "items": 3},
+    "params": {"method": "ds", "min_votes": 1},
+    "inputs": [{"path": "a.jsonl", "bytes": 100}, {"path": "b.avro", "bytes": 50}],
+    "files": [{"path": "labels/labels-00000-of-00001.parquet"}, {"path": "annotators/annotators-00000-of-00001.parquet"},
+              {"path": "labels_avro/labels-00000-of-00001.avro"}],
+    "label_distribution": {"cat": 2, "dog": 1}, "status": {"ok": 2, "tie": 1},
+    "agreement": {"mean": 0.75, "items": 2}, "annotators": {"rows": 4}, "dead_letters": {"rows": 1},
+}
+
+
+def header_of(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_header_names_one_config_per_parquet_table():
+    header = header_of(dataset_card(MANIFEST))
+    assert header["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "labels/*.parquet"}]},
+        {"config_name": "annotators", "data_files": [{"split": "train", "path": "annotators/*.parquet"}]}]
+    assert "labelbeam" in header["tags"]
+
+
+def test_card_gives_counts_labels_method_agreement_and_credit():
+    card = dataset_card(MANIFEST)
+    assert "| read | 10 |" in card and "| items | 3 |" in card
+    assert "| cat | 2 |" in card and "| dog | 1 |" in card
+    assert "`ds`" in card and "0.7500 over 2 items" in card
+    assert "4 annotators made the votes" in card
+    assert "2 files, 150 bytes" in card
+
+
+def test_card_has_no_clock_reading_so_rebuilds_write_the_same_bytes():
+    card = dataset_card(MANIFEST)
+    assert "2026-11-30T12:00" not in card
+    assert dataset_card({**MANIFEST, "created_at": "2030-01-01T00:00:00+00:00"}) == card
