@@ -296,7 +296,7 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         manifest = version_store.read_manifest(root, dataset, newest)
         if manifest and (manifest["inputs"], manifest["params"], manifest["code_version"]) == \
                 (inputs, plan.params, version_code):
-            version_store.advance_latest(root, dataset, newest)
+            version_store.advance_latest(root, dataset, newest, published=False)  # a chosen pointer stays
             return BuildOutcome(newest, False, version_store.version_dir(root, dataset, newest), manifest)
 
     key = pseudonym_key()

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from labelbeam.pipelines import catalog, generate
 from labelbeam.pipelines.errors import guarded  # before anything imports apache_beam (hide_apitools_warning)
+
+# isort: split
+from labelbeam.pipelines import catalog, generate, inspect
+from labelbeam.pipelines.errors import EXIT_CODES_HELP
 from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments
 
 
@@ -44,6 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd = commands.add_parser("show", help="summarize one version's manifest")
     catalog.add_catalog_arguments(show_cmd, with_version=True)
     show_cmd.set_defaults(command=catalog.run_show)
+
+    diff_cmd = commands.add_parser("diff", help="compare two versions: items, labels, confidence, counts")
+    inspect.add_diff_arguments(diff_cmd)
+    diff_cmd.set_defaults(command=inspect.run_diff)
+
+    verify_cmd = commands.add_parser("verify", help="check sha256, bytes and rows of a version's files (exit 4: "
+                                     "a mismatch)", epilog=EXIT_CODES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    inspect.add_verify_arguments(verify_cmd)
+    verify_cmd.set_defaults(command=inspect.run_verify)
+
+    rollback_cmd = commands.add_parser("rollback", help="point _latest back at an older complete version")
+    inspect.add_move_arguments(rollback_cmd)
+    rollback_cmd.set_defaults(command=inspect.run_rollback)
+
+    promote_cmd = commands.add_parser("promote", help="point _latest at any complete version")
+    inspect.add_move_arguments(promote_cmd)
+    promote_cmd.set_defaults(command=inspect.run_promote)
+
+    gc_cmd = commands.add_parser("gc", help="remove files under versions/ that no manifest references")
+    inspect.add_gc_arguments(gc_cmd)
+    gc_cmd.set_defaults(command=inspect.run_gc)
     return parser
 
 

@@ -15,6 +15,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1          # the job failed: a bug or the runner; the traceback is kept
 EXIT_USAGE = 2           # bad arguments or inputs: one line, no traceback
 EXIT_PUBLISH_GATE = 3    # a publish gate refused the version: nothing published
+EXIT_VERIFY_FAILED = 4   # `verify` found a file that does not match its manifest
 EXIT_INTERRUPTED = 130   # Ctrl-C (128 + SIGINT)
 
 EXIT_CODES_HELP = f"""exit codes:
@@ -22,6 +23,7 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_FAILED:<4} job failed (traceback kept)
   {EXIT_USAGE:<4} usage or input error (one line, no traceback)
   {EXIT_PUBLISH_GATE:<4} publish gate failed (nothing published)
+  {EXIT_VERIFY_FAILED:<4} verify found files that do not match their manifest
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)"""
 
 

@@ -15,6 +15,7 @@ from labelbeam.transforms.events.conservation import (
     publish_gate,
 )
 from labelbeam.transforms.storage import version_store as store
+from labelbeam.transforms.storage.stores import LocalStore
 from labelbeam.transforms.storage.table_files import num_shards_for, shard_names
 
 
@@ -82,33 +83,41 @@ def test_shard_names_follow_the_layout():
 
 # Manifests are written atomically: a crash mid-write leaves no manifest.json, never a partial one.
 
-def half_then_fail(stream, data):
-    """A fault-injecting writer: writes half the bytes, then the process 'crashes'."""
-    stream.write(data[: len(data) // 2])
-    stream.flush()
-    raise OSError("injected fault: disk gone mid-write")
+class FailBefore:
+    """A fault: the step that would make `op` take effect fails (the bytes are written, not yet linked)."""
+
+    def __init__(self, op: str):
+        self.op = op
+
+    def before(self, op, path):
+        if op == self.op:
+            raise OSError("injected fault: disk gone before the manifest landed")
+
+    def after(self, op, path):
+        pass
 
 
-def test_a_write_that_fails_midway_leaves_no_manifest_and_no_temporary_file(tmp_path):
+def test_a_write_that_fails_before_it_lands_leaves_no_manifest_and_nothing_visible(tmp_path):
     path = tmp_path / "ds" / "versions" / "1" / store.MANIFEST
     with pytest.raises(OSError, match="injected fault"):
-        store.create_only(str(path), b'{"version": 1}\n' * 100, write=half_then_fail)
+        LocalStore(faults=FailBefore("create_only")).create_only(str(path), b'{"version": 1}\n' * 100)
     assert not path.exists()
-    assert list(path.parent.iterdir()) == []
+    assert LocalStore().list(str(path.parent)) == []
     store.create_only(str(path), b"whole")  # the name is still free
     assert path.read_bytes() == b"whole"
 
 
 CRASHING_WRITER = """
 import os, sys
-from labelbeam.transforms.storage import version_store as store
+from labelbeam.transforms.storage.stores import LocalStore
 
-def crash(stream, data):
-    stream.write(data[: len(data) // 2])
-    stream.flush()
-    os._exit(9)  # the process dies here: no except, no finally, no cleanup
+class Crash:
+    def before(self, op, path):
+        os._exit(9)  # the process dies with the bytes written but not linked: no except, no cleanup
+    def after(self, op, path):
+        pass
 
-store.create_only(sys.argv[1], b'{"version": 1}\\n' * 100, write=crash)
+LocalStore(faults=Crash()).create_only(sys.argv[1], b'{"version": 1}\\n' * 100)
 """
 
 
@@ -122,9 +131,9 @@ def test_a_process_killed_while_writing_a_manifest_leaves_no_manifest(tmp_path):
     assert path.read_bytes() == b"{}"
 
 
-def test_create_only_sets_the_requested_mode(tmp_path):
+def test_create_only_private_is_readable_by_the_owner_only(tmp_path):
     path = tmp_path / "secret"
-    store.create_only(str(path), b"k", mode=0o600)
+    store.create_only(str(path), b"k", private=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 

@@ -1,6 +1,7 @@
 """The dataset card of a version: README.md with a Hugging Face-style YAML header, made from its manifest.
 
-The card holds no clock reading (no created_at), so a rebuild from the manifest writes the same bytes.
+The card holds no clock reading (no created_at) and no version number (the folder's name and the
+manifest say it), so the same inputs, params and code give the same bytes, as every other file.
 It tells what the version is (counts, label distribution, method, agreement, provenance) and how to load
 it, and credits the annotators whose work it is, by count only.
 """
@@ -20,18 +21,18 @@ def _yaml_string(value: str) -> str:
 def dataset_card(manifest: dict[str, Any]) -> str:
     """README.md text of the version `manifest` describes (its `files` may still lack the card itself)."""
     counts, params = manifest["counts"], manifest["params"]
-    dataset, version = manifest["dataset"], manifest["version"]
+    dataset = manifest["dataset"]
     distribution = manifest.get("label_distribution", {})
     agreement = manifest.get("agreement", {})
     annotators = manifest.get("annotators", {})
     tables = [name for name in TABLE_GLOBS if any(entry["path"].startswith(name + "/") for entry in manifest["files"])]
-    header = ["---", f"pretty_name: {_yaml_string(f'{dataset} (labelbeam version {version})')}",
+    header = ["---", f"pretty_name: {_yaml_string(dataset)}",
               "tags:", "- labelbeam", "- crowdsourcing", "- consensus-labels", "configs:"]
     for table in tables:
         header += [f"- config_name: {'default' if table == 'labels' else table}", "  data_files:",
                    "  - split: train", f"    path: {_yaml_string(TABLE_GLOBS[table])}"]
     header.append("---")
-    lines = [f"# {dataset}, version {version}", "",
+    lines = [f"# {dataset}", "",
              f"Consensus labels of {counts['items']} items, aggregated by labelbeam from {counts['votes']} standing "
              f"votes with the method `{params['method']}`.", ""]
     lines += ["## Counts", "", "| count | value |", "|---|---|"]

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from labelbeam.transforms.storage.stores import GCS_SCHEME, store_for
+
 AVRO_MAGIC = b"Obj\x01"
 AVRO_SYNC_SIZE = 16  # bytes of an Avro container file's sync marker
 READ_BYTES = 1 << 20
@@ -81,13 +83,23 @@ def _causes(err: BaseException | None) -> Iterator[BaseException]:
 
 @dataclasses.dataclass(frozen=True)
 class InputFile:
+    """One input file and its fingerprint: what a rebuild or an up-to-date check compares.
+
+    Local files are fingerprinted by their sha256 (read once, with the integrity checks). Objects in a
+    store that keeps digests and generations (gs://) are fingerprinted from that metadata instead, so
+    the launcher never downloads them before the job starts; their damage is found while reading.
+    """
     path: str
     size_bytes: int
-    raw_format: str  # "json" | "avro"
-    sha256: str
+    raw_format: str                 # "json" | "avro"
+    sha256: str | None = None       # local files
+    object_fingerprint: tuple[tuple[str, str | int], ...] = ()  # gs://: generation, crc32c, md5
 
     def manifest_entry(self) -> dict:
-        return {"path": self.path, "bytes": self.size_bytes, "sha256": self.sha256, "format": self.raw_format}
+        entry = {"path": self.path, "bytes": self.size_bytes, "format": self.raw_format}
+        if self.sha256 is not None:
+            return {**entry, "sha256": self.sha256}
+        return {**entry, "fingerprint": "object-metadata", **dict(self.object_fingerprint)}
 
 
 def _is_dir(pattern: str) -> bool:
@@ -115,7 +127,21 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
                 raise InputError(f"no file matches {pattern}")
         for metadata in found:
             paths[_canonical(metadata.path)] = metadata.size_in_bytes
-    return [_describe(path, size) for path, size in sorted(paths.items())]
+    return [_describe_object(path, size) if path.startswith(GCS_SCHEME) else _describe(path, size)
+            for path, size in sorted(paths.items())]
+
+
+def _describe_object(path: str, size_bytes: int) -> InputFile:
+    """Size, format (from the first bytes) and the store's own fingerprint of a gs:// object."""
+    info = store_for(path).stat(path)
+    if info is None:
+        raise InputError(f"{path} vanished while the inputs were listed")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        magic = stream.read(len(AVRO_MAGIC))
+    raw_format = "avro" if magic == AVRO_MAGIC else "json"
+    fingerprint = (("generation", info.generation), ("crc32c", info.crc32c), ("md5", info.md5))
+    return InputFile(path, info.size, raw_format,
+                     object_fingerprint=tuple((key, value) for key, value in fingerprint if value is not None))
 
 
 def _canonical(path: str) -> str:

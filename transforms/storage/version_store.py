@@ -1,31 +1,29 @@
-"""Where versions live and the three atomic operations publishing needs.
+"""Where versions live, and the atomic operations publishing needs, on any Store (local disk or gs://).
 
 ROOT/<dataset>/versions/<N>/...      N claimed create-only by `.claim`, exists iff manifest.json exists;
                                      each table in a folder of its own (labels/, labels_avro/, ...)
 ROOT/<dataset>/quarantine/<N>/...    dead letters of build N with their raw bytes, never inside a version
 ROOT/<dataset>/_latest               {"version": N}, changed only by compare-and-swap
-ROOT/.labelbeam/pseudonym.key        the root's pseudonym key (mode 0600) when LABELBEAM_PSEUDONYM_KEY is unset
+ROOT/.labelbeam/pseudonym.key        the root's pseudonym key (private) when LABELBEAM_PSEUDONYM_KEY is unset
 
-Only create-only writes and compare-and-swap are used, so the same protocol maps onto object stores
-with preconditions (GCS ifGenerationMatch=0 / ifGenerationMatch=<generation>). This module
-implements it for local filesystems.
+Only create-only writes and compare-and-swap change shared state, so the protocol holds on local disk
+and on object stores with preconditions alike (stores.py maps them to GCS ifGenerationMatch).
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import secrets
 import shutil
-import uuid
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
+
+from labelbeam.transforms.storage.stores import AlreadyExists, LocalStore, StoreError, join, store_for
 
 MANIFEST = "manifest.json"
 CLAIM = ".claim"
 CANDIDATE = ".candidate.json"  # the manifest a pipeline proposes; the launcher publishes or refuses it
 LATEST = "_latest"
+VERSIONS = "versions"
 QUARANTINE = "quarantine"
 ROOT_KEY_FILE = ".labelbeam/pseudonym.key"
 # Table folders of a version: each holds one table's shards and nothing else.
@@ -33,124 +31,66 @@ LABELS_TABLE = "labels"
 LABELS_AVRO_TABLE = "labels_avro"
 ANNOTATORS_TABLE = "annotators"
 PREFERENCES_TABLE = "preferences"
+_NUMBER = re.compile(r"[1-9][0-9]*")
 
-
-class StoreError(RuntimeError):
-    """The store cannot do what was asked (unsupported scheme, lost race, unreadable file)."""
-
-
-class AlreadyExists(StoreError):
-    pass
+__all__ = ["AlreadyExists", "StoreError"]  # re-exported: callers catch version_store.StoreError
 
 
 class BrokenManifest(StoreError):
     """A version's manifest.json exists but is not a JSON object (empty, truncated, not UTF-8 JSON)."""
 
 
-def _local(path: str) -> str:
-    if "://" in path and not path.startswith("file://"):
-        scheme = path.split("://", 1)[0]
-        raise StoreError(f"publishing to {scheme}:// is not supported yet; use a local --output ROOT")
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
 def dataset_root(root: str, dataset: str) -> str:
-    return os.path.join(_local(root), dataset)
+    return join(root, dataset)
 
 
 def version_dir(root: str, dataset: str, version: int) -> str:
-    return os.path.join(dataset_root(root, dataset), "versions", str(version))
+    return join(root, dataset, VERSIONS, str(version))
 
 
 def quarantine_dir(root: str, dataset: str, version: int) -> str:
     """Where build `version` keeps its dead letters (raw bytes included): beside the version, not in it."""
-    return os.path.join(dataset_root(root, dataset), QUARANTINE, str(version))
+    return join(root, dataset, QUARANTINE, str(version))
 
 
-def _write_whole(stream: BinaryIO, data: bytes) -> None:
-    stream.write(data)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def create_only(path: str, data: bytes, mode: int = 0o644,
-                write: Callable[[BinaryIO, bytes], None] = _write_whole) -> None:
-    """Write `data` at `path` unless something is there already (then AlreadyExists).
-
-    Atomic: the bytes go to a temporary file in the same directory, are fsynced, and are then linked
-    to `path`, which fails if `path` exists; so `path` is either absent or complete, even if the
-    process dies midway. `write(stream, data)` writes the bytes (a seam for fault-injection tests).
-    A crash can leave a `.<name>.tmp-*` file behind; it never blocks a later write.
-    """
-    path = _local(path)
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out, data)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            raise AlreadyExists(f"{path} already exists") from None
-    finally:
-        os.unlink(temporary)
-    _fsync_directory(directory)
+def create_only(path: str, data: bytes, private: bool = False) -> None:
+    """Write `data` at `path`, whole, unless something is there already (then AlreadyExists)."""
+    store_for(path).create_only(path, data, private=private)
 
 
 def read_bytes(path: str) -> bytes | None:
-    try:
-        with open(_local(path), "rb") as stream:
-            return stream.read()
-    except FileNotFoundError:
-        return None
+    return store_for(path).read(path)
 
 
 def compare_and_swap(path: str, expected: bytes | None, new: bytes) -> bool:
     """Replace the content at `path` with `new` iff it currently equals `expected` (None: absent)."""
-    path = _local(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if read_bytes(path) != expected:
-            return False
-        temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "wb") as out:
-            out.write(new)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-        return True
+    store = store_for(path)
+    current, token = store.read_versioned(path)
+    if current != expected:
+        return False
+    return store.compare_and_swap(path, token, new)
+
+
+def _numbered_folders(store, folder: str) -> dict[int, set[str]]:
+    """{N: names of the objects under folder/N/, relative to it} for every numbered subfolder."""
+    found: dict[int, set[str]] = {}
+    prefix = folder.rstrip("/") + "/"
+    for path in store.list(folder):
+        number, _, relative = path[len(prefix):].partition("/")
+        if _NUMBER.fullmatch(number) and relative:
+            found.setdefault(int(number), set()).add(relative)
+    return found
 
 
 def version_numbers(root: str, dataset: str, published_only: bool = True) -> list[int]:
     """Versions under ROOT/<dataset>/versions, ascending; claimed-but-unpublished ones if asked."""
-    versions_dir = os.path.join(dataset_root(root, dataset), "versions")
-    try:
-        names = os.listdir(versions_dir)
-    except FileNotFoundError:
-        return []
-    numbers = sorted(int(n) for n in names if re.fullmatch(r"[1-9][0-9]*", n))
-    if not published_only:
-        return numbers
-    return [n for n in numbers if os.path.exists(os.path.join(versions_dir, str(n), MANIFEST))]
-
+    folder = join(root, dataset, VERSIONS)
+    versions = _numbered_folders(store_for(folder), folder)
+    return sorted(n for n, names in versions.items() if not published_only or MANIFEST in names)
 
 def _quarantined_numbers(root: str, dataset: str) -> list[int]:
-    try:
-        names = os.listdir(os.path.join(dataset_root(root, dataset), QUARANTINE))
-    except FileNotFoundError:
-        return []
-    return [int(n) for n in names if re.fullmatch(r"[1-9][0-9]*", n)]
+    folder = join(root, dataset, QUARANTINE)
+    return sorted(_numbered_folders(store_for(folder), folder))
 
 
 def newest_complete_version(root: str, dataset: str) -> int | None:
@@ -166,7 +106,7 @@ def claim_next_version(root: str, dataset: str, owner: str) -> int:
                     default=0) + 1
     while True:
         try:
-            create_only(os.path.join(version_dir(root, dataset, candidate), CLAIM), owner.encode())
+            create_only(join(version_dir(root, dataset, candidate), CLAIM), owner.encode())
             return candidate
         except AlreadyExists:
             candidate += 1
@@ -174,7 +114,7 @@ def claim_next_version(root: str, dataset: str, owner: str) -> int:
 
 def read_manifest(root: str, dataset: str, version: int) -> dict[str, Any] | None:
     """The version's manifest, None if it has none; BrokenManifest if the file is not a JSON object."""
-    path = os.path.join(version_dir(root, dataset, version), MANIFEST)
+    path = join(version_dir(root, dataset, version), MANIFEST)
     data = read_bytes(path)
     if data is None:
         return None
@@ -191,7 +131,7 @@ def read_manifest(root: str, dataset: str, version: int) -> dict[str, Any] | Non
 
 def read_candidate(root: str, dataset: str, version: int) -> bytes | None:
     """The candidate manifest a build's pipeline wrote for `version`, as bytes (None if it wrote none)."""
-    return read_bytes(os.path.join(version_dir(root, dataset, version), CANDIDATE))
+    return read_bytes(join(version_dir(root, dataset, version), CANDIDATE))
 
 
 def publish_candidate(root: str, dataset: str, version: int, data: bytes) -> None:
@@ -201,36 +141,38 @@ def publish_candidate(root: str, dataset: str, version: int, data: bytes) -> Non
     retry: fine. Different bytes raise AlreadyExists.
     """
     directory = version_dir(root, dataset, version)
-    path = os.path.join(directory, MANIFEST)
+    path = join(directory, MANIFEST)
     try:
         create_only(path, data)
     except AlreadyExists:
         if read_bytes(path) != data:
             raise
-    try:
-        os.unlink(os.path.join(_local(directory), CANDIDATE))
-    except FileNotFoundError:
-        pass
+    store_for(directory).delete(join(directory, CANDIDATE))
 
 
 def release_claim(root: str, dataset: str, version: int) -> bool:
-    """Give up a claimed version that has no manifest: remove its directory (`.claim` and partial files).
+    """Give up a claimed version that has no manifest: remove its objects (`.claim` and partial files).
 
     True if it was removed. A version with a manifest is published and stays; an absent one is a no-op.
     For a build that stops before publishing (failure, Ctrl-C); its quarantined dead letters stay.
     """
-    directory = _local(version_dir(root, dataset, version))
-    if not os.path.isdir(directory) or os.path.exists(os.path.join(directory, MANIFEST)):
+    directory = version_dir(root, dataset, version)
+    store = store_for(directory)
+    objects = store.list(directory)
+    if not objects or join(directory, MANIFEST) in objects:
         return False
-    shutil.rmtree(directory)
+    for path in objects:
+        store.delete(path)
+    if isinstance(store, LocalStore):  # object stores have no folders to leave behind
+        shutil.rmtree(directory.removeprefix("file://"), ignore_errors=True)
     return True
 
 
 def read_latest(root: str, dataset: str) -> int | None:
     """The version _latest points at; without a pointer, the highest published version."""
-    data = read_bytes(os.path.join(dataset_root(root, dataset), LATEST))
+    data = read_bytes(join(root, dataset, LATEST))
     if data is not None:
-        return int(json.loads(data)["version"])
+        return pointed_version(data)
     published = version_numbers(root, dataset)
     return published[-1] if published else None
 
@@ -249,19 +191,59 @@ def latest_version_dir(root: str, dataset: str) -> str:
 def latest_table_dir(root: str, dataset: str, table: str = LABELS_TABLE) -> str:
     """The folder of one table (labels, annotators, preferences, ...) of the latest version, e.g. for
     `pandas.read_parquet(latest_table_dir(root, "sample"))`: it holds that table's shards and nothing else."""
-    return os.path.join(latest_version_dir(root, dataset), table)
+    return join(latest_version_dir(root, dataset), table)
 
 
-def advance_latest(root: str, dataset: str, version: int) -> bool:
-    """Point _latest at `version` unless it already points at a newer one. True if it now points there."""
-    path = os.path.join(dataset_root(root, dataset), LATEST)
+def pointed_version(data: bytes) -> int:
+    """The version number in a _latest pointer's bytes; StoreError if they are not a pointer."""
+    try:
+        return int(json.loads(data)["version"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"_latest is not a version pointer ({err}); `labelbeam promote` repairs it") from None
+
+
+def latest_pointer(version: int, chosen: bool = False) -> bytes:
+    """_latest's bytes. `chosen`: a person pointed it here (rollback/promote), so a build that only finds
+    itself up to date leaves it; a newly published version still moves it forward."""
+    pointer = {"version": version, **({"chosen": True} if chosen else {})}
+    return json.dumps(pointer, sort_keys=True).encode() + b"\n"
+
+
+def advance_latest(root: str, dataset: str, version: int, published: bool = True) -> bool:
+    """Point _latest at `version` unless it points at a newer one, by compare-and-swap (a concurrent
+    build's move is never undone, so _latest never moves backwards). With published=False (an
+    up-to-date build catching up after a crash) a pointer a person chose is left alone. True if it now
+    points at `version`."""
+    path = join(root, dataset, LATEST)
+    store = store_for(path)
     while True:
-        current = read_bytes(path)
-        if current is not None and int(json.loads(current)["version"]) >= version:
-            return int(json.loads(current)["version"]) == version
-        new = json.dumps({"version": version}, sort_keys=True).encode() + b"\n"
-        if compare_and_swap(path, current, new):
+        current, token = store.read_versioned(path)
+        if current is not None:
+            pointed = pointed_version(current)
+            if pointed >= version or (not published and json.loads(current).get("chosen")):
+                return pointed == version
+        if store.compare_and_swap(path, token, latest_pointer(version)):
             return True
+
+
+def set_latest(root: str, dataset: str, version: int, check=None) -> int | None:
+    """Point _latest at the complete `version`, forwards or backwards (rollback, promote), by
+    compare-and-swap; the previous version it pointed at (None without a pointer). `check(previous)`
+    may raise to refuse the move; it runs again if a concurrent writer changed the pointer meanwhile."""
+    if read_manifest(root, dataset, version) is None:
+        raise StoreError(f"dataset {dataset!r} has no complete version {version} under {root}")
+    path = join(root, dataset, LATEST)
+    store = store_for(path)
+    while True:
+        current, token = store.read_versioned(path)
+        try:
+            previous = pointed_version(current) if current is not None else None
+        except StoreError:
+            previous = None  # an unreadable pointer: moving it repairs it
+        if check is not None:
+            check(previous)
+        if store.compare_and_swap(path, token, latest_pointer(version, chosen=True)):
+            return previous
 
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:
@@ -270,13 +252,14 @@ def encode_manifest(manifest: dict[str, Any]) -> bytes:
 
 def read_root_pseudonym_key(root: str) -> bytes | None:
     """The root's pseudonym key, if one was made (see `root_pseudonym_key`)."""
-    data = read_bytes(os.path.join(_local(root), ROOT_KEY_FILE))
+    data = read_bytes(join(root, ROOT_KEY_FILE))
     return None if data is None else data.strip()
 
 
 def root_pseudonym_key(root: str) -> bytes:
     """The root's pseudonym key, made once: 32 random bytes as 64 hex digits in ROOT/.labelbeam/pseudonym.key
-    (mode 0600, outside every dataset and version). Concurrent first builds agree: the first link wins.
+    (private: mode 0600 locally, outside every dataset and version). Concurrent first builds agree: the
+    first create wins.
 
     The key is the file's text, so `LABELBEAM_PSEUDONYM_KEY=$(cat ROOT/.labelbeam/pseudonym.key)` gives
     the same pseudonyms elsewhere.
@@ -284,10 +267,8 @@ def root_pseudonym_key(root: str) -> bytes:
     existing = read_root_pseudonym_key(root)
     if existing:
         return existing
-    path = os.path.join(_local(root), ROOT_KEY_FILE)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
-        create_only(path, secrets.token_hex(32).encode("ascii") + b"\n", mode=0o600)
+        create_only(join(root, ROOT_KEY_FILE), secrets.token_hex(32).encode("ascii") + b"\n", private=True)
     except AlreadyExists:
         pass
     return read_root_pseudonym_key(root)
