@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import datetime as dt
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -121,24 +122,26 @@ def em_path(config: BuildConfig, runner: str | None) -> str:
 def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], dict]:
     """Vote weights from the annotator skills a previous version published, and where they came from.
 
-    Without a key (LABELBEAM_PSEUDONYM_KEY unset), the output root's key file is the build's key.
+    Without a key (LABELBEAM_PSEUDONYM_KEY unset), the output root's key file is the build's key. The
+    version is looked up under config.skills_root (default: the output root).
     """
+    skills_root = config.skills_root or config.output
     try:
-        version = version_store.read_latest(config.output, config.dataset) if config.skills_from == "latest" \
+        version = version_store.read_latest(skills_root, config.dataset) if config.skills_from == "latest" \
             else int(config.skills_from)
         key = key or version_store.read_root_pseudonym_key(config.output) or b""
     except ValueError:
         raise UserError(f"--skills-from {config.skills_from!r}: give a version number or 'latest'") from None
     except version_store.StoreError as err:
         raise UserError(str(err)) from None
-    manifest = version_store.read_manifest(config.output, config.dataset, version) if version else None
+    manifest = version_store.read_manifest(skills_root, config.dataset, version) if version else None
     if manifest is None or "annotators" not in manifest:
         raise UserError(f"--skills-from {config.skills_from}: {config.dataset} has no such version with "
-                        f"annotator skills under {config.output}")
+                        f"annotator skills under {skills_root}")
     if not key or manifest["annotators"]["key_id"] != key_id(key):
         raise UserError(f"--skills-from {version}: its annotators were pseudonymized with another "
                         "LABELBEAM_PSEUDONYM_KEY, so their skills cannot be matched to today's annotators")
-    skills = read_annotators(version_store.version_dir(config.output, config.dataset, version), manifest)
+    skills = read_annotators(version_store.version_dir(skills_root, config.dataset, version), manifest)
     weights = weights_from_skills(skills, len(manifest["annotators"]["confusion_labels"]))
     return weights, {"version": version, "key_id": manifest["annotators"]["key_id"]}
 
@@ -314,6 +317,8 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         "schema": registry.load_schema_json(method.row_schema_file),
         "labels_source": "given" if config.labels else "inferred",
         "consensus": {"votes_taking_part": method.votes_taking_part},
+        # What else the build read, so `labelbeam rebuild` can read it again (and check it is unchanged).
+        "side_inputs": side_inputs(config),
     }
     try:
         with beam.Pipeline(options=plan.options) as pipeline:
@@ -331,6 +336,18 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         raise
     version_store.advance_latest(root, dataset, version)
     return BuildOutcome(version, True, version_dir, manifest)
+
+
+def side_inputs(config: BuildConfig) -> dict[str, Any]:
+    """The CSV files and the version whose skills a build used, with the files' sha256."""
+    found: dict[str, Any] = {}
+    for name, path in (("gold", config.gold_path), ("weights", config.weights_path)):
+        if path:
+            with open(path, "rb") as stream:
+                found[name] = {"path": os.path.abspath(path), "sha256": hashlib.sha256(stream.read()).hexdigest()}
+    if config.skills_from:
+        found["skills_from"] = {"root": config.skills_root or config.output, "version": config.skills_from}
+    return found
 
 
 def publish_version(root: str, dataset: str, version: int, max_invalid_share: float) -> dict[str, Any]:

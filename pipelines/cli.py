@@ -14,15 +14,21 @@ from labelbeam.pipelines.errors import guarded  # before anything imports apache
 # isort: split
 from labelbeam.pipelines import catalog, generate, inspect
 from labelbeam.pipelines.errors import EXIT_CODES_HELP
-from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments
+from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments, add_rebuild_arguments
 
 
+# The commands that run a pipeline are imported on use: they import apache_beam (about 1 s here), which
+# `labelbeam --help`, `versions`, `show` and the other inspection commands should not pay for.
 def run_build(args: argparse.Namespace, beam_args: list[str]) -> int:
-    # Imported on use, the one lazy import: labelbeam.pipelines.build imports apache_beam (about 1 s
-    # here), which `labelbeam --help`, `versions` and `show` should not pay for.
     from labelbeam.pipelines import build
 
     return build.run(args, beam_args)
+
+
+def run_rebuild(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from labelbeam.pipelines import rebuild
+
+    return rebuild.run(args, beam_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc_cmd = commands.add_parser("gc", help="remove files under versions/ that no manifest references")
     inspect.add_gc_arguments(gc_cmd)
     gc_cmd.set_defaults(command=inspect.run_gc)
+
+    rebuild_cmd = commands.add_parser("rebuild", help="recompute a version from its manifest and prove its files "
+                                      "byte-identical (exit 4 if not)",
+                                      epilog="Other flags (--runner, ...) pass through to Beam.")
+    add_rebuild_arguments(rebuild_cmd)
+    rebuild_cmd.set_defaults(command=run_rebuild, passes_beam_args=True)
     return parser
 
 

@@ -84,6 +84,7 @@ class BuildConfig:
     event_time_cutoff: str | None = None
     max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
     as_of: str | None = None  # an as-of snapshot: events stamped after it are left out (ISO 8601)
+    skills_root: str | None = None  # where --skills-from finds its version (default: the output; rebuild sets it)
 
     def __post_init__(self):
         check_dataset_name(self.dataset)
@@ -132,6 +133,15 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true",
                         help="publish a new version even if inputs, params and code are unchanged")
+
+
+def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", metavar="ROOT", nargs="?", default=DEFAULT_OUTPUT,
+                        help=f"dataset root given to build --output (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--dataset", default="sample", help="(default: sample)")
+    parser.add_argument("--version", type=int, required=True, help="the published version to rebuild")
+    parser.add_argument("--scratch", metavar="DIR",
+                        help="build into this root and keep it (default: a temporary folder, removed after)")
 
 
 def parse_labels(text: str | None) -> tuple[str, ...] | None:

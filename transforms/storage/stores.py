@@ -101,6 +101,37 @@ class NoFaults:
         pass
 
 
+# Crash-injection seam for end-to-end fault tests: "before|after:<op>:<path substring>" makes the process
+# die (os._exit, no cleanup) at that step of any store operation or table-file write, as a killed build would.
+CRASH_AT_VARIABLE = "LABELBEAM_CRASH_AT"
+CRASH_EXIT_CODE = 97
+
+
+class CrashAt:
+    """Faults that end the process at one step: `when` ("before" | "after"), `op`, and a path substring."""
+
+    def __init__(self, spec: str):
+        self.when, self.op, self.path_part = spec.split(":", 2)
+        if self.when not in ("before", "after"):
+            raise ValueError(f"{CRASH_AT_VARIABLE}={spec!r}: expected before|after:<op>:<path substring>")
+
+    def _maybe_crash(self, when: str, op: str, path: str) -> None:
+        if when == self.when and op == self.op and self.path_part in path:
+            os._exit(CRASH_EXIT_CODE)
+
+    def before(self, op: str, path: str) -> None:
+        self._maybe_crash("before", op, path)
+
+    def after(self, op: str, path: str) -> None:
+        self._maybe_crash("after", op, path)
+
+
+def environment_faults() -> Faults:
+    """CrashAt from LABELBEAM_CRASH_AT when set (fault tests), else NoFaults (production)."""
+    spec = os.environ.get(CRASH_AT_VARIABLE)
+    return CrashAt(spec) if spec else NoFaults()
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """At most `tries` attempts; before attempt k+1 wait uniform(0, min(max_delay_s, initial_delay_s * 2**(k-1)))."""
@@ -153,7 +184,7 @@ class Store(abc.ABC):
     """
 
     def __init__(self, faults: Faults | None = None):
-        self._faults = faults or NoFaults()
+        self._faults = faults or environment_faults()
 
     @contextlib.contextmanager
     def _step(self, op: str, path: str) -> Iterator[None]:

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from labelbeam.transforms.storage.stores import environment_faults
+
 AVRO_CODEC = "deflate"
 
 
@@ -56,6 +58,9 @@ def avro_bytes(schema: dict, records: Iterable[dict], name: str) -> bytes:
 
 def write_file(version_dir: str, relative_path: str, data: bytes, rows: int) -> FileEntry:
     path = FileSystems.join(version_dir, *relative_path.split("/"))
+    faults = environment_faults()
+    faults.before("write", path)
     with FileSystems.create(path) as out:
         out.write(data)
+    faults.after("write", path)
     return FileEntry(relative_path, rows, len(data), hashlib.sha256(data).hexdigest())
