@@ -17,6 +17,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 
+import zstandard  # a Beam dependency, used as Beam's own reader uses it
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -214,8 +215,6 @@ def _new_decompressor(compression: str) -> Callable[[], object]:
     if compression == CompressionTypes.LZMA:
         return lzma.LZMADecompressor
     if compression == CompressionTypes.ZSTD:
-        import zstandard  # a Beam dependency, as for Beam's own reader
-
         # Beam's window limit: zstd frames written with a larger window need it to decode.
         return lambda: zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
     raise ValueError(f"no decompressor for compression type {compression!r}")
@@ -224,7 +223,6 @@ def _new_decompressor(compression: str) -> Callable[[], object]:
 def _decompression_errors(compression: str) -> tuple[type[BaseException], ...]:
     """What the decompressors raise for data that is not what they decompress."""
     if compression == CompressionTypes.ZSTD:
-        import zstandard
         return (zstandard.ZstdError,)
     # bz2 raises a bare OSError ("Invalid data stream"); only decompress() calls are guarded by it.
     return (zlib.error, lzma.LZMAError, OSError, EOFError)
