@@ -187,6 +187,7 @@ def test_ctrl_c_mid_build_releases_its_version_claim(interrupted_build):
 # sends SIGINT to its own process, as a terminal would.
 INTERRUPT_WHILE_PARSING = """
 import functools, os, signal, sys
+from labelbeam.pipelines import errors  # first, as the entry points do: it hides Beam's apitools warning
 from labelbeam.transforms import validate
 process = validate.ParseEventsFn.process
 
