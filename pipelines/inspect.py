@@ -524,6 +524,7 @@ class Garbage:
     name: str                  # relative to ROOT/<dataset>, `/`-separated
     bytes: int
     age_seconds: float         # now - the store's update time (GCS: last write; local: mtime)
+    bookkeeping: bool = False  # a local store's own leftover (temporary or lock file of a killed writer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -609,6 +610,13 @@ def find_garbage(root: str, dataset: str, grace_seconds: float, now: float) -> C
             newest = min(items, key=lambda item: item.age_seconds)
             kept.append(f"{VERSIONS}/{top}{'/' if '/' in members[0][0] else ''} (no manifest.json; newest file "
                         f"{_age(newest)})")
+    if isinstance(store, stores.LocalStore):  # a killed writer's temporary files, anywhere in the dataset
+        for path, info in store.leftovers(dataset_dir):
+            item = Garbage(path, _relative(path, dataset_dir), info.size, now - info.updated.timestamp(), True)
+            if old(item):
+                removable.append(item)
+            else:
+                kept.append(f"{item.name} (a writer's temporary file, {_age(item)})")
     return Collection(tuple(removable), tuple(kept), tuple(orphan_dirs))
 
 
@@ -621,7 +629,10 @@ def remove_garbage(root: str, collection: Collection) -> None:
     (object stores have no folders; a local one keeps its subfolders and the store's lock files)."""
     store = stores.store_for(root)
     for item in collection.removable:
-        store.delete(item.path)
+        if item.bookkeeping:
+            store.remove_leftover(item.path)
+        else:
+            store.delete(item.path)
     if not isinstance(store, stores.LocalStore):
         return
     for directory in collection.orphan_dirs:

@@ -399,6 +399,29 @@ class LocalStore(Store):
                         found.append(name if relative == "." else os.path.join(relative, name))
         return sorted(join(prefix, *relative.split(os.sep)) for relative in found)
 
+    def leftovers(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
+        """The store's own files below `prefix` that nothing needs any more: temporary files a killed
+        writer left (`.<name>.tmp-<hex>`) and lock files of absent objects. `list` hides them; gc
+        removes them (remove_leftover) once older than its grace period."""
+        found = []
+        for directory, _, names in os.walk(_local_path(prefix)):
+            for name in names:
+                match = _LOCAL_INTERNAL_NAME.fullmatch(name)
+                if match is None:
+                    continue
+                local = os.path.join(directory, name)
+                if match.group(1) == "lock" and os.path.exists(os.path.join(directory, name[1:-len(".lock")])):
+                    continue  # the lock of a live object
+                with contextlib.suppress(FileNotFoundError):
+                    status = os.stat(local)
+                    found.append((local, ObjectInfo(size=status.st_size, updated=dt.datetime.fromtimestamp(
+                        status.st_mtime_ns / 1e9, tz=dt.timezone.utc))))
+        return sorted(found)
+
+    def remove_leftover(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_local_path(path))
+
     def delete(self, path: str) -> None:
         local = _local_path(path)
         directory = os.path.dirname(local) or "."
