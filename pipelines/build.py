@@ -364,8 +364,9 @@ def publish_version(root: str, dataset: str, version: int, max_invalid_share: fl
     problems = publish_gate(counts, max_invalid_share, candidate["status"])
     quarantine = version_store.quarantine_dir(root, dataset, version)
     if problems:
-        raise PublishGateError(f"{GATE_FAILED}, nothing published: {'; '.join(problems)}; dead letters kept in "
-                               f"quarantine at {quarantine}")
+        summary = ", ".join(f"{key} {counts[key]}" for key in ("read", "valid", "invalid", "duplicates", "votes"))
+        raise PublishGateError(f"{GATE_FAILED}, nothing published: {'; '.join(problems)} ({summary}); dead letters "
+                               f"kept in quarantine at {quarantine}")
     manifest = {**candidate, "publish_gate": {"max_invalid_share": max_invalid_share,
                                               "invalid_share": invalid_share(counts)}}
     card = write_file(version_store.version_dir(root, dataset, version), CARD_FILE,
