@@ -20,7 +20,7 @@ content. All writes go through Beam FileSystems. The last thing written is the c
 checks its counts (events/conservation.py) and, if they pass, publishes it as manifest.json.
 
 With --method bradley_terry the version also holds preferences/preferences-00000-of-00001.jsonl, the
-prompt/chosen/rejected records of transforms/preferences.py (TRL DPOTrainer's format), listed in
+prompt/chosen/rejected records of transforms/inference/preferences.py (TRL DPOTrainer's format), listed in
 `files` like every other file and described in the manifest's `preferences` section. The manifest's
 `consensus` section says which votes the method uses and how many took part: `votes_used` is the sum
 of the rows' num_votes, `votes_unused` = counts.votes - votes_used (votes of another kind of answer,

@@ -23,7 +23,7 @@ def _class_names(names: pa.ChunkedArray, suffix: str) -> pa.Array:
 
 
 class MultiLabel(PerItemMethod):
-    """Per-class binary majority of multi-label votes (transforms/multi_label.py has the rules).
+    """Per-class binary majority of multi-label votes (transforms/inference/multi_label.py has the rules).
 
     Votes taking part: every vote except pure ratings (a score with no label and no labels). A vote's
     classes are its `labels` plus its `label` if set, so a single-label answer "cat" is the set {cat};

@@ -22,7 +22,7 @@ class PreferenceConsensus(NamedTuple):
 class BradleyTerry(PerItemMethod):
     """Bradley-Terry strengths of each prompt's responses from pairwise preference votes.
 
-    Encoding, unusable votes, ranking, tie and confidence rules: transforms/preferences.py. Each prompt
+    Encoding, unusable votes, ranking, tie and confidence rules: transforms/inference/preferences.py. Each prompt
     is fitted alone (responses of different prompts are never compared). Besides the rows, emits the
     prompt/chosen/rejected export records (PREFERENCES), which PublishVersion writes as
     preferences-00000-of-00001.jsonl.
