@@ -43,7 +43,8 @@ def _schema_text(file_name: str) -> str:
 
 @functools.cache
 def _parsed(file_name: str) -> dict[str, Any]:
-    # _write_hint=False keeps the schema usable as a reader schema too.
+    # _write_hint=False keeps the schema usable as a reader schema too. fastavro documents the argument but
+    # marks it internal; tests/schemas/test_arrow_schemas.py pins what we rely on.
     return fastavro.parse_schema(load_schema_json(file_name), _write_hint=False)
 
 

@@ -43,3 +43,21 @@ def test_avro_types_map_to_arrow_types(avro_type, arrow, nullable):
 def test_unions_of_two_non_null_types_are_refused():
     with pytest.raises(ValueError, match="unions"):
         arrow_type(["null", "string", "long"])
+
+
+def test_fastavro_write_hint_false_leaves_no_parse_marker_and_reads_as_a_reader_schema():
+    # registry.py relies on fastavro.parse_schema(..., _write_hint=False), an argument fastavro documents as
+    # internal: pin that it leaves no "__fastavro_parsed" marker and that the result resolves records.
+    import io
+
+    import fastavro
+
+    parsed = registry.event_schema(2)
+    assert "__fastavro_parsed" not in parsed
+    buffer = io.BytesIO()
+    v1 = registry.load_schema_json(registry.event_schema_file(1))
+    fastavro.writer(buffer, v1, [{"event_id": "e", "dataset": "d", "item_id": "i", "annotator_id": "a",
+                                  "label": "cat", "action": "UPSERT", "event_time": 1}])
+    buffer.seek(0)
+    [record] = list(fastavro.reader(buffer, reader_schema=parsed))
+    assert record["revision"] == 0 and record["labels"] == []
