@@ -18,6 +18,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -324,7 +325,10 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         with beam.Pipeline(options=plan.options) as pipeline:
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
                            config.rows_per_shard, key, key_source)
-        manifest = publish_version(root, dataset, version, config.max_invalid_share)
+        manifest = checked_candidate(root, dataset, version, config.max_invalid_share)
+        twin = None if config.force else published_twin(root, dataset, version, publication_digest(manifest))
+        if twin is None:
+            manifest = write_version(root, dataset, version, manifest)
     except BaseException as err:
         try:
             version_store.release_claim(root, dataset, version)  # unless it has a manifest; quarantine/<N> stays
@@ -334,8 +338,41 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         if corrupt is not None:  # found while decoding (e.g. a damaged Avro block): an input error, exit 2
             raise UserError(str(corrupt)) from None
         raise
+    if twin is not None:  # an identical build published while this one ran: this one is up to date
+        version_store.release_claim(root, dataset, version)
+        version_store.advance_latest(root, dataset, twin, published=False)
+        return BuildOutcome(twin, False, version_store.version_dir(root, dataset, twin),
+                            version_store.read_manifest(root, dataset, twin))
     version_store.advance_latest(root, dataset, version)
     return BuildOutcome(version, True, version_dir, manifest)
+
+
+TWIN_WAIT_S = 10.0  # how long a reservation's holder may take between reserving and its manifest landing
+
+
+def publication_digest(manifest: dict[str, Any]) -> str:
+    """What makes two builds the same build: their inputs, params and code version."""
+    identity = [manifest["inputs"], manifest["params"], manifest["code_version"]]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def published_twin(root: str, dataset: str, version: int, digest: str) -> int | None:
+    """The version an identical, overlapping build published instead of this one, else None (publish).
+
+    The first to reserve the digest publishes. Another holder is waited for until its manifest lands;
+    one that never publishes (killed between reserving and its manifest) loses the reservation to this
+    build after TWIN_WAIT_S.
+    """
+    deadline = time.monotonic() + TWIN_WAIT_S
+    while (holder := version_store.reserve_publication(root, dataset, digest, version)) is not None:
+        twin = version_store.read_manifest(root, dataset, holder)
+        if twin is not None and publication_digest(twin) == digest:
+            return holder
+        if time.monotonic() > deadline and \
+                version_store.take_over_publication(root, dataset, digest, holder, version):
+            return None
+        time.sleep(0.1)  # the holder is between its reservation and its manifest: a few store calls
+    return None
 
 
 def side_inputs(config: BuildConfig) -> dict[str, Any]:
@@ -350,11 +387,9 @@ def side_inputs(config: BuildConfig) -> dict[str, Any]:
     return found
 
 
-def publish_version(root: str, dataset: str, version: int, max_invalid_share: float) -> dict[str, Any]:
-    """Decide on the candidate the pipeline wrote: conservation and the publish gate, then manifest.json.
-
-    Raises ConservationError or PublishGateError (both GateErrors, exit 3) and publishes nothing then.
-    """
+def checked_candidate(root: str, dataset: str, version: int, max_invalid_share: float) -> dict[str, Any]:
+    """The manifest to publish, from the candidate the pipeline wrote, if it passes conservation and the
+    publish gate; else ConservationError or PublishGateError (both GateErrors, exit 3)."""
     data = version_store.read_candidate(root, dataset, version)
     if data is None:
         raise RuntimeError(f"the pipeline finished but wrote no candidate manifest for version {version}")
@@ -367,8 +402,12 @@ def publish_version(root: str, dataset: str, version: int, max_invalid_share: fl
         summary = ", ".join(f"{key} {counts[key]}" for key in ("read", "valid", "invalid", "duplicates", "votes"))
         raise PublishGateError(f"{GATE_FAILED}, nothing published: {'; '.join(problems)} ({summary}); dead letters "
                                f"kept in quarantine at {quarantine}")
-    manifest = {**candidate, "publish_gate": {"max_invalid_share": max_invalid_share,
-                                              "invalid_share": invalid_share(counts)}}
+    return {**candidate, "publish_gate": {"max_invalid_share": max_invalid_share,
+                                          "invalid_share": invalid_share(counts)}}
+
+
+def write_version(root: str, dataset: str, version: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Publish: the dataset card, then manifest.json (atomic, create-only), which makes the version exist."""
     card = write_file(version_store.version_dir(root, dataset, version), CARD_FILE,
                       dataset_card(manifest).encode("utf-8"), 0)
     manifest["files"] = sorted([*manifest["files"], card.to_json()], key=lambda entry: entry["path"])

@@ -25,6 +25,9 @@ CANDIDATE = ".candidate.json"  # the manifest a pipeline proposes; the launcher 
 LATEST = "_latest"
 VERSIONS = "versions"
 QUARANTINE = "quarantine"
+# ROOT/<dataset>/publishing/<digest>: the version that publishes one (inputs, params, code), so two
+# identical builds that overlap end with one version and one "up to date".
+PUBLISHING = "publishing"
 ROOT_KEY_FILE = ".labelbeam/pseudonym.key"
 # Table folders of a version: each holds one table's shards and nothing else.
 LABELS_TABLE = "labels"
@@ -148,6 +151,24 @@ def publish_candidate(root: str, dataset: str, version: int, data: bytes) -> Non
         if read_bytes(path) != data:
             raise
     store_for(directory).delete(join(directory, CANDIDATE))
+
+
+def reserve_publication(root: str, dataset: str, digest: str, version: int) -> int | None:
+    """Record that `version` publishes the build `digest` (create-only). None if it now does; else the
+    version that already holds the reservation."""
+    path = join(root, dataset, PUBLISHING, digest)
+    try:
+        create_only(path, str(version).encode())
+        return None
+    except AlreadyExists:
+        holder = int(read_bytes(path) or b"0")
+        return None if holder == version else holder
+
+
+def take_over_publication(root: str, dataset: str, digest: str, holder: int, version: int) -> bool:
+    """Move the reservation of `digest` from `holder` (which never published) to `version`; False if
+    another build moved it first."""
+    return compare_and_swap(join(root, dataset, PUBLISHING, digest), str(holder).encode(), str(version).encode())
 
 
 def release_claim(root: str, dataset: str, version: int) -> bool:
