@@ -14,7 +14,7 @@ from labelbeam.pipelines.errors import guarded  # before anything imports apache
 # isort: split
 from labelbeam.pipelines import catalog, generate, inspect
 from labelbeam.pipelines.errors import EXIT_CODES_HELP
-from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments, add_rebuild_arguments
+from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments, add_ingest_arguments, add_rebuild_arguments
 
 
 # The commands that run a pipeline are imported on use: they import apache_beam (about 1 s here), which
@@ -23,6 +23,12 @@ def run_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     from labelbeam.pipelines import build
 
     return build.run(args, beam_args)
+
+
+def run_ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from labelbeam.pipelines import ingest
+
+    return ingest.run(args, beam_args)
 
 
 def run_rebuild(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -75,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc_cmd = commands.add_parser("gc", help="remove files under versions/ that no manifest references")
     inspect.add_gc_arguments(gc_cmd)
     gc_cmd.set_defaults(command=inspect.run_gc)
+
+    ingest_cmd = commands.add_parser("ingest", help="stream events into the curated event log (a pattern or "
+                                     "directory runs bounded and ends by itself)",
+                                     epilog="Other flags (--runner, ...) pass through to Beam.")
+    add_ingest_arguments(ingest_cmd)
+    ingest_cmd.set_defaults(command=run_ingest, passes_beam_args=True)
 
     rebuild_cmd = commands.add_parser("rebuild", help="recompute a version from its manifest and prove its files "
                                       "byte-identical (exit 4 if not)",

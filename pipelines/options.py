@@ -135,6 +135,24 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="publish a new version even if inputs, params and code are unchanged")
 
 
+def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, metavar="SOURCE",
+                        help="pubsub://projects/P/subscriptions/S (unbounded), a directory or a file pattern (bounded: "
+                             "read once in streaming mode, then the run ends)")
+    parser.add_argument("--output", required=True, metavar="LOG_ROOT",
+                        help="the event log's root: events/dt=YYYY-MM-DD/hr=HH/*.avro, rejected/..., _runs/ (local or gs://)")
+    parser.add_argument("--dataset", required=True, help="dataset of the events (events of others are dead-lettered)")
+    parser.add_argument("--labels", help="comma-separated label set; other labels are dead-lettered (default: any)")
+    parser.add_argument("--allowed-lateness-hours", type=float, default=1.0, metavar="H",
+                        help="an hour of the log takes late events until the watermark is H hours past its end; "
+                             "later ones are dead-lettered TOO_LATE (default: 1)")
+    parser.add_argument("--dedup-ttl-hours", type=float, default=24.0, metavar="H",
+                        help="how long event ids are remembered for deduplication; the nightly build catches "
+                             "duplicates beyond it (default: 24)")
+    parser.add_argument("--num-buckets", type=int, default=16, help="event-id buckets: the keys of the dedup "
+                                                                     "state (parallelism; default: 16)")
+
+
 def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", metavar="ROOT", nargs="?", default=DEFAULT_OUTPUT,
                         help=f"dataset root given to build --output (default: {DEFAULT_OUTPUT})")

@@ -79,6 +79,19 @@ def event_version_of(writer_schema: dict[str, Any]) -> int | None:
     return _event_fingerprints().get(schema_fingerprint(fastavro.parse_schema(writer_schema, _write_hint=False)))
 
 
+def schema_by_fingerprint(fingerprint: bytes) -> tuple[int, dict[str, Any]] | None:
+    """(version, raw schema JSON) of the event schema with this fingerprint, else None.
+
+    `fingerprint` is the 8-byte little-endian CRC-64-AVRO of the parsing canonical form, as Avro's
+    single-object encoding carries it (the bytes of `schema_fingerprint`'s hex). The schema is a fresh
+    dict, as `load_schema_json` gives it.
+    """
+    version = _event_fingerprints().get(fingerprint.hex())
+    if version is None:
+        return None
+    return version, load_schema_json(event_schema_file(version))
+
+
 def resolution_problems(reader: Any, writer: Any, path: str = "") -> list[str]:
     """Why data written with `writer` cannot be read with `reader` (Avro resolution rules); [] if it can.
 

@@ -15,7 +15,8 @@ PURE_PACKAGES = ("inference", "events", "arrays", "methods")
 # Imports kept inside functions: the CLI's of the commands that run pipelines, so `labelbeam --help` does
 # not import apache_beam.
 LAZY_IMPORTS_ALLOWED = {("labelbeam.pipelines.cli", "labelbeam.pipelines.build"),
-                        ("labelbeam.pipelines.cli", "labelbeam.pipelines.rebuild")}
+                        ("labelbeam.pipelines.cli", "labelbeam.pipelines.rebuild"),
+                        ("labelbeam.pipelines.cli", "labelbeam.pipelines.ingest")}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -20,9 +20,12 @@ BAD_TIMESTAMP = "BAD_TIMESTAMP"
 EVENT_ID_CONFLICT = "EVENT_ID_CONFLICT"
 # The event is well-formed but belongs to another dataset than the one being built.
 DATASET_MISMATCH = "DATASET_MISMATCH"
+# Streaming ingest only: the event's hour of the curated log had closed (the watermark passed its end plus
+# the allowed lateness) before the event arrived. Dead-lettered, never dropped (transforms/ingest.py).
+TOO_LATE = "TOO_LATE"
 
 REASONS = (MALFORMED_JSON, UNKNOWN_SCHEMA_VERSION, SCHEMA_MISMATCH, MISSING_FIELD, UNKNOWN_LABEL,
-           BAD_TIMESTAMP, EVENT_ID_CONFLICT, DATASET_MISMATCH)
+           BAD_TIMESTAMP, EVENT_ID_CONFLICT, DATASET_MISMATCH, TOO_LATE)
 
 
 class DeadLetter(NamedTuple):

@@ -1,0 +1,369 @@
+"""Streaming ingest: RawChunks -> a validated, deduplicated, hourly partitioned event log (+ dead letters, counts).
+
+    chunks -> Validate -> PartitionByHour -> DeduplicateAndLog -> LOG_ROOT/events/dt=/hr=/part-*.avro    (LOGGED)
+                 |                                 |
+                 +------ dead letters -------------+-> WriteDeadLetters -> LOG_ROOT/rejected/dt=/hr=/... (REJECTED)
+
+Parse and validation are the batch build's (ValidateEvents); within-batch deduplication is
+lifecycle.deduplicate; the streaming rules (hours, lateness, the TTL) are the pure cores of
+events/event_log.py, whose docstring states them. Batched: elements are Arrow RecordBatches of one
+(event_id bucket, event hour), and each bucket key holds ONE event-time timer, at its earliest deadline.
+
+Watermark behaviour. Everything stays in the global window, so no Beam windowing drops data: hours are
+the log's own partitions. An hour's on-time rows are written when the watermark passes the hour's end,
+its late rows when it passes the end plus the allowed lateness (the hour then closes), and rows that
+arrive after that are dead-lettered TOO_LATE. Files are written by the keyed DoFns with create-only
+writes under names unique per key and flush (`part-<bucket>-<files written by that key>`), so a late
+flush never overwrites an on-time file (stock fileio naming can, BEAM_NOTES.md) and a retried bundle
+rewrites identical bytes. Dead letters are partitioned by the hour of their element's timestamp: the
+event's hour for those decided here, the source's timestamp for ValidateEvents' (dt=unknown/hr=unknown
+when it has none, e.g. a bounded read's minimum timestamp).
+
+Counts: read (ValidateEvents) = valid (rows written) + invalid (every dead letter) + duplicates, once
+every hour has closed (at the end of a bounded run). `late` (rows written in a late file) and
+`too_late` (TOO_LATE dead letters, part of invalid) are details.
+
+Runner notes (apache-beam 2.77, `--runner=BundleBasedDirectRunner --streaming`, the only local runner with
+streaming semantics):
+- A DoFn cannot read the watermark; a key learns it only from its own timer firings. The key therefore
+  keeps its one timer at the earliest of its deadlines and the next hour boundary (while it holds any
+  state), so lateness is judged against a watermark at most an hour stale. A brand-new key has seen no
+  watermark and treats its first hour as on time.
+- A timer set before the current watermark fires at once with its own (earlier) timestamp, and timers
+  hold no watermark (direct_userstate.py TODO); outputs are timestamped explicitly and nothing is
+  windowed downstream, so neither loses data. The key's watermark is the maximum timestamp fired.
+- Pipelines end only when no timer is left: each key stops re-arming once its buffer and remembered ids
+  are empty, which happens after the watermark passes the last ids' TTL.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam import pvalue
+from apache_beam.coders import BooleanCoder, PickleCoder, TupleCoder, VarIntCoder
+from apache_beam.transforms import userstate, window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.utils.timestamp import Timestamp
+
+from labelbeam.schemas import registry
+from labelbeam.transforms.coders import ArrowCoder
+from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.events import event_log as el
+from labelbeam.transforms.events.gc_pause import gc_paused
+from labelbeam.transforms.events.parser import MIN_EVENT_TIME_MS, ValidationRules
+from labelbeam.transforms.events.record_batches import key_hash
+from labelbeam.transforms.read_stream import RAW_CHUNKS
+from labelbeam.transforms.storage import stores
+from labelbeam.transforms.storage.table_files import FileEntry, avro_bytes
+from labelbeam.transforms.validate import ValidateEvents
+
+LOGGED = "logged"
+REJECTED = "rejected"
+DEFAULT_BUCKETS = 16
+
+
+def _timestamp(ms: int) -> Timestamp:
+    return Timestamp(micros=ms * 1000)
+
+
+def _ms(timestamp: Timestamp) -> int:
+    return timestamp.micros // 1000
+
+
+def _rows_among(rows: pa.Table, event_ids: list[pa.Array]) -> int:
+    """How many of `rows` have an event_id in `event_ids`."""
+    if not event_ids:
+        return 0
+    return int(pc.sum(pc.is_in(rows.column("event_id"), value_set=pa.concat_arrays(event_ids))).as_py() or 0)
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    return table.combine_chunks().to_batches()[0]
+
+
+class LogFiles:
+    """Writes one Avro file of the log under LOG_ROOT, create-only: a name is never written twice with
+    different bytes (a retried bundle writing the same bytes again is fine)."""
+
+    def __init__(self, log_root: str):
+        self._root = log_root
+        self._store = stores.store_for(log_root)
+
+    def write(self, relative_path: str, schema_file: str, records: list[dict]) -> FileEntry:
+        with gc_paused():
+            data = avro_bytes(registry.load_schema_json(schema_file), records, relative_path)
+        path = stores.join(self._root, *relative_path.split("/"))
+        try:
+            self._store.create_only(path, data)
+        except stores.AlreadyExists:
+            if self._store.read(path) != data:
+                raise RuntimeError(f"{path} already exists with other contents; a log file is never "
+                                   f"overwritten (is another ingest job writing to {self._root}?)") from None
+        return FileEntry(relative_path, len(records), len(data), hashlib.sha256(data).hexdigest())
+
+
+def split_into_hours(events: pa.RecordBatch, num_buckets: int) -> Iterator[window.TimestampedValue]:
+    for bucket, hour_ms, rows in el.split_by_bucket_and_hour(events, num_buckets):
+        yield window.TimestampedValue((bucket, rows), _timestamp(hour_ms))
+
+
+class PartitionByHour(beam.PTransform):
+    """VALID RecordBatches -> (bucket, RecordBatch of one event hour), in the global window.
+
+    bucket = event_id_hash % num_buckets, so every copy of an event_id meets in one key; each element is
+    timestamped with its hour's start.
+    """
+
+    def __init__(self, num_buckets: int = DEFAULT_BUCKETS):
+        super().__init__()
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be positive, got {num_buckets}")
+        self._num_buckets = num_buckets
+
+    def expand(self, batches):
+        return (batches
+                | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                | "SplitByBucketAndHour" >> beam.FlatMap(split_into_hours, self._num_buckets).with_output_types(
+                    tuple[int, pa.RecordBatch]))
+
+
+def _set_timer(timer, deadlines: list[int], watermark_ms: int | None) -> None:
+    at = el.next_timer_ms(deadlines, watermark_ms)
+    if at is not None:
+        timer.set(_timestamp(at))
+
+
+class DeduplicateAndLogFn(beam.DoFn):
+    """(bucket, one hour's rows) -> LOGGED FileEntry, DEAD_LETTER RecordBatches, COUNTS dicts.
+
+    Keyed by bucket, global window. State: remembered ids (event_log.SEEN_SCHEMA), rows waiting per
+    (hour, late), and KeyProgress (the watermark seen, files written, the waiting groups). One timer.
+    """
+    SEEN = userstate.ReadModifyWriteStateSpec("seen", ArrowCoder())
+    BUFFER = userstate.BagStateSpec("buffer", TupleCoder((VarIntCoder(), BooleanCoder(), ArrowCoder())))
+    PROGRESS = userstate.ReadModifyWriteStateSpec("progress", PickleCoder())
+    FLUSH = userstate.TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def __init__(self, log_root: str, policy: el.LogPolicy):
+        super().__init__()
+        self._log_root = log_root
+        self._policy = policy
+
+    def setup(self):
+        self._files = LogFiles(self._log_root)
+        counter = beam.metrics.Metrics.counter
+        self._logged, self._duplicates = counter("labelbeam", "logged"), counter("labelbeam", "duplicates")
+        self._late, self._too_late = counter("labelbeam", "late"), counter("labelbeam", "too_late")
+        self._conflicts = counter("labelbeam", "conflicts")
+
+    def _deadlines(self, seen: pa.Table, progress: el.KeyProgress) -> list[int]:
+        deadlines = [el.flush_deadline_ms(hour, late, self._policy) for hour, late in progress.buffered]
+        expiry = el.next_expiry_ms(seen, self._policy)
+        return deadlines if expiry is None else deadlines + [expiry]
+
+    def process(self, element: tuple[int, pa.RecordBatch],
+                seen_state=beam.DoFn.StateParam(SEEN), buffer=beam.DoFn.StateParam(BUFFER),
+                progress_state=beam.DoFn.StateParam(PROGRESS), flush_timer=beam.DoFn.TimerParam(FLUSH)):
+        _, batch = element
+        hour_ms = el.hour_of(batch.column("event_time")[0].as_py())
+        hour_start = _timestamp(hour_ms)
+        progress = progress_state.read() or el.KeyProgress()
+        seen = seen_state.read()
+        result = el.deduplicate_with_ttl(el.empty_seen() if seen is None else seen, pa.Table.from_batches([batch]))
+        seen, invalid, too_late = result.seen, result.conflicts.num_rows, 0
+        if invalid:
+            self._conflicts.inc(invalid)
+            yield pvalue.TaggedOutput(dl.DEAD_LETTER, window.TimestampedValue(
+                el.event_dead_letters(result.conflicts, dl.EVENT_ID_CONFLICT, el.conflict_detail()), hour_start))
+        if result.kept.num_rows:
+            arrival = el.arrival_state(hour_ms, progress.watermark_ms, self._policy)
+            if arrival == el.CLOSED:
+                _, _, seen = el.settle_flush(seen, result.kept)  # remembered, so later copies are duplicates
+                too_late = result.kept.num_rows
+                self._too_late.inc(too_late)
+                yield pvalue.TaggedOutput(dl.DEAD_LETTER, window.TimestampedValue(el.event_dead_letters(
+                    result.kept, dl.TOO_LATE, el.too_late_detail(hour_ms, self._policy)), hour_start))
+            else:
+                late = arrival == el.LATE
+                buffer.add((hour_ms, late, _one_batch(result.kept)))
+                progress = progress._replace(buffered=progress.buffered | {(hour_ms, late)})
+        seen_state.write(seen)
+        progress_state.write(progress)
+        _set_timer(flush_timer, self._deadlines(seen, progress), progress.watermark_ms)
+        self._duplicates.inc(result.duplicates)
+        yield pvalue.TaggedOutput(dl.COUNTS, window.TimestampedValue(
+            {"duplicates": result.duplicates, "invalid": invalid + too_late, "too_late": too_late}, hour_start))
+
+    @userstate.on_timer(FLUSH)
+    def flush(self, bucket=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+              seen_state=beam.DoFn.StateParam(SEEN), buffer=beam.DoFn.StateParam(BUFFER),
+              progress_state=beam.DoFn.StateParam(PROGRESS), flush_timer=beam.DoFn.TimerParam(FLUSH)):
+        progress = progress_state.read() or el.KeyProgress()
+        watermark_ms = _ms(fired) if progress.watermark_ms is None else max(progress.watermark_ms, _ms(fired))
+        seen = seen_state.read()
+        seen = el.empty_seen() if seen is None else seen
+        due = {group for group in progress.buffered if el.flush_deadline_ms(*group, self._policy) <= watermark_ms}
+        files, counts = progress.files, {"valid": 0, "late": 0, "invalid": 0}
+        if due:
+            due_by_hour: dict[int, list[tuple[bool, pa.RecordBatch]]] = {}
+            waiting = []
+            for hour_ms, late, rows in buffer.read():
+                if (hour_ms, late) in due:
+                    due_by_hour.setdefault(hour_ms, []).append((late, rows))
+                else:
+                    waiting.append((hour_ms, late, rows))
+            buffer.clear()
+            for entry in waiting:
+                buffer.add(entry)
+            for hour_ms in sorted(due_by_hour):
+                rows = pa.Table.from_batches([batch for _, batch in due_by_hour[hour_ms]])
+                late_ids = [batch.column("event_id") for late, batch in due_by_hour[hour_ms] if late]
+                to_log, conflicted, seen = el.settle_flush(seen, rows)
+                if conflicted.num_rows:
+                    counts["invalid"] += conflicted.num_rows
+                    self._conflicts.inc(conflicted.num_rows)
+                    yield pvalue.TaggedOutput(dl.DEAD_LETTER, window.TimestampedValue(el.event_dead_letters(
+                        conflicted, dl.EVENT_ID_CONFLICT, el.conflict_detail()), _timestamp(hour_ms)))
+                if to_log.num_rows:
+                    path = el.part_path(el.EVENTS_DIR, hour_ms, bucket, files)
+                    files += 1
+                    yield self._files.write(path, el.LOG_SCHEMA_FILE, el.log_records(to_log))
+                    late_rows = _rows_among(to_log, late_ids)
+                    counts["valid"] += to_log.num_rows
+                    counts["late"] += late_rows
+                    self._logged.inc(to_log.num_rows)
+                    self._late.inc(late_rows)
+        seen = el.expire_seen(seen, watermark_ms, self._policy)
+        progress = el.KeyProgress(watermark_ms, files, progress.buffered - due)
+        if seen.num_rows:
+            seen_state.write(seen)
+        else:
+            seen_state.clear()
+        progress_state.write(progress)
+        _set_timer(flush_timer, self._deadlines(seen, progress), watermark_ms)
+        if any(counts.values()):
+            yield pvalue.TaggedOutput(dl.COUNTS, counts)
+
+
+class WriteDeadLettersFn(beam.DoFn):
+    """(bucket, DEAD_LETTER RecordBatch) -> FileEntry: one file per key and hour each time the watermark
+    passes the hour's end, the hour being that of the element's timestamp. Letters for an hour already
+    written go to the next file of the same partition (nothing is ever too late here)."""
+    BUFFER = userstate.BagStateSpec("buffer", TupleCoder((VarIntCoder(), ArrowCoder())))
+    PROGRESS = userstate.ReadModifyWriteStateSpec("progress", PickleCoder())
+    FLUSH = userstate.TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def __init__(self, log_root: str):
+        super().__init__()
+        self._log_root = log_root
+
+    def setup(self):
+        self._files = LogFiles(self._log_root)
+
+    @staticmethod
+    def _deadline(hour_ms: int) -> int:
+        return MIN_EVENT_TIME_MS if hour_ms == el.UNKNOWN_HOUR else hour_ms + el.HOUR_MS
+
+    def process(self, element: tuple[int, pa.RecordBatch], timestamp=beam.DoFn.TimestampParam,
+                buffer=beam.DoFn.StateParam(BUFFER), progress_state=beam.DoFn.StateParam(PROGRESS),
+                flush_timer=beam.DoFn.TimerParam(FLUSH)):
+        _, letters = element
+        hour_ms = el.partition_hour(_ms(timestamp))
+        buffer.add((hour_ms, letters))
+        progress = progress_state.read() or el.KeyProgress()
+        progress = progress._replace(buffered=progress.buffered | {(hour_ms, False)})
+        progress_state.write(progress)
+        flush_timer.set(_timestamp(min(self._deadline(hour) for hour, _ in progress.buffered)))
+
+    @userstate.on_timer(FLUSH)
+    def flush(self, bucket=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+              buffer=beam.DoFn.StateParam(BUFFER), progress_state=beam.DoFn.StateParam(PROGRESS),
+              flush_timer=beam.DoFn.TimerParam(FLUSH)):
+        progress = progress_state.read() or el.KeyProgress()
+        watermark_ms = _ms(fired) if progress.watermark_ms is None else max(progress.watermark_ms, _ms(fired))
+        due_by_hour: dict[int, list[pa.RecordBatch]] = {}
+        waiting = []
+        for hour_ms, letters in buffer.read():
+            if self._deadline(hour_ms) <= watermark_ms:
+                due_by_hour.setdefault(hour_ms, []).append(letters)
+            else:
+                waiting.append((hour_ms, letters))
+        buffer.clear()
+        for entry in waiting:
+            buffer.add(entry)
+        files = progress.files
+        for hour_ms in sorted(due_by_hour):
+            letters = pa.Table.from_batches(due_by_hour[hour_ms], schema=dl.DEAD_LETTER_SCHEMA).sort_by(dl.SORT_ORDER)
+            path = el.part_path(el.REJECTED_DIR, hour_ms, bucket, files)
+            files += 1
+            yield self._files.write(path, registry.DEAD_LETTER_SCHEMA_FILE, letters.to_pylist())
+        buffered = frozenset((hour_ms, False) for hour_ms, _ in waiting)
+        progress_state.write(el.KeyProgress(watermark_ms, files, buffered))
+        if buffered:
+            flush_timer.set(_timestamp(min(self._deadline(hour) for hour, _ in buffered)))
+
+
+def key_dead_letters(letters: pa.RecordBatch, num_buckets: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(bucket of the first letter's source, letters); empty batches are dropped."""
+    if letters.num_rows:
+        yield key_hash(letters.column("source")[0].as_py()) % num_buckets, letters
+
+
+class WriteDeadLetters(beam.PTransform):
+    """DEAD_LETTER RecordBatches -> FileEntry of each file written under LOG_ROOT/rejected/dt=/hr=/."""
+
+    def __init__(self, log_root: str, num_buckets: int = DEFAULT_BUCKETS):
+        super().__init__()
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be positive, got {num_buckets}")
+        self._log_root = log_root
+        self._num_buckets = num_buckets
+
+    def expand(self, letters):
+        return (letters
+                | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                | "KeyBySource" >> beam.FlatMap(key_dead_letters, self._num_buckets).with_output_types(
+                    tuple[int, pa.RecordBatch])
+                | "Write" >> beam.ParDo(WriteDeadLettersFn(self._log_root)))
+
+
+class IngestEvents(beam.PTransform):
+    """RawChunks -> {LOGGED: FileEntry per event-log file, REJECTED: FileEntry per dead-letter file,
+    DEAD_LETTER: pa.RecordBatch (DEAD_LETTER_SCHEMA), COUNTS: dict}.
+
+    The input may also be a source's dict {RAW_CHUNKS: RawChunks, DEAD_LETTER: ..., COUNTS: ...} (a
+    Pub/Sub source dead-letters undecodable messages itself): its dead letters and counts join these.
+
+    Every raw event ends up written to the log once, dead-lettered once, or counted as a duplicate
+    (once every hour it touched has closed). Paths in FileEntry are relative to `log_root`.
+    """
+
+    def __init__(self, rules: ValidationRules, log_root: str, policy: el.LogPolicy = el.LogPolicy(),
+                 num_buckets: int = DEFAULT_BUCKETS):
+        super().__init__()
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be positive, got {num_buckets}")
+        self._rules = rules
+        self._log_root = log_root
+        self._policy = policy
+        self._num_buckets = num_buckets
+
+    def expand(self, source):
+        chunks, source_dead_letters, source_counts = source, (), ()
+        if isinstance(source, dict):
+            chunks = source[RAW_CHUNKS]
+            source_dead_letters, source_counts = (source[dl.DEAD_LETTER],), (source[dl.COUNTS],)
+        validated = chunks | "Validate" >> ValidateEvents(self._rules)
+        logged = (validated[dl.VALID]
+                  | "PartitionByHour" >> PartitionByHour(self._num_buckets)
+                  | "DeduplicateAndLog" >> beam.ParDo(DeduplicateAndLogFn(self._log_root, self._policy)).with_outputs(
+                      dl.DEAD_LETTER, dl.COUNTS, main=LOGGED))
+        dead_letters = (validated[dl.DEAD_LETTER], logged[dl.DEAD_LETTER], *source_dead_letters) | \
+            "CollectDeadLetters" >> beam.Flatten()
+        rejected = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(self._log_root, self._num_buckets)
+        counts = (validated[dl.COUNTS], logged[dl.COUNTS], *source_counts) | "CollectCounts" >> beam.Flatten()
+        return {LOGGED: logged[LOGGED], REJECTED: rejected, dl.DEAD_LETTER: dead_letters, dl.COUNTS: counts}

@@ -1,0 +1,132 @@
+"""Streaming sources: Pub/Sub messages or dropped files -> RawChunks for the shared parser.
+
+- `ReadMessages(subscription)`: ReadFromPubSub with attributes (for the message ids; attributes are not carried
+  into chunks), then `DecodeMessages`.
+- `DecodeMessages(subscription)`: PubsubMessages -> {RAW_CHUNKS: RawChunk, DEAD_LETTER: RecordBatch,
+  COUNTS: dict}, one chunk or one dead letter per message (rules in transforms/events/messages.py).
+- `ReadDroppedFiles(pattern)`: the files matching a glob, read once as the batch build reads them. A bounded
+  source: on `--runner=BundleBasedDirectRunner --streaming` the pipeline ends by itself once they are read
+  (MatchFiles + ReadMatches; no splittable-DoFn source runs on that runner).
+"""
+from __future__ import annotations
+
+import re
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub
+
+from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.events.messages import decode_message, message_source
+from labelbeam.transforms.events.raw_chunks import RawChunk
+from labelbeam.transforms.read import ReadRangeFn  # importing read also registers RawChunkCoder
+from labelbeam.transforms.storage.event_files import DEFAULT_CHUNK_EVENTS, DEFAULT_RANGE_BYTES, ByteRange, plan_ranges
+from labelbeam.transforms.storage.inputs import AVRO_MAGIC, InputFile
+
+RAW_CHUNKS = "raw_chunks"
+_SUBSCRIPTION = re.compile(r"projects/[^/]+/subscriptions/[^/]+")
+
+
+def _check_subscription(subscription: str) -> None:
+    if not isinstance(subscription, str) or not _SUBSCRIPTION.fullmatch(subscription):
+        raise ValueError(f"subscription {subscription!r} is not a full Pub/Sub subscription path; "
+                         "write it as projects/<project>/subscriptions/<name>")
+
+
+@beam.typehints.with_input_types(PubsubMessage)
+class DecodeMessageFn(beam.DoFn):
+    def __init__(self, subscription: str):
+        super().__init__()
+        self._subscription = subscription
+
+    def setup(self):
+        self._decoded = beam.metrics.Metrics.counter("labelbeam", "messages_decoded")
+        self._undecodable = beam.metrics.Metrics.counter("labelbeam", "messages_undecodable")
+
+    def process(self, message: PubsubMessage):
+        data = message.data or b""
+        decoded = decode_message(data, message_source(self._subscription, message.message_id, data))
+        if isinstance(decoded, RawChunk):
+            self._decoded.inc()
+            yield decoded
+            return
+        self._undecodable.inc()
+        yield pvalue.TaggedOutput(dl.DEAD_LETTER, dl.to_record_batch([decoded]))
+        yield pvalue.TaggedOutput(dl.COUNTS, {"read": 1, "invalid": 1})
+
+
+class DecodeMessages(beam.PTransform):
+    """PubsubMessages -> {RAW_CHUNKS: RawChunk, DEAD_LETTER: pa.RecordBatch (DEAD_LETTER_SCHEMA), COUNTS: dict}.
+
+    Every message becomes exactly one output: a RawChunk of its one event, named
+    pubsub://<subscription>#<message id>, or a dead letter with the message's bytes
+    (UNKNOWN_SCHEMA_VERSION, SCHEMA_MISMATCH) and a COUNTS element {"read": 1, "invalid": 1}. Decoded
+    messages are counted where ValidateEvents parses their chunk. Element timestamps pass through.
+    """
+
+    def __init__(self, subscription: str):
+        super().__init__()
+        _check_subscription(subscription)
+        self._subscription = subscription
+
+    def expand(self, messages):
+        decoded = messages | "Decode" >> beam.ParDo(DecodeMessageFn(self._subscription)).with_output_types(
+            RawChunk).with_outputs(dl.DEAD_LETTER, dl.COUNTS, main=RAW_CHUNKS)
+        return {RAW_CHUNKS: decoded[RAW_CHUNKS], dl.DEAD_LETTER: decoded[dl.DEAD_LETTER], dl.COUNTS: decoded[dl.COUNTS]}
+
+
+class ReadMessages(beam.PTransform):
+    """A Pub/Sub subscription -> DecodeMessages' outputs. Unbounded: needs a streaming pipeline.
+
+    Elements carry the message's publish time as their timestamp (no timestamp attribute); event time
+    is assigned downstream, from `event_time`.
+    """
+
+    def __init__(self, subscription: str):
+        super().__init__()
+        _check_subscription(subscription)
+        self._subscription = subscription
+
+    def expand(self, pbegin):
+        messages = pbegin | "ReadFromPubSub" >> ReadFromPubSub(
+            subscription=self._subscription, with_attributes=True, timestamp_attribute=None)
+        return messages | "DecodeMessages" >> DecodeMessages(self._subscription)
+
+
+def plan_dropped_file(readable: fileio.ReadableFile, range_bytes: int = DEFAULT_RANGE_BYTES) -> list[ByteRange]:
+    """The byte ranges of one matched file, its format sniffed from its first bytes as `match_inputs` does."""
+    with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        magic = stream.read(len(AVRO_MAGIC))
+    raw_format = "avro" if magic == AVRO_MAGIC else "json"
+    return plan_ranges([InputFile(readable.metadata.path, readable.metadata.size_in_bytes, raw_format)], range_bytes)
+
+
+class ReadDroppedFiles(beam.PTransform):
+    """Files matching a glob -> RawChunks of at most `chunk_events` events, read as the batch build reads files.
+
+    JSON Lines (blank lines skipped, a leading BOM dropped, offsets are byte offsets), Avro container files
+    (offsets are record indexes), compressed files whole. A truncated or corrupt file raises
+    CorruptInputError naming it, as in the build: it is never read in part. Bounded, so it ends by itself.
+    """
+
+    def __init__(self, pattern: str, chunk_events: int = DEFAULT_CHUNK_EVENTS,
+                 range_bytes: int = DEFAULT_RANGE_BYTES):
+        super().__init__()
+        if not pattern:
+            raise ValueError("ReadDroppedFiles needs a file pattern, e.g. 'drop/*.jsonl'")
+        if range_bytes < 1 or chunk_events < 1:
+            raise ValueError(f"range_bytes and chunk_events must be positive, got {range_bytes} and {chunk_events}")
+        self._pattern = pattern
+        self._chunk_events = chunk_events
+        self._range_bytes = range_bytes
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+                | "ReadMatches" >> fileio.ReadMatches()
+                | "PlanRanges" >> beam.FlatMap(plan_dropped_file, self._range_bytes)
+                | "ReadRanges" >> beam.ParDo(ReadRangeFn(self._chunk_events)))
+
