@@ -149,10 +149,18 @@ def large_sample(tmp_path_factory):
     return str(directory / "events")
 
 
+def as_from_a_terminal() -> None:
+    """In the child: SIGINT back to its default disposition, as in a shell a user types Ctrl-C into. A
+    harness that starts the tests in the background (SIGINT ignored) would otherwise pass that on, and the
+    build, rightly, would keep ignoring Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_build_once_claimed(events: str, output: str) -> subprocess.CompletedProcess:
     """Run a build and send it SIGINT (Ctrl-C) as soon as it has claimed its version."""
     process = subprocess.Popen([sys.executable, "-m", "labelbeam.pipelines.cli", *build_args(events, output)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_from_a_terminal)
     claims = os.path.join(output, "sample", "versions", "*", version_store.CLAIM)
     deadline = time.monotonic() + 120
     while not glob.glob(claims) and process.poll() is None and time.monotonic() < deadline:
@@ -205,7 +213,7 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_ctrl_c_inside_a_running_stage_exits_130_with_one_line_and_no_claim_left(sample_events, tmp_path):
     output = str(tmp_path / "out")
     result = subprocess.run([sys.executable, "-c", INTERRUPT_WHILE_PARSING, *build_args(sample_events, output)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, preexec_fn=as_from_a_terminal)
     assert result.returncode == EXIT_INTERRUPTED, result.stderr[-2000:]
     [line] = error_lines(result)  # Beam's own ERROR log of the interrupted DoFn included: none
     assert line.startswith("labelbeam: interrupted")
