@@ -128,11 +128,18 @@ def test_on_time_rows_flush_at_the_hour_end_and_late_rows_when_the_hour_closes()
     assert el.flush_deadline_ms(at(0), True, POLICY) == at(2)
 
 
-def test_the_timer_is_the_earliest_deadline_or_the_next_hour_boundary_after_the_watermark_seen():
-    assert el.next_timer_ms([], at(0)) is None
-    assert el.next_timer_ms([at(5), at(3)], None) == at(3)
-    assert el.next_timer_ms([at(5), at(3)], at(1, 30)) == at(2)
-    assert el.next_timer_ms([at(1, 10)], at(0, 30)) == at(1)
+def test_an_hour_writer_looks_at_the_watermark_at_its_end_its_close_and_its_ttl():
+    assert el.timer_points_ms(at(0), POLICY) == [at(1), at(2), at(3)]
+    assert el.timer_points_ms(at(0), el.LogPolicy(allowed_lateness_ms=0, ttl_ms=HOUR)) == [at(1), at(2)]
+    assert el.timer_points_ms(at(0), el.LogPolicy(allowed_lateness_ms=HOUR, ttl_ms=HOUR)) == [at(1), at(2)]
+
+
+def test_the_timer_is_the_hours_first_point_after_the_watermark_seen():
+    assert el.next_timer_ms(at(0), None, POLICY) == at(1)
+    assert el.next_timer_ms(at(0), at(0, 30), POLICY) == at(1)
+    assert el.next_timer_ms(at(0), at(1), POLICY) == at(2)
+    assert el.next_timer_ms(at(0), at(2, 59), POLICY) == at(3)
+    assert el.next_timer_ms(at(0), at(3), POLICY) is None
 
 
 @pytest.mark.parametrize("lateness, ttl", [(-1, HOUR), (0, 0)])
@@ -203,9 +210,7 @@ def test_expired_ids_are_forgotten_once_the_watermark_passes_their_hour_end_plus
     result = el.deduplicate_with_ttl(el.empty_seen(), event_table([event("a", time_ms=at(0)),
                                                                    event("b", time_ms=at(1))]))
     _, _, seen = el.settle_flush(result.seen, result.kept.filter(pa.compute.equal(result.kept.column("event_id"), "a")))
-    assert el.next_expiry_ms(seen, POLICY) == at(3)  # "b" is still pending: not yet expirable
     assert ids(el.expire_seen(seen, at(3) - 1, POLICY)) == ["a", "b"]
     assert ids(el.expire_seen(seen, at(10), POLICY)) == ["b"]  # pending ids wait for their flush
     _, _, settled = el.settle_flush(seen, result.kept)
     assert el.expire_seen(settled, at(10), POLICY).num_rows == 0
-    assert el.next_expiry_ms(el.empty_seen(), POLICY) is None

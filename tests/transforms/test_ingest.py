@@ -115,22 +115,24 @@ def test_out_of_order_events_are_written_to_their_hours_as_the_watermark_passes_
     test_stream = send(test_stream, [event("c2", time_ms=at(2, 0)), event("b3", time_ms=at(1, 59))], "s3", 1, 2)
     test_stream = test_stream.advance_watermark_to(arrive(2, 1)).advance_watermark_to(arrive(3, 1))
     run(finish(test_stream), tmp_path, {"read": 8, "valid": 8})
-    # One file per hour, written in hour order (the key's file sequence), rows sorted by event_id.
+    # One file per hour (each hour's writer counts its own files), rows sorted by event_id.
     assert logged_ids(tmp_path) == {f"{HR20}/part-00000-000000.avro": ["a1", "a2", "a3"],
-                                    f"{HR21}/part-00000-000001.avro": ["b1", "b2", "b3"],
-                                    f"{HR22}/part-00000-000002.avro": ["c1", "c2"]}
+                                    f"{HR21}/part-00000-000000.avro": ["b1", "b2", "b3"],
+                                    f"{HR22}/part-00000-000000.avro": ["c1", "c2"]}
     assert rejected(tmp_path) == {}
 
 
 def test_a_watermark_jump_across_several_hours_writes_each_hour_in_order(tmp_path):
     test_stream = send(stream(), [event("c", time_ms=at(2, 5)), event("a", time_ms=at(0, 5)),
                                   event("b", time_ms=at(1, 5))], "s1", 0, 1)
-    test_stream = test_stream.advance_watermark_to(arrive(5))
-    test_stream = send(test_stream, [event("d", time_ms=at(4, 30))], "s2", 5, 1)  # late for hour 4
+    test_stream = test_stream.advance_watermark_to(arrive(4, 30))
+    # Late for hour 3, whose writer is new: it judges by the latest firing its DoFn saw (hour 2 closing at
+    # 00:00, = hour 3's end), not by a watermark of its own.
+    test_stream = send(test_stream, [event("d", time_ms=at(3, 30))], "s2", 4, 31)
     run(finish(test_stream), tmp_path, {"read": 4, "valid": 4, "late": 1})
-    assert logged_ids(tmp_path) == {f"{HR20}/part-00000-000000.avro": ["a"], f"{HR21}/part-00000-000001.avro": ["b"],
-                                    f"{HR22}/part-00000-000002.avro": ["c"],
-                                    "dt=2026-05-29/hr=00/part-00000-000003.avro": ["d"]}
+    assert logged_ids(tmp_path) == {f"{HR20}/part-00000-000000.avro": ["a"], f"{HR21}/part-00000-000000.avro": ["b"],
+                                    f"{HR22}/part-00000-000000.avro": ["c"],
+                                    "dt=2026-05-28/hr=23/part-00000-000000.avro": ["d"]}
 
 
 def test_duplicates_within_the_ttl_are_counted_and_not_written(tmp_path):
@@ -200,7 +202,7 @@ def test_late_events_within_the_lateness_go_to_a_late_file_and_count_as_late(tmp
     run(finish(test_stream), tmp_path, {"read": 5, "valid": 5, "late": 2})
     assert logged_ids(tmp_path) == {f"{HR20}/part-00000-000000.avro": ["a"],
                                     f"{HR20}/part-00000-000001.avro": ["late1", "late2"],
-                                    f"{HR21}/part-00000-000002.avro": ["b", "c"]}
+                                    f"{HR21}/part-00000-000000.avro": ["b", "c"]}
 
 
 def test_too_late_events_are_dead_lettered_too_late_in_their_hour_and_replayable(tmp_path):
@@ -209,7 +211,7 @@ def test_too_late_events_are_dead_lettered_too_late_in_their_hour_and_replayable
     test_stream = send(test_stream, [event("old", label="dog", time_ms=at(0, 30)), event("c", time_ms=at(2, 20))],
                        "s2", 2, 11)
     run(finish(test_stream), tmp_path, {"read": 3, "valid": 2, "invalid": 1, "too_late": 1})
-    assert logged_ids(tmp_path) == {f"{HR20}/part-00000-000000.avro": ["a"], f"{HR22}/part-00000-000001.avro": ["c"]}
+    assert logged_ids(tmp_path) == {f"{HR20}/part-00000-000000.avro": ["a"], f"{HR22}/part-00000-000000.avro": ["c"]}
     [[letter]] = read_dir(tmp_path, "rejected").values()
     assert list(read_dir(tmp_path, "rejected")) == [f"{HR20}/part-00000-000000.avro"]
     assert (letter["reason"], letter["event_id"], letter["source"], letter["offset"]) == (dl.TOO_LATE, "old", "s2", 0)
@@ -232,7 +234,7 @@ def test_malformed_messages_become_dead_letters_partitioned_by_their_arrival_hou
     assert {path: [(r["reason"], r["source"], r["offset"]) for r in records] for path, records in letters.items()} == {
         f"{HR20}/part-00000-000000.avro": [(dl.MALFORMED_JSON, "s1", 0), (dl.UNKNOWN_SCHEMA_VERSION, "s1", 1)],
         f"{HR20}/part-00000-000001.avro": [(dl.MISSING_FIELD, "s2", 0), (dl.BAD_TIMESTAMP, "s2", 1)],
-        "dt=unknown/hr=unknown/part-00000-000002.avro": [(dl.MALFORMED_JSON, "s3", 7)]}
+        "dt=unknown/hr=unknown/part-00000-000000.avro": [(dl.MALFORMED_JSON, "s3", 7)]}
     assert letters[f"{HR20}/part-00000-000000.avro"][0]["raw"] == b"{not json"
 
 

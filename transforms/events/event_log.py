@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -221,21 +221,27 @@ def flush_deadline_ms(hour_ms: int, late: bool, policy: LogPolicy) -> int:
     return hour_ms + HOUR_MS + (policy.allowed_lateness_ms if late else 0)
 
 
-def next_timer_ms(deadlines: Iterable[int], watermark_ms: int | None) -> int | None:
-    """The key's one timer: its earliest deadline, or sooner the next hour boundary after the watermark it
-    has seen (so a key holding state learns the watermark at least hourly). None when nothing is due."""
-    earliest = min(deadlines, default=None)
-    if earliest is None or watermark_ms is None:
-        return earliest
-    return min(earliest, hour_of(watermark_ms) + HOUR_MS)
+def timer_points_ms(hour_ms: int, policy: LogPolicy) -> list[int]:
+    """When the writer of one hour must look at the watermark: the hour's end (on-time rows are written,
+    later ones are late), its close (late rows are written, later ones are too late) and the TTL (its
+    remembered ids are forgotten). Sorted, without repeats."""
+    hour_end = hour_ms + HOUR_MS
+    return sorted({hour_end, hour_end + policy.allowed_lateness_ms, expiry_ms(hour_ms, policy)})
+
+
+def next_timer_ms(hour_ms: int, watermark_ms: int | None, policy: LogPolicy) -> int | None:
+    """The hour writer's one timer: its first point after the watermark it has seen; None once all passed."""
+    return next((point for point in timer_points_ms(hour_ms, policy)
+                 if watermark_ms is None or point > watermark_ms), None)
 
 
 class KeyProgress(NamedTuple):
-    """A key's small state: the watermark its timers have shown, files written so far, and the
-    (hour_ms, late) groups of rows waiting in its buffer."""
+    """An hour writer's small state: the watermark its timers have shown, the files it wrote, and which
+    rows wait in its buffer (False: on-time rows, True: late rows). Kept after the hour's ids are
+    forgotten, so the hour stays closed and file names stay unique."""
     watermark_ms: int | None = None
     files: int = 0
-    buffered: frozenset[tuple[int, bool]] = frozenset()
+    buffered: frozenset[bool] = frozenset()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,10 +359,3 @@ def expire_seen(seen: pa.Table, watermark_ms: int, policy: LogPolicy) -> pa.Tabl
     expired = (expiry_ms(seen.column("hour_ms").to_numpy(), policy) <= watermark_ms) & \
         ~seen.column("pending").to_numpy(zero_copy_only=False)
     return seen.filter(pa.array(~expired)) if expired.any() else seen
-
-
-def next_expiry_ms(seen: pa.Table, policy: LogPolicy) -> int | None:
-    """The earliest expiry among ids that are not pending (pending ones wait for their flush first)."""
-    hours = seen.filter(pc.invert(seen.column("pending"))).column("hour_ms")
-    earliest = pc.min(hours).as_py() if len(hours) else None
-    return None if earliest is None else expiry_ms(earliest, policy)
