@@ -89,24 +89,25 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
 
 
 class LogFiles:
-    """Writes one Avro file of the log under LOG_ROOT, create-only: a name is never written twice with
-    different bytes (a retried bundle writing the same bytes again is fine)."""
+    """Writes the Avro files of the log under LOG_ROOT, create-only, named by event_log.part_path."""
 
     def __init__(self, log_root: str):
         self._root = log_root
         self._store = stores.store_for(log_root)
 
-    def write(self, relative_path: str, schema_file: str, records: list[dict]) -> FileEntry:
+    def write(self, kind: str, hour_ms: int, bucket: int, sequence: int, schema_file: str,
+              records: list[dict]) -> FileEntry:
         with gc_paused():
-            data = avro_bytes(registry.load_schema_json(schema_file), records, relative_path)
+            data = avro_bytes(registry.load_schema_json(schema_file), records,
+                              el.part_path(kind, hour_ms, bucket, sequence, ""))
+        digest = hashlib.sha256(data).hexdigest()
+        relative_path = el.part_path(kind, hour_ms, bucket, sequence, digest)
         path = stores.join(self._root, *relative_path.split("/"))
         try:
             self._store.create_only(path, data)
         except stores.AlreadyExists:
-            if self._store.read(path) != data:
-                raise RuntimeError(f"{path} already exists with other contents; a log file is never "
-                                   f"overwritten (is another ingest job writing to {self._root}?)") from None
-        return FileEntry(relative_path, len(records), len(data), hashlib.sha256(data).hexdigest())
+            pass  # the same name holds the same bytes: a retried bundle wrote it before
+        return FileEntry(relative_path, len(records), len(data), digest)
 
 
 HourKey = tuple[int, int]   # (bucket, hour_ms): one writer per bucket of event ids and event hour
@@ -301,8 +302,8 @@ class DeduplicateAndLogFn(beam.DoFn):
                 yield pvalue.TaggedOutput(dl.DEAD_LETTER, window.TimestampedValue(el.event_dead_letters(
                     conflicted, dl.EVENT_ID_CONFLICT, el.conflict_detail()), _timestamp(hour_ms)))
             if to_log.num_rows:
-                yield self._files.write(el.part_path(el.EVENTS_DIR, hour_ms, bucket, files),
-                                        el.LOG_SCHEMA_FILE, el.log_records(to_log))
+                yield self._files.write(el.EVENTS_DIR, hour_ms, bucket, files, el.LOG_SCHEMA_FILE,
+                                        el.log_records(to_log))
                 files += 1
                 late_rows = _rows_among(to_log, late_ids)
                 counts["valid"] += to_log.num_rows
@@ -343,8 +344,8 @@ class WriteDeadLettersFn(beam.DoFn):
         buffer.clear()
         if letters.num_rows:
             files = files_state.read() or 0
-            yield self._files.write(el.part_path(el.REJECTED_DIR, hour_ms, bucket, files),
-                                    registry.DEAD_LETTER_SCHEMA_FILE, letters.to_pylist())
+            yield self._files.write(el.REJECTED_DIR, hour_ms, bucket, files, registry.DEAD_LETTER_SCHEMA_FILE,
+                                    letters.to_pylist())
             files_state.write(files + 1)
 
 

@@ -48,8 +48,10 @@ def test_times_before_2000_have_the_unknown_partition():
     assert el.partition_dir(el.REJECTED_DIR, el.UNKNOWN_HOUR) == "rejected/dt=unknown/hr=unknown"
 
 
-def test_part_path_names_the_bucket_and_the_keys_file_sequence():
-    assert el.part_path(el.EVENTS_DIR, at(0), 3, 12) == "events/dt=2026-05-28/hr=20/part-00003-000012.avro"
+def test_part_path_names_the_bucket_the_writers_file_sequence_and_the_contents():
+    digest = "0123456789abcdef" * 4
+    assert el.part_path(el.EVENTS_DIR, at(0), 3, 12, digest) == \
+        "events/dt=2026-05-28/hr=20/part-00003-000012-0123456789ab.avro"
 
 
 def test_split_by_bucket_and_hour_puts_every_copy_of_an_id_in_one_bucket_and_hour():

@@ -4,6 +4,7 @@ Each test asserts the exact files written under a temporary LOG_ROOT (read back 
 exact counts. Times: H0 is 2026-05-28T20:00:00Z, an hour boundary; `at(h, m)` is an event time (ms) and
 `arrive(h, m)` an element timestamp (s) h hours and m minutes after it.
 """
+import hashlib
 import io
 import pathlib
 
@@ -61,9 +62,9 @@ def finish(test_stream: TestStream, hour: int = 12) -> TestStream:
     return test_stream.advance_watermark_to(arrive(hour)).advance_watermark_to_infinity()
 
 
-def outputs_match(root: pathlib.Path, expected_counts: dict[str, int]):
+def outputs_match(root: pathlib.Path, expected_counts: dict[str, int], files_before: frozenset[str] = frozenset()):
     """A matcher of the tagged outputs: COUNTS sum to `expected_counts` (and add up), and LOGGED / REJECTED
-    name exactly the files on disk when the pipeline ends."""
+    name exactly the files on disk when the pipeline ends, other than `files_before`."""
     def check(tagged):
         total = {key: value for key, value in sum_counts(v for tag, v in tagged if tag == "counts").items() if value}
         if total != expected_counts:
@@ -72,7 +73,8 @@ def outputs_match(root: pathlib.Path, expected_counts: dict[str, int]):
             raise BeamAssertException(f"counts do not add up: {total}")
         for kind in (el.EVENTS_DIR, el.REJECTED_DIR):
             entries = sorted(path for tag, path in tagged if tag == kind)
-            on_disk = sorted(str(path.relative_to(root)) for path in (root / kind).rglob("*.avro"))
+            on_disk = sorted(str(path.relative_to(root)) for path in (root / kind).rglob("*.avro")
+                             if str(path.relative_to(root)) not in files_before)
             if entries != on_disk:
                 raise BeamAssertException(f"{kind}: entries {entries} != files {on_disk}")
     return check
@@ -80,22 +82,27 @@ def outputs_match(root: pathlib.Path, expected_counts: dict[str, int]):
 
 def run(test_stream: TestStream, root: pathlib.Path, counts: dict[str, int], policy: el.LogPolicy = POLICY,
         num_buckets: int = 1) -> None:
-    """Runs IngestEvents, asserting its COUNTS and that LOGGED / REJECTED list exactly the files on disk."""
+    """Runs IngestEvents, asserting its COUNTS and that LOGGED / REJECTED list exactly the files it added."""
+    files_before = frozenset(str(path.relative_to(root)) for path in root.rglob("*.avro")) if root.exists() \
+        else frozenset()
     with TestPipeline(options=PipelineOptions(STREAMING)) as p:
         out = p | test_stream | IngestEvents(RULES, str(root), policy, num_buckets)
         tagged = ((out[dl.COUNTS] | "TagCounts" >> beam.Map(lambda part: ("counts", part)),
                    out[LOGGED] | "TagLogged" >> beam.Map(lambda entry: (el.EVENTS_DIR, entry.path)),
                    out[REJECTED] | "TagRejected" >> beam.Map(lambda entry: (el.REJECTED_DIR, entry.path)))
                   | "AllOutputs" >> beam.Flatten())
-        assert_that(tagged, outputs_match(root, counts))
+        assert_that(tagged, outputs_match(root, counts, files_before))
 
 
 def read_dir(root: pathlib.Path, kind: str) -> dict[str, list[dict]]:
-    """Every file of `kind` under root: path relative to root/kind -> its records (fastavro)."""
+    """Every file of `kind` under root: path relative to root/kind, without the digest of its bytes that
+    ends its name (checked here), -> its records (fastavro)."""
     found = {}
     for path in sorted((root / kind).rglob("*.avro")) if (root / kind).exists() else []:
+        stem, digest = path.name[:-len(".avro")].rsplit("-", 1)
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest()[:el.DIGEST_CHARS]
         with open(path, "rb") as stream_:
-            found[str(path.relative_to(root / kind))] = list(fastavro.reader(stream_))
+            found[str(path.relative_to(root / kind).with_name(stem + ".avro"))] = list(fastavro.reader(stream_))
     return found
 
 
@@ -304,3 +311,18 @@ def test_ingest_events_steps_have_stable_labels():
 def test_ingest_events_refuses_a_bucket_count_below_one(num_buckets):
     with pytest.raises(ValueError, match="num_buckets"):
         IngestEvents(RULES, "/nowhere", POLICY, num_buckets)
+
+
+def test_a_second_run_into_the_same_log_adds_files_beside_the_first_runs(tmp_path):
+    def scenario(event_id):
+        return finish(send(stream(), [event(event_id, time_ms=at(0, 5))], "s1", 0, 10).advance_watermark_to(
+            arrive(1, 1)))
+    run(scenario("first"), tmp_path / "one", {"read": 1, "valid": 1})
+    run(scenario("second"), tmp_path / "two", {"read": 1, "valid": 1})
+    [first] = (tmp_path / "one" / "events").rglob("*.avro")
+    [second] = (tmp_path / "two" / "events").rglob("*.avro")
+    # The same writer, hour and sequence; other rows, so another name: both fit in one log.
+    assert first.name != second.name and first.name[:len("part-00000-000000")] == second.name[:len("part-00000-000000")]
+    run(scenario("second"), tmp_path / "one", {"read": 1, "valid": 1})
+    assert sorted(path.name for path in (tmp_path / "one" / "events").rglob("*.avro")) == \
+        sorted([first.name, second.name])

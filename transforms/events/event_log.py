@@ -1,10 +1,11 @@
 """The curated event log's pure parts: hour partitions, paths, Avro rows, and deduplication with a TTL.
 
-    LOG_ROOT/events/dt=YYYY-MM-DD/hr=HH/part-BBBBB-SSSSSS.avro     annotation_event.v2 records, by event_id
-    LOG_ROOT/rejected/dt=YYYY-MM-DD/hr=HH/part-BBBBB-SSSSSS.avro   dead_letter.v1 records
+    LOG_ROOT/events/dt=YYYY-MM-DD/hr=HH/part-BBBBB-SSSSSS-DDDDDDDDDDDD.avro     annotation_event.v2 records, by event_id
+    LOG_ROOT/rejected/dt=YYYY-MM-DD/hr=HH/part-BBBBB-SSSSSS-DDDDDDDDDDDD.avro   dead_letter.v1 records
 
-BBBBB is the writer's key (a hash bucket of event_id), SSSSSS that key's running count of files written,
-so every flush gets a name of its own and a late flush never overwrites an on-time one. Hours are UTC
+BBBBB is the writer's bucket (of event_id hashes; of sources for dead letters), SSSSSS the writer's count
+of files written in that hour, DDDDDDDDDDDD a digest of the file's bytes: every flush gets a name of its
+own, a late flush never overwrites an on-time one, and a second run into the same log never collides. Hours are UTC
 hours of event time. transforms/ingest.py is the Beam side; everything here works on Arrow tables and
 plain values and is tested without Beam.
 
@@ -51,6 +52,7 @@ REJECTED_DIR = "rejected"
 # The partition of dead letters whose element carries no usable time (e.g. a bounded read's minimum
 # timestamp): LOG_ROOT/rejected/dt=unknown/hr=unknown/.
 UNKNOWN_HOUR = -1
+DIGEST_CHARS = 12
 LOG_SCHEMA_FILE = registry.event_schema_file(registry.LATEST_EVENT_SCHEMA_VERSION)
 
 ON_TIME, LATE, CLOSED = "on_time", "late", "closed"
@@ -98,9 +100,12 @@ def partition_dir(kind: str, hour_ms: int) -> str:
     return f"{kind}/dt={start:%Y-%m-%d}/hr={start:%H}"
 
 
-def part_path(kind: str, hour_ms: int, bucket: int, sequence: int) -> str:
-    """The path, relative to LOG_ROOT, of a key's `sequence`-th file (one flush of one hour)."""
-    return f"{partition_dir(kind, hour_ms)}/part-{bucket:05d}-{sequence:06d}.avro"
+def part_path(kind: str, hour_ms: int, bucket: int, sequence: int, digest: str) -> str:
+    """The path, relative to LOG_ROOT, of a writer's `sequence`-th file of one hour, `digest` naming its
+    contents (the first hex digits of their sha256). The same rows always get the same name (a retried
+    bundle rewrites the same file); other rows never do, so another run into the same log adds files
+    beside earlier ones and never collides with them."""
+    return f"{partition_dir(kind, hour_ms)}/part-{bucket:05d}-{sequence:06d}-{digest[:DIGEST_CHARS]}.avro"
 
 
 def split_by_bucket_and_hour(events: pa.RecordBatch, num_buckets: int) -> Iterator[tuple[int, int, pa.RecordBatch]]:
