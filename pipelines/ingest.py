@@ -2,24 +2,31 @@
 validate -> deduplicate (with a TTL) -> the curated, hourly partitioned event log that `build` reads.
 
     labelbeam ingest --source 'drop/*.jsonl' --output LOG_ROOT --dataset D      # bounded: ends by itself
+    labelbeam ingest --source drop/ --watch --output LOG_ROOT --dataset D      # until Ctrl-C, then drains
     labelbeam ingest --source pubsub://projects/P/subscriptions/S --output gs://b/log --dataset D \
         --runner=DataflowRunner ...                                             # unbounded
 
 A file pattern or directory is read once, in streaming mode, on the local runner that has streaming
-semantics (BundleBasedDirectRunner), and the run ends when every hour has closed. Its counts are printed
+semantics (BundleBasedDirectRunner), and the run ends when every hour has closed. With --watch a directory is
+watched instead: files dropped into it are read as they appear, hours are written as the wall clock passes
+them, and Ctrl-C (or SIGTERM) drains: every open hour is written, then the run ends and reports. Its counts are printed
 and written to LOG_ROOT/_runs/. The nightly build then reads `LOG_ROOT/events` with `--as-of`.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream_service import TestStreamServiceController
 
 from labelbeam.pipelines.build import pipeline_options
 from labelbeam.pipelines.errors import (
@@ -33,11 +40,13 @@ from labelbeam.transforms.events.conservation import sum_counts
 from labelbeam.transforms.events.event_log import HOUR_MS, LogPolicy
 from labelbeam.transforms.events.parser import ValidationRules
 from labelbeam.transforms.ingest import IngestEvents
-from labelbeam.transforms.read_stream import ReadDroppedFiles, ReadMessages
+from labelbeam.transforms.read_stream import DropDirectoryFeed, ReadDroppedFiles, ReadMessages, WatchDroppedFiles
 from labelbeam.transforms.storage import stores
 
 PUBSUB_PREFIX = "pubsub://"
 RUNS = "_runs"
+SOURCES = "_sources"        # per watched directory, the files earlier runs read whole
+PROGRESS_SECONDS = 5.0
 STREAMING_LOCAL_RUNNER = "BundleBasedDirectRunner"
 
 
@@ -95,20 +104,90 @@ def summed_counts(counts_dir: str) -> dict[str, int]:
     return sum_counts([json.loads(store.read(path)) for path in store.list(counts_dir)])
 
 
-def build_ingest(pipeline, source: str, log_root: str, rules: ValidationRules, policy: LogPolicy,
-                 num_buckets: int, counts_dir: str):
-    if source.startswith(PUBSUB_PREFIX):
-        chunks = pipeline | "ReadMessages" >> ReadMessages(source[len(PUBSUB_PREFIX):])
-    else:
-        chunks = pipeline | "ReadDroppedFiles" >> ReadDroppedFiles(source_pattern(source))
+def build_ingest(pipeline, chunks, log_root: str, rules: ValidationRules, policy: LogPolicy, num_buckets: int,
+                 counts_dir: str):
     ingested = chunks | "IngestEvents" >> IngestEvents(rules, log_root, policy, num_buckets)
     return ingested[dl.COUNTS] | "RecordCounts" >> beam.ParDo(RecordCountsFn(counts_dir))
+
+
+def read_source(pipeline, source: str):
+    if source.startswith(PUBSUB_PREFIX):
+        return pipeline | "ReadMessages" >> ReadMessages(source[len(PUBSUB_PREFIX):])
+    return pipeline | "ReadDroppedFiles" >> ReadDroppedFiles(source_pattern(source))
+
+
+def sources_record(log_root: str, directory: str) -> str:
+    """LOG_ROOT/_sources/<digest of the directory>.json: the files of `directory` earlier runs read."""
+    digest = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:16]
+    return stores.join(log_root, SOURCES, f"{digest}.json")
+
+
+def read_sources_record(path: str) -> frozenset[str]:
+    store = stores.store_for(path)
+    return frozenset(json.loads(store.read(path))["files"]) if store.exists(path) else frozenset()
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    return "read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(
+        **{key: counts.get(key, 0) for key in ("read", "valid", "invalid", "duplicates")})
+
+
+def run_watching(pipeline, feed: DropDirectoryFeed, counts_dir: str) -> None:
+    """Run the pipeline until the feed stops (Ctrl-C or SIGTERM) and it drains, printing counts meanwhile.
+
+    A second Ctrl-C aborts: open hours are then not written.
+    """
+    result = pipeline.run()
+    outcome: list[BaseException] = []
+
+    def wait():
+        try:
+            result.wait_until_finish()
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            outcome.append(error)
+
+    waiter = threading.Thread(target=wait, name="labelbeam-ingest", daemon=True)
+    waiter.start()
+    previous_int = signal.getsignal(signal.SIGINT)
+
+    def drain(signum, frame):
+        if feed.stopped:
+            if callable(previous_int):
+                previous_int(signum, frame)
+            raise KeyboardInterrupt
+        feed.stop()
+        print("draining: writing every open hour, then the run ends (Ctrl-C again to abort)", flush=True)
+
+    handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, drain)}
+    if previous_int is not signal.SIG_IGN:
+        handlers[signal.SIGINT] = signal.signal(signal.SIGINT, drain)
+    try:
+        print(f"watching {feed.directory} (drop complete files; Ctrl-C drains and ends)", flush=True)
+        shown = None
+        while waiter.is_alive():
+            waiter.join(PROGRESS_SECONDS)
+            counts = summed_counts(counts_dir)
+            if counts.get("read") and counts != shown:
+                print(f"  {len(feed.served)} files, {format_counts(counts)} so far "
+                      "(an hour is written once the clock passes it)", flush=True)
+                shown = counts
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if outcome:
+        raise outcome[0]
+    if feed.error is not None:
+        raise RuntimeError(f"watching {feed.directory} failed: {feed.error!r}") from feed.error
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:
     dataset = check_dataset_name(args.dataset)
     if args.allowed_lateness_hours < 0 or args.dedup_ttl_hours <= 0 or args.num_buckets < 1:
         raise UserError("--allowed-lateness-hours must be >= 0, --dedup-ttl-hours > 0 and --num-buckets >= 1")
+    if args.watch and not os.path.isdir(args.source):
+        raise UserError(f"--watch needs --source to be a local directory; {args.source} is not one")
+    if args.poll_seconds <= 0:
+        raise UserError(f"--poll-seconds must be positive, got {args.poll_seconds}")
     options = ingest_options(beam_args)
     labels = parse_labels(args.labels)
     # Streaming has no build clock to cut against: event times are judged against the start of today, as
@@ -121,12 +200,30 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> int:
     run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
     report_path = stores.join(args.output, RUNS, f"{run_id}.json")
     counts_dir = stores.join(args.output, RUNS, run_id)
-    with beam.Pipeline(options=options) as pipeline:
-        build_ingest(pipeline, args.source, args.output, rules, policy, args.num_buckets, counts_dir)
+    if args.watch:
+        record = sources_record(args.output, args.source)
+        earlier = read_sources_record(record)
+        feed = DropDirectoryFeed(args.source, args.poll_seconds, skip=earlier)
+        service = TestStreamServiceController(feed)
+        service.start()
+        try:
+            pipeline = beam.Pipeline(options=options)
+            chunks = pipeline | "WatchDroppedFiles" >> WatchDroppedFiles(service.endpoint)
+            build_ingest(pipeline, chunks, args.output, rules, policy, args.num_buckets, counts_dir)
+            run_watching(pipeline, feed, counts_dir)
+        finally:
+            service.stop()
+        # Only after a clean drain: every file served was read whole and its events are in the log.
+        stores.store_for(record).write(record, json.dumps(
+            {"directory": feed.directory, "files": sorted(earlier | set(feed.served))}, indent=1).encode())
+    else:
+        with beam.Pipeline(options=options) as pipeline:
+            build_ingest(pipeline, read_source(pipeline, args.source), args.output, rules, policy,
+                         args.num_buckets, counts_dir)
     counts = summed_counts(counts_dir)
     stores.store_for(report_path).write(report_path, json.dumps(counts, indent=2, sort_keys=True).encode() + b"\n")
     print(f"ingested {args.source} -> {stores.join(args.output, 'events')}")
-    print("  read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(**counts))
+    print(f"  {format_counts(counts)}")
     print(f"  late {counts.get('late', 0)}, too late {counts.get('too_late', 0)} (dead-lettered); run report "
           f"{report_path}")
     print(f"next:\n  labelbeam build --input {stores.join(args.output, 'events')} --output DATA --dataset {dataset} "

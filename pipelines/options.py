@@ -151,6 +151,12 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
                              "duplicates beyond it (default: 24)")
     parser.add_argument("--num-buckets", type=int, default=16, help="event-id buckets: the keys of the dedup "
                                                                      "state (parallelism; default: 16)")
+    parser.add_argument("--watch", action="store_true",
+                        help="watch the --source directory until Ctrl-C or SIGTERM, reading files as they are dropped "
+                             "into it (local runner), then drain: every open hour is written. Files read by an "
+                             "earlier run into the same LOG_ROOT are skipped")
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="with --watch: how often the directory "
+                                                                        "is listed (default: 1)")
 
 
 def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,16 +7,27 @@
 - `ReadDroppedFiles(pattern)`: the files matching a glob, read once as the batch build reads them. A bounded
   source: on `--runner=BundleBasedDirectRunner --streaming` the pipeline ends by itself once they are read
   (MatchFiles + ReadMatches; no splittable-DoFn source runs on that runner).
+- `WatchDroppedFiles(endpoint)`: an unbounded local source for development: the paths a `DropDirectoryFeed`
+  serves over Beam's TestStreamService (the direct runner's only live-fed source without an emulator) as
+  files appear in a directory, read as ReadDroppedFiles reads them. The watermark follows the wall clock,
+  as Pub/Sub's publish times do; when the feed stops it passes every hour, so the run drains and ends.
 """
 from __future__ import annotations
 
+import os
 import re
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub
+from apache_beam.testing.test_stream import ElementEvent, TestStream, WatermarkEvent
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
 from labelbeam.transforms.events import dead_letters as dl
@@ -104,29 +115,134 @@ def plan_dropped_file(readable: fileio.ReadableFile, range_bytes: int = DEFAULT_
     return plan_ranges([InputFile(readable.metadata.path, readable.metadata.size_in_bytes, raw_format)], range_bytes)
 
 
-class ReadDroppedFiles(beam.PTransform):
-    """Files matching a glob -> RawChunks of at most `chunk_events` events, read as the batch build reads files.
+class ReadFiles(beam.PTransform):
+    """FileMetadata -> RawChunks of at most `chunk_events` events, read as the batch build reads files.
 
     JSON Lines (blank lines skipped, a leading BOM dropped, offsets are byte offsets), Avro container files
     (offsets are record indexes), compressed files whole. A truncated or corrupt file raises
-    CorruptInputError naming it, as in the build: it is never read in part. Bounded, so it ends by itself.
+    CorruptInputError naming it, as in the build: it is never read in part.
     """
+
+    def __init__(self, chunk_events: int = DEFAULT_CHUNK_EVENTS, range_bytes: int = DEFAULT_RANGE_BYTES):
+        super().__init__()
+        if range_bytes < 1 or chunk_events < 1:
+            raise ValueError(f"range_bytes and chunk_events must be positive, got {range_bytes} and {chunk_events}")
+        self._chunk_events = chunk_events
+        self._range_bytes = range_bytes
+
+    def expand(self, matched):
+        return (matched
+                | "ReadMatches" >> fileio.ReadMatches()
+                | "PlanRanges" >> beam.FlatMap(plan_dropped_file, self._range_bytes)
+                | "ReadRanges" >> beam.ParDo(ReadRangeFn(self._chunk_events)))
+
+
+class ReadDroppedFiles(beam.PTransform):
+    """Files matching a glob -> RawChunks (see ReadFiles). Bounded, so it ends by itself."""
 
     def __init__(self, pattern: str, chunk_events: int = DEFAULT_CHUNK_EVENTS,
                  range_bytes: int = DEFAULT_RANGE_BYTES):
         super().__init__()
         if not pattern:
             raise ValueError("ReadDroppedFiles needs a file pattern, e.g. 'drop/*.jsonl'")
-        if range_bytes < 1 or chunk_events < 1:
-            raise ValueError(f"range_bytes and chunk_events must be positive, got {range_bytes} and {chunk_events}")
         self._pattern = pattern
-        self._chunk_events = chunk_events
-        self._range_bytes = range_bytes
+        self._read = ReadFiles(chunk_events, range_bytes)
+
+    def expand(self, pbegin):
+        return pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern) | "Read" >> self._read
+
+
+def is_dropped_file(name: str) -> bool:
+    """Whether a watched directory's file is complete: writers drop a file whole, by writing it under a
+    hidden (.name) or .tmp/.part name and renaming it."""
+    return not name.startswith(".") and not name.endswith((".tmp", ".part"))
+
+
+class DropDirectoryFeed:
+    """A directory's new files as TestStream events, for a TestStreamService (the `reader` it polls).
+
+    Every `poll_seconds`: the paths of complete files not served before (read once each; later changes
+    to a served file are not read), stamped with the wall clock, then the watermark at the wall clock, which
+    also keeps the service's stream alive. `stop()` ends the feed: a last look at the directory, then a
+    watermark past every hour (finite first, then the end of time; BEAM_NOTES.md), so the pipeline drains.
+    """
+    FINAL_MARGIN_S = 400 * 24 * 3600  # past any hour's close and TTL
+
+    def __init__(self, directory: str, poll_seconds: float = 1.0, skip: frozenset[str] = frozenset(),
+                 clock: Callable[[], float] = time.time):
+        if poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
+        self.directory = os.path.abspath(directory)
+        self._poll_seconds = poll_seconds
+        self._clock = clock
+        self._stopped = threading.Event()
+        self._coder = beam.coders.StrUtf8Coder()
+        self._watermark = Timestamp(micros=0)
+        self.served: list[str] = []
+        self.error: Exception | None = None
+        self._known = set(skip)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def new_files(self) -> list[str]:
+        """Complete files below the directory not served (or skipped) yet, in path order."""
+        found = []
+        for root, dirs, names in os.walk(self.directory):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.extend(os.path.join(root, name) for name in names if is_dropped_file(name))
+        fresh = sorted(path for path in found if path not in self._known)
+        self._known.update(fresh)
+        self.served.extend(fresh)
+        return fresh
+
+    def _now(self, ahead_s: float = 0.0) -> Timestamp:
+        return Timestamp(micros=int((self._clock() + ahead_s) * 1000) * 1000)  # TestStream wants whole ms
+
+    def _advance(self, to: Timestamp):
+        # The watermark must strictly increase, in whole milliseconds.
+        self._watermark = max(to, Timestamp(micros=self._watermark.micros + 1000))
+        return WatermarkEvent(self._watermark).to_runner_api(self._coder)
+
+    def _elements(self, paths: list[str]):
+        stamp = max(self._now(), self._watermark)
+        return ElementEvent([TimestampedValue(path, stamp) for path in paths]).to_runner_api(self._coder)
+
+    def read_multiple(self, unused_tags) -> Iterator:
+        try:
+            while True:
+                paths = self.new_files()
+                if paths:
+                    yield self._elements(paths)
+                yield self._advance(self._now())
+                if self._stopped.wait(self._poll_seconds):
+                    break
+            paths = self.new_files()
+            if paths:
+                yield self._elements(paths)
+            yield self._advance(self._now(self.FINAL_MARGIN_S))
+            yield WatermarkEvent(MAX_TIMESTAMP).to_runner_api(self._coder)
+        except Exception as error:
+            # The runner ends the stream quietly when its service fails: keep the error for the launcher.
+            self.error = error
+            raise
+
+
+class WatchDroppedFiles(beam.PTransform):
+    """The paths a DropDirectoryFeed serves at `endpoint` -> RawChunks (see ReadFiles). Unbounded until the
+    feed stops; local runners only (the feed runs in the launching process)."""
+
+    def __init__(self, endpoint: str, chunk_events: int = DEFAULT_CHUNK_EVENTS):
+        super().__init__()
+        self._endpoint = endpoint
+        self._read = ReadFiles(chunk_events)
 
     def expand(self, pbegin):
         return (pbegin
-                | "MatchFiles" >> fileio.MatchFiles(self._pattern)
-                | "ReadMatches" >> fileio.ReadMatches()
-                | "PlanRanges" >> beam.FlatMap(plan_dropped_file, self._range_bytes)
-                | "ReadRanges" >> beam.ParDo(ReadRangeFn(self._chunk_events)))
-
+                | "DroppedPaths" >> TestStream(coder=beam.coders.StrUtf8Coder(), endpoint=self._endpoint)
+                | "Match" >> fileio.MatchAll()
+                | "Read" >> self._read)
