@@ -16,6 +16,7 @@ import io
 import json
 import os
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -218,6 +219,11 @@ def write_sample(output_dir: str, n_events: int, seed: int) -> dict[str, Any]:
             fastavro.writer(out, registry.load_schema_json(registry.event_schema_file(2)), avro_records,
                             codec="deflate",
                             sync_marker=b"labelbeam-sample"[:16])
+    return write_description(output_dir, sample, n_events, seed)
+
+
+def write_description(output_dir: str, sample: dict[str, Any], n_events: int, seed: int) -> dict[str, Any]:
+    """truth.csv and expected.json of a sample, under output_dir."""
     with open(os.path.join(output_dir, "truth.csv"), "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["item_id", "label"])
@@ -230,6 +236,43 @@ def write_sample(output_dir: str, n_events: int, seed: int) -> dict[str, Any]:
     return description
 
 
+def stream_lines(sample: dict[str, Any], start_ms: int, span_ms: int) -> list[bytes]:
+    """The sample's stream as JSON lines (Avro-bound events too), its event times moved into
+    [start_ms, start_ms + span_ms] in the same order: identical copies stay identical, revisions keep
+    their order, and the counts of expected.json still hold."""
+    lines = []
+    for kind, item in sample["stream"]:
+        if kind == "broken":
+            lines.append(item)
+            continue
+        moved = start_ms + (item["event_time"] - _START_MS) * span_ms // _SPAN_MS
+        lines.append(orjson.dumps({**item, "event_time": int(moved)}))
+    return lines
+
+
+def stream_sample(output_dir: str, n_events: int, seed: int, seconds: float, interval: float = 1.0,
+                  clock=time.time, sleep=time.sleep) -> dict[str, Any]:
+    """Drop the sample's events into output_dir/events/ over `seconds`, one file every `interval` seconds,
+    stamped with live event times; truth.csv and expected.json are written first. Each file is written
+    under a hidden name, then renamed, so a watcher never reads part of one."""
+    sample = generate_events(n_events, seed)
+    events_dir = os.path.join(output_dir, "events")
+    os.makedirs(events_dir, exist_ok=True)
+    description = write_description(output_dir, sample, n_events, seed)
+    started = clock()
+    lines = stream_lines(sample, int(started * 1000), int(seconds * 1000))
+    ticks = max(1, int(seconds / interval))
+    bounds = np.linspace(0, len(lines), ticks + 1).astype(int)
+    for tick in range(ticks):
+        sleep(max(0.0, started + tick * interval - clock()))
+        name = f"events-{int(started)}-{tick:05d}.jsonl"
+        hidden = os.path.join(events_dir, f".{name}.tmp")
+        with open(hidden, "wb") as out:
+            out.write(b"".join(line + b"\n" for line in lines[bounds[tick]:bounds[tick + 1]]))
+        os.replace(hidden, os.path.join(events_dir, name))
+    return description
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="labelbeam generate", description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="directory to write events/, truth.csv, expected.json; "
@@ -238,6 +281,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --output folder, replacing the sample files there")
+    parser.add_argument("--stream", action="store_true",
+                        help="drop the events into --output/events/ over --seconds, a file a second, with live "
+                             "event times: a feed for `labelbeam ingest --source OUTPUT/events --watch`")
+    parser.add_argument("--seconds", type=float, default=30.0, help="with --stream: how long (default: 30)")
     return parser
 
 
@@ -253,7 +300,14 @@ def run(args: argparse.Namespace) -> int:
     if args.events < 1:
         raise UserError(f"--events must be positive, got {args.events}")
     check_generate_output(args.output, args.force)
-    description = write_sample(args.output, args.events, args.seed)
+    if args.stream:
+        if args.seconds <= 0:
+            raise UserError(f"--seconds must be positive, got {args.seconds}")
+        print(f"dropping about {args.events} events into {os.path.join(args.output, 'events')} over "
+              f"{args.seconds:g} s", flush=True)
+        description = stream_sample(args.output, args.events, args.seed, args.seconds)
+    else:
+        description = write_sample(args.output, args.events, args.seed)
     expected = description["expected"]
     print(f"wrote {expected['read']} events ({expected['invalid']} invalid, {expected['duplicates']} duplicates) "
           f"for {expected['items']} items to {os.path.join(args.output, 'events')}")

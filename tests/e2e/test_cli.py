@@ -14,7 +14,7 @@ import pytest
 
 from labelbeam.pipelines.build import BuildOutcome, format_summary
 from labelbeam.pipelines.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
-from labelbeam.pipelines.generate import write_sample
+from labelbeam.pipelines.generate import generate_events, stream_sample, write_sample
 from labelbeam.pipelines.options import BuildConfig, check_dataset_name, check_output_root
 from labelbeam.transforms.storage import version_store
 
@@ -256,6 +256,35 @@ def test_generate_writes_into_an_empty_or_new_folder(tmp_path):
         result = labelbeam("generate", "--output", str(tmp_path / folder), "--events", "100")
         assert result.returncode == 0, result.stderr
         assert (tmp_path / folder / "truth.csv").exists()
+
+
+def test_generate_stream_drops_every_event_in_whole_files_with_live_times_in_order(tmp_path):
+    now = [1_800_000_000.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    description = stream_sample(str(tmp_path), 400, 3, seconds=4, clock=lambda: now[0], sleep=sleep)
+    files = sorted((tmp_path / "events").iterdir())
+    assert [f.name for f in files] == [f"events-1800000000-{tick:05d}.jsonl" for tick in range(4)]  # none hidden
+    assert slept == [0.0, 1.0, 1.0, 1.0]
+    lines = [line for f in files for line in f.read_bytes().splitlines()]
+    sample = generate_events(400, 3)
+    assert len(lines) == len(sample["stream"]) == description["expected"]["read"]
+    times = {}
+    for (kind, original), line in zip(sample["stream"], lines):
+        if kind == "broken":
+            assert line == original
+            continue
+        record = json.loads(line)
+        assert {**record, "event_time": original["event_time"]} == original   # only the time moved
+        assert 1_800_000_000_000 <= record["event_time"] <= 1_800_000_004_000
+        times.setdefault(original["event_time"], set()).add(record["event_time"])
+    assert all(len(moved) == 1 for moved in times.values())   # copies keep one time
+    ordered = sorted(times)
+    assert [min(times[t]) for t in ordered] == sorted(min(times[t]) for t in ordered)   # order kept
 
 
 def test_generate_into_a_regular_file_exits_2_with_one_line(tmp_path):

@@ -2,8 +2,11 @@
 `labelbeam build` over the log publishes the same consensus as a build from the raw events."""
 import datetime as dt
 import json
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import fastavro
 import pyarrow.parquet as pq
@@ -92,3 +95,76 @@ def test_a_build_over_the_log_publishes_what_a_build_from_raw_publishes(streamed
     raw_counts = json.loads((base / "from-raw" / DATASET / "versions" / "1" / "manifest.json").read_text())["counts"]
     assert (log_counts["votes"], log_counts["superseded"], log_counts["deleted"], log_counts["items"]) == \
         (raw_counts["votes"], raw_counts["superseded"], raw_counts["deleted"], raw_counts["items"])
+
+
+def as_from_a_terminal() -> None:
+    """In the child: SIGINT at its default, as in a shell a user types Ctrl-C into (see test_cli.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Watching:
+    """`labelbeam ingest --watch` as a child process, its stdout collected line by line."""
+
+    def __init__(self, *args):
+        self.process = subprocess.Popen([sys.executable, "-m", "labelbeam.pipelines.cli", "ingest", "--watch", *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=as_from_a_terminal)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self._reader.start()
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.lines)):
+            assert self.process.poll() is None, self.process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, f"no {text!r} in {self.lines}"
+            time.sleep(0.1)
+
+    def stop(self, signum: int) -> tuple[int, str]:
+        self.process.send_signal(signum)
+        returncode = self.process.wait(timeout=300)
+        self._reader.join(timeout=10)
+        return returncode, self.process.stderr.read()
+
+
+def test_ingest_watches_a_directory_that_generate_streams_into_and_drains_on_ctrl_c(tmp_path):
+    feed, log, labels = tmp_path / "feed", tmp_path / "log", "bird,cat,dog,fish"
+    (feed / "events").mkdir(parents=True)
+    watching = Watching("--source", str(feed / "events"), "--poll-seconds", "0.2", "--output", str(log),
+                        "--dataset", "sample", "--labels", labels)
+    watching.wait_for("watching")
+    generated = labelbeam("generate", "--stream", "--output", str(feed), "--force", "--events", "1500",
+                          "--seconds", "2")
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    returncode, stderr = watching.stop(signal.SIGINT)   # Ctrl-C: drain, not abort
+    assert returncode == 0, stderr[-3000:]
+    assert any(line.startswith("draining") for line in watching.lines)
+    expected = json.loads((feed / "expected.json").read_text())["expected"]
+    [report] = (log / "_runs").glob("*.json")
+    counts = json.loads(report.read_text())
+    assert {key: counts[key] for key in ("read", "valid", "invalid", "duplicates")} == \
+        {key: expected[key] for key in ("read", "valid", "invalid", "duplicates")}
+    assert sum(1 for _ in read_log(log / "events")) == expected["valid"]
+
+    # The nightly build over the log counts the votes a build from the raw events would.
+    as_of = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:00:00Z")
+    built = labelbeam("build", "--input", str(log / "events"), "--output", str(tmp_path / "data"),
+                      "--dataset", "sample", "--labels", labels, "--as-of", as_of)
+    assert built.returncode == 0, built.stderr[-3000:]
+    manifest = json.loads((tmp_path / "data" / "sample" / "versions" / "1" / "manifest.json").read_text())
+    assert {key: manifest["counts"][key] for key in ("votes", "superseded", "deleted", "items")} == \
+        {key: expected[key] for key in ("votes", "superseded", "deleted", "items")}
+
+    # A second run into the same log skips the files the first one read; SIGTERM drains it too.
+    again = Watching("--source", str(feed / "events"), "--output", str(log), "--dataset", "sample", "--labels", labels)
+    again.wait_for("watching")
+    returncode, stderr = again.stop(signal.SIGTERM)
+    assert returncode == 0, stderr[-3000:]
+    assert any("read 0 = valid 0 + invalid 0 + duplicates 0" in line for line in again.lines), again.lines
+
+
+def test_watch_needs_a_local_directory(tmp_path):
+    result = labelbeam("ingest", "--watch", "--source", str(tmp_path / "*.jsonl"), "--output", str(tmp_path / "log"),
+                       "--dataset", DATASET)
+    assert result.returncode == 2
+    assert "--watch needs --source to be a local directory" in result.stderr

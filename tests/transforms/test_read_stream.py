@@ -27,7 +27,14 @@ from labelbeam.schemas import registry
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.messages import single_object_encode
 from labelbeam.transforms.events.parser import EventParser
-from labelbeam.transforms.read_stream import RAW_CHUNKS, DecodeMessages, ReadDroppedFiles, ReadMessages
+from labelbeam.transforms.read_stream import (
+    RAW_CHUNKS,
+    DecodeMessages,
+    DropDirectoryFeed,
+    ReadDroppedFiles,
+    ReadMessages,
+    is_dropped_file,
+)
 
 PROJECT = "labelbeam-test"
 SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/ingest"
@@ -293,3 +300,72 @@ def _cancel_pubsub_pipeline(result, publisher: pubsub_v1.PublisherClient, topic:
         publisher.publish(topic, b"{}", purpose="wake the reader up").result(timeout=10)
         canceller.join(0.5)
     assert not canceller.is_alive(), f"the pipeline did not stop within {timeout_s} s of cancel()"
+
+
+# --------------------------------------------------------------------------------------------------
+# DropDirectoryFeed: a watched directory's files as TestStream events
+
+
+class FakeClock:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def feed_events(events) -> list[tuple]:
+    """("paths", [...], timestamp ms) or ("watermark", ms) for each TestStreamPayload.Event."""
+    coder = beam.coders.StrUtf8Coder()
+    out = []
+    for e in events:
+        if e.HasField("element_event"):
+            stamps = {element.timestamp for element in e.element_event.elements}  # ms
+            [stamp] = stamps
+            out.append(("paths", [coder.decode(element.encoded_element) for element in e.element_event.elements],
+                        stamp))
+        else:
+            out.append(("watermark", e.watermark_event.new_watermark))  # ms
+    return out
+
+
+def test_only_complete_files_are_dropped_files():
+    assert is_dropped_file("events-1.jsonl") and is_dropped_file("v2.avro")
+    assert not any(is_dropped_file(name) for name in (".events-1.jsonl.tmp", "a.jsonl.part", "b.tmp", ".hidden"))
+
+
+def test_the_feed_serves_each_complete_file_once_in_path_order_and_skips_earlier_runs_files(tmp_path):
+    for name in ("b.jsonl", "a.jsonl", ".c.jsonl.tmp", "done.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.jsonl").write_text("{}\n")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "e.jsonl").write_text("{}\n")
+    feed = DropDirectoryFeed(str(tmp_path), skip=frozenset({str(tmp_path / "done.jsonl")}))
+    assert feed.new_files() == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), str(tmp_path / "sub" / "d.jsonl")]
+    assert feed.new_files() == []
+    (tmp_path / ".c.jsonl.tmp").rename(tmp_path / "c.jsonl")  # the writer renames it when complete
+    assert feed.new_files() == [str(tmp_path / "c.jsonl")]
+    assert feed.served == [str(tmp_path / n) for n in ("a.jsonl", "b.jsonl", "sub/d.jsonl", "c.jsonl")]
+
+
+def test_the_feed_follows_the_wall_clock_and_ends_with_a_watermark_past_every_hour(tmp_path):
+    clock = FakeClock(1_800_000_000.0)
+    feed = DropDirectoryFeed(str(tmp_path), poll_seconds=0.01, clock=clock)
+    events = feed.read_multiple(None)
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    first = feed_events([next(events), next(events)])
+    assert first == [("paths", [str(tmp_path / "a.jsonl")], 1_800_000_000_000), ("watermark", 1_800_000_000_000)]
+    # The clock stands still: the watermark still moves on, by a millisecond (it must strictly increase).
+    assert feed_events([next(events)]) == [("watermark", 1_800_000_000_001)]
+    clock.seconds += 5.5
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    assert feed_events([next(events), next(events)]) == [("paths", [str(tmp_path / "b.jsonl")], 1_800_000_005_500),
+                                                         ("watermark", 1_800_000_005_500)]
+    (tmp_path / "c.jsonl").write_text("{}\n")
+    feed.stop()
+    rest = feed_events(list(events))
+    assert rest[0] == ("paths", [str(tmp_path / "c.jsonl")], 1_800_000_005_500)   # a last look, then drain
+    assert rest[1] == ("watermark", 1_800_000_005_500 + DropDirectoryFeed.FINAL_MARGIN_S * 1000)
+    assert rest[2][0] == "watermark" and rest[2][1] > rest[1][1] and len(rest) == 3
+    assert feed.error is None
