@@ -6,34 +6,36 @@
 
 Parse and validation are the batch build's (ValidateEvents); within-batch deduplication is
 lifecycle.deduplicate; the streaming rules (hours, lateness, the TTL) are the pure cores of
-events/event_log.py, whose docstring states them. Batched: elements are Arrow RecordBatches of one
-(event_id bucket, event hour), and each bucket key holds ONE event-time timer, at its earliest deadline.
+events/event_log.py, whose docstring states them. Batched: a bundle's validated rows are joined, then split
+into Arrow RecordBatches of one (event_id bucket, event hour); that pair is the key of the stateful writer.
 
-Watermark behaviour. Everything stays in the global window, so no Beam windowing drops data: hours are
-the log's own partitions. An hour's on-time rows are written when the watermark passes the hour's end,
-its late rows when it passes the end plus the allowed lateness (the hour then closes), and rows that
-arrive after that are dead-lettered TOO_LATE. Files are written by the keyed DoFns with create-only
-writes under names unique per key and flush (`part-<bucket>-<files written by that key>`), so a late
-flush never overwrites an on-time file (stock fileio naming can, BEAM_NOTES.md) and a retried bundle
-rewrites identical bytes. Dead letters are partitioned by the hour of their element's timestamp: the
-event's hour for those decided here, the source's timestamp for ValidateEvents' (dt=unknown/hr=unknown
-when it has none, e.g. a bounded read's minimum timestamp).
+Windows by hand. Everything stays in the global window, so the runner never drops late data itself, and
+each (bucket, hour) key is the writer of one hour: it holds only that hour's rows and remembered ids, and
+its one timer steps through the hour's end (on-time rows are written), its close (late rows are written;
+later ones are dead-lettered TOO_LATE) and its TTL (its ids are forgotten): at most three firings, each
+costing what the hour holds. Identical copies of an event share its event time, so they meet in one key;
+copies that differ across hours reach the log both, and the nightly build dead-letters them all, as it
+would from raw. Files are written with create-only writes under names unique per key, flush and contents
+(event_log.part_path), so a late flush never overwrites an on-time file (stock fileio naming can,
+BEAM_NOTES.md), a retried bundle rewrites identical bytes, and a second run adds files beside the first.
+Dead letters are partitioned by the hour of their element's timestamp: the event's hour for those decided
+here, the source's timestamp for ValidateEvents' (dt=unknown/hr=unknown when it has none).
 
 Counts: read (ValidateEvents) = valid (rows written) + invalid (every dead letter) + duplicates, once
-every hour has closed (at the end of a bounded run). `late` (rows written in a late file) and
+every hour has closed (at the end of a bounded or drained run). `late` (rows written in a late file) and
 `too_late` (TOO_LATE dead letters, part of invalid) are details.
 
-Runner notes (apache-beam 2.77, `--runner=BundleBasedDirectRunner --streaming`, the only local runner with
+Watermark (apache-beam 2.77, `--runner=BundleBasedDirectRunner --streaming`, the only local runner with
 streaming semantics):
-- A DoFn cannot read the watermark; a key learns it only from its own timer firings. The key therefore
-  keeps its one timer at the earliest of its deadlines and the next hour boundary (while it holds any
-  state), so lateness is judged against a watermark at most an hour stale. A brand-new key has seen no
-  watermark and treats its first hour as on time.
+- A DoFn cannot read the watermark. A key learns it from timer firings: its own, and the latest firing the
+  DoFn has seen for any key (a lower bound of the stage's watermark, kept per process since the runner
+  unpickles a fresh DoFn per bundle). So a writer's view is at most one firing stale: a new hour's first
+  rows arriving long after a quiet spell may be judged on time rather than late (written, not lost).
 - A timer set before the current watermark fires at once with its own (earlier) timestamp, and timers
   hold no watermark (direct_userstate.py TODO); outputs are timestamped explicitly and nothing is
-  windowed downstream, so neither loses data. The key's watermark is the maximum timestamp fired.
-- Pipelines end only when no timer is left: each key stops re-arming once its buffer and remembered ids
-  are empty, which happens after the watermark passes the last ids' TTL.
+  windowed downstream, so neither loses data.
+- Pipelines end only when no timer is left: a key stops re-arming after its TTL point. Its small
+  KeyProgress stays (a few bytes an hour and bucket), so the hour stays closed and file names unique.
 """
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ from apache_beam import pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub
-from apache_beam.testing.test_stream import ElementEvent, TestStream, WatermarkEvent
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
@@ -38,6 +38,8 @@ from labelbeam.transforms.storage.event_files import DEFAULT_CHUNK_EVENTS, DEFAU
 from labelbeam.transforms.storage.inputs import AVRO_MAGIC, InputFile
 
 RAW_CHUNKS = "raw_chunks"
+TestStreamEvent = beam_runner_api_pb2.TestStreamPayload.Event
+TimestampedElement = beam_runner_api_pb2.TestStreamPayload.TimestampedElement
 _SUBSCRIPTION = re.compile(r"projects/[^/]+/subscriptions/[^/]+")
 
 
@@ -201,16 +203,23 @@ class DropDirectoryFeed:
         return fresh
 
     def _now(self, ahead_s: float = 0.0) -> Timestamp:
-        return Timestamp(micros=int((self._clock() + ahead_s) * 1000) * 1000)  # TestStream wants whole ms
+        return Timestamp(micros=int((self._clock() + ahead_s) * 1000) * 1000)  # whole ms, as TestStream keeps them
 
-    def _advance(self, to: Timestamp):
-        # The watermark must strictly increase, in whole milliseconds.
+    # The events are built here in microseconds: the direct runner reads a TestStreamService's timestamps
+    # as microseconds (test_stream_impl.py), while Beam's Event.to_runner_api writes milliseconds, which
+    # would put every element and watermark in January 1970 (apache-beam 2.77).
+    def _advance(self, to: Timestamp) -> TestStreamEvent:
+        # The watermark must strictly increase.
         self._watermark = max(to, Timestamp(micros=self._watermark.micros + 1000))
-        return WatermarkEvent(self._watermark).to_runner_api(self._coder)
+        return TestStreamEvent(watermark_event=TestStreamEvent.AdvanceWatermark(new_watermark=self._watermark.micros))
 
-    def _elements(self, paths: list[str]):
-        stamp = max(self._now(), self._watermark)
-        return ElementEvent([TimestampedValue(path, stamp) for path in paths]).to_runner_api(self._coder)
+    def _end(self) -> TestStreamEvent:
+        return TestStreamEvent(watermark_event=TestStreamEvent.AdvanceWatermark(new_watermark=MAX_TIMESTAMP.micros))
+
+    def _elements(self, paths: list[str]) -> TestStreamEvent:
+        stamp = max(self._now(), self._watermark).micros
+        return TestStreamEvent(element_event=TestStreamEvent.AddElements(elements=[
+            TimestampedElement(encoded_element=self._coder.encode(path), timestamp=stamp) for path in paths]))
 
     def read_multiple(self, unused_tags) -> Iterator:
         try:
@@ -225,7 +234,7 @@ class DropDirectoryFeed:
             if paths:
                 yield self._elements(paths)
             yield self._advance(self._now(self.FINAL_MARGIN_S))
-            yield WatermarkEvent(MAX_TIMESTAMP).to_runner_api(self._coder)
+            yield self._end()
         except Exception as error:
             # The runner ends the stream quietly when its service fails: keep the error for the launcher.
             self.error = error

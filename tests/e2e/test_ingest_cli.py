@@ -145,6 +145,9 @@ def test_ingest_watches_a_directory_that_generate_streams_into_and_drains_on_ctr
     assert {key: counts[key] for key in ("read", "valid", "invalid", "duplicates")} == \
         {key: expected[key] for key in ("read", "valid", "invalid", "duplicates")}
     assert sum(1 for _ in read_log(log / "events")) == expected["valid"]
+    # Lines that fail validation are filed under the hour they arrived in (the feed's clock), not "unknown".
+    rejected_hours = {path.parent.parent.name for path in (log / "rejected").glob("dt=*/hr=*/*.avro")}
+    assert rejected_hours and "dt=unknown" not in rejected_hours
 
     # The nightly build over the log counts the votes a build from the raw events would.
     as_of = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:00:00Z")

@@ -18,7 +18,9 @@ import orjson
 import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.direct.test_stream_impl import _TestStream
 from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import ElementEvent
 from apache_beam.testing.util import assert_that, equal_to
 from event_builders import RULES, T0, event
 from google.cloud import pubsub_v1
@@ -315,17 +317,16 @@ class FakeClock:
 
 
 def feed_events(events) -> list[tuple]:
-    """("paths", [...], timestamp ms) or ("watermark", ms) for each TestStreamPayload.Event."""
-    coder = beam.coders.StrUtf8Coder()
+    """("paths", [...], timestamp ms) or ("watermark", ms) for each event, decoded as the direct runner
+    decodes a TestStreamService's events."""
     out = []
-    for e in events:
-        if e.HasField("element_event"):
-            stamps = {element.timestamp for element in e.element_event.elements}  # ms
-            [stamp] = stamps
-            out.append(("paths", [coder.decode(element.encoded_element) for element in e.element_event.elements],
-                        stamp))
+    for payload in events:
+        decoded = _TestStream.test_stream_payload_to_events(payload, beam.coders.StrUtf8Coder())
+        if isinstance(decoded, ElementEvent):
+            [stamp] = {value.timestamp.micros // 1000 for value in decoded.timestamped_values}
+            out.append(("paths", [value.value for value in decoded.timestamped_values], stamp))
         else:
-            out.append(("watermark", e.watermark_event.new_watermark))  # ms
+            out.append(("watermark", decoded.new_watermark.micros // 1000))
     return out
 
 
