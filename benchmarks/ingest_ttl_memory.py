@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.hours > 30:
         last = args.hours - 1
         print()
-        for ttl, (records, final, _) in runs.items():
+        for ttl, (records, _, _) in runs.items():
             by_hour = {record["hour"]: record["rss"] for record in records}
             print(f"ttl {ttl:g} h: RSS {(by_hour[24] - by_hour[6]) / 2**20:+.0f} MiB from hour 6 to 24, "
                   f"{(by_hour[last] - by_hour[30]) / 2**20:+.0f} MiB from hour 30 to {last}; "
