@@ -7,9 +7,8 @@ In one run:
 
 1. **Inputs.** Synthetic JSON Lines (`write_input`), reused when WORKDIR already holds the same ones:
    - short: `--events` lines whose event times span `--hours` hours (default 1,000,000 over 6 h);
-   - long: `--long-events` lines over `--long-days` days (default 50,000 over 7 d). Every key of the
-     ingest's dedup state steps its one timer through every hour while it holds state, so a long span
-     costs time per hour, not per event: this measures that (see benchmarks/README.md for 30 d).
+   - long: `--long-events` lines over `--long-days` days (default 50,000 over 7 d): sparse hours, so
+     many small (bucket, hour) writers; this measures what a replay of a long span costs.
    Of the lines, `--duplicate-rate` (default 9%) are transport duplicates (byte-identical copies of an
    earlier event, same event_id); every other line has an event_id of its own, and `--revision-rate` of
    them revise an earlier vote (v2, revision 1). No line is invalid, so the expected counts are known:
