@@ -53,7 +53,7 @@ from labelbeam.transforms.events.conservation import (
     invalid_share,
     publish_gate,
 )
-from labelbeam.transforms.events.parser import ValidationRules
+from labelbeam.transforms.events.parser import ValidationRules, resolve_cutoff
 from labelbeam.transforms.inference.annotator_stats import key_id, keyed_pseudonym
 from labelbeam.transforms.methods.base import EM_BEAM, EM_IN_PROCESS, ConsensusMethod, MethodRequest
 from labelbeam.transforms.methods.csv_inputs import read_gold_csv, read_weights_csv
@@ -260,8 +260,8 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
     # builds of the same inputs on one day are up to date with each other.
     labels = frozenset(config.labels) if config.labels else None
     try:
-        if config.as_of:  # a snapshot: no allowance past it
-            rules = ValidationRules.as_of(config.dataset, config.as_of, labels)
+        if config.as_of:  # a snapshot: no allowance past it; a relative one resolved once, here
+            rules = ValidationRules.as_of(config.dataset, resolve_cutoff(config.as_of, now), labels)
         else:
             rules = ValidationRules.with_cutoff(config.dataset, config.event_time_cutoff or
                                                 ValidationRules.day_cutoff(now), labels)
@@ -285,7 +285,7 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
     """
     config, method = plan.config, plan.method
     try:
-        files = match_inputs(list(config.inputs))
+        files = match_inputs(list(config.inputs), before_ms=plan.rules.as_of_ms)
     except InputError as err:
         raise UserError(str(err)) from None
     inputs = [f.manifest_entry() for f in files]

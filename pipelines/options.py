@@ -122,11 +122,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: auto)")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default: 1)")
-    parser.add_argument("--as-of", metavar="ISO8601",
-                        help="build the snapshot as of this time (e.g. 2026-11-30T00:00:00Z): events stamped after "
-                             "it are left out and counted as after_as_of, so a nightly build of one day publishes "
-                             "the same whenever it runs (default: no snapshot; events up to two days past the "
-                             "start of today are accepted)")
+    parser.add_argument("--as-of", metavar="TIME",
+                        help="build the snapshot as of this time: ISO 8601 (2026-11-30T00:00:00Z) or relative to "
+                             "the run's clock (yesterday, today, now, with steps such as today-1h), resolved once "
+                             "and recorded in the manifest. Events stamped after it are left out and counted as "
+                             "after_as_of, and files in a log's later dt=/hr= partitions are not read, so a "
+                             "night's build publishes once however often it runs (default: no snapshot; events "
+                             "up to two days past the start of today are accepted)")
     parser.add_argument("--max-invalid-share", type=float, default=DEFAULT_MAX_INVALID_SHARE, metavar="SHARE",
                         help="publish gate: publish nothing (exit 3) when more than this share of the events read "
                              f"is invalid (default: {DEFAULT_MAX_INVALID_SHARE})")

@@ -1,5 +1,6 @@
 """--as-of builds a snapshot: events stamped after it are left out (counted), so a given night's build
 does not change when later events arrive."""
+import datetime as dt
 import hashlib
 import pathlib
 
@@ -72,3 +73,42 @@ def test_an_as_of_that_does_not_parse_is_a_user_error(tmp_path):
     inputs = [write_jsonl(tmp_path / "a.jsonl", before_events())]
     with pytest.raises(UserError, match="--as-of"):
         build(tmp_path, inputs, as_of="last tuesday")
+
+
+def write_partitioned(log: pathlib.Path, events: list[dict]) -> None:
+    """Events into dt=/hr= partitions of their event hour, as `labelbeam ingest` lays out its log."""
+    by_hour: dict[str, list[dict]] = {}
+    for e in events:
+        hour = dt.datetime.fromtimestamp(e["event_time"] // 1000 // 3600 * 3600, dt.timezone.utc)
+        by_hour.setdefault(hour.strftime("dt=%Y-%m-%d/hr=%H"), []).append(e)
+    for partition, part in by_hour.items():
+        (log / partition).mkdir(parents=True, exist_ok=True)
+        write_jsonl(log / partition / f"part-{len(list((log / partition).iterdir())):03d}.jsonl", part)
+
+
+def test_a_nights_build_over_a_partitioned_log_publishes_once_when_later_partitions_arrive(tmp_path):
+    log = tmp_path / "log" / "events"
+    write_partitioned(log, before_events())
+    first = build(tmp_path, [str(log)], as_of=AS_OF)
+    assert first.published and first.manifest["counts"]["after_as_of"] == 0
+    write_partitioned(log, later_events())        # all in partitions after AS_OF
+    again = build(tmp_path, [str(log)], as_of=AS_OF)
+    assert not again.published and again.version == first.version   # up to date: same inputs
+    late = event("b5", item="i1", annotator="a3", label="dog", time_ms=T0 + 9 * HOUR_MS)
+    write_partitioned(log, [late])                # a late arrival inside the snapshot does count
+    third = build(tmp_path, [str(log)], as_of=AS_OF)
+    assert third.published and third.manifest["counts"]["read"] == first.manifest["counts"]["read"] + 1
+
+
+def test_only_later_partitions_is_a_user_error(tmp_path):
+    log = tmp_path / "log" / "events"
+    write_partitioned(log, later_events())
+    with pytest.raises(UserError, match="after the --as-of time"):
+        build(tmp_path, [str(log)], as_of=AS_OF)
+
+
+def test_a_relative_as_of_is_resolved_once_and_recorded(tmp_path):
+    inputs = [write_jsonl(tmp_path / "a.jsonl", before_events())]
+    outcome = build(tmp_path, inputs, as_of="today")
+    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT00:00:00Z")
+    assert outcome.manifest["params"]["as_of"] == today     # resolved, not "today"

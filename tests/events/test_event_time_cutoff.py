@@ -18,6 +18,7 @@ from labelbeam.transforms.events.parser import (
     day_event_time_cutoff,
     format_event_time_cutoff,
     parse_event_time_cutoff,
+    resolve_cutoff,
 )
 
 BEAM_ARGS = ["--runner=FnApiRunner"]
@@ -124,3 +125,25 @@ def test_an_as_of_snapshot_takes_events_up_to_its_time_and_counts_later_ones_apa
     assert [letter.event_id for letter in parsed.dead] == ["before-bad"]
     assert parsed.after_as_of == 2
     assert rules.event_time_cutoff == "2026-03-01T00:00:00Z"
+
+
+NOW = dt.datetime(2026, 11, 30, 14, 5, 7, 123000, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("text, resolved", [
+    ("yesterday", "2026-11-29T00:00:00Z"), ("today", "2026-11-30T00:00:00Z"), ("today-1h", "2026-11-29T23:00:00Z"),
+    ("now", "2026-11-30T14:05:07Z"), ("now-15m", "2026-11-30T13:50:07Z"), (" Yesterday+6h ", "2026-11-29T06:00:00Z"),
+    ("today-2d+30m", "2026-11-28T00:30:00Z"), ("2026-11-29", "2026-11-29T00:00:00Z"),
+    ("2026-11-29T05:00:00+02:00", "2026-11-29T03:00:00Z")])
+def test_relative_cutoffs_resolve_against_the_runs_clock_and_iso_ones_normalize(text, resolved):
+    assert resolve_cutoff(text, NOW) == resolved
+
+
+def test_a_relative_cutoff_resolves_in_utc_whatever_the_clocks_zone():
+    assert resolve_cutoff("today", NOW.astimezone(dt.timezone(dt.timedelta(hours=-8)))) == "2026-11-30T00:00:00Z"
+
+
+@pytest.mark.parametrize("text", ["tomorrow", "today-1x", "last tuesday", "today 1h", ""])
+def test_a_cutoff_neither_iso_nor_relative_is_a_value_error_naming_both_forms(text):
+    with pytest.raises(ValueError, match="ISO 8601.*today-1h"):
+        resolve_cutoff(text, NOW)

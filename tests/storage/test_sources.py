@@ -16,7 +16,13 @@ from labelbeam.transforms.storage.event_files import (
     read_avro_records,
     read_json_lines,
 )
-from labelbeam.transforms.storage.inputs import CorruptInputError, InputError, corrupt_input_in, match_inputs
+from labelbeam.transforms.storage.inputs import (
+    CorruptInputError,
+    InputError,
+    corrupt_input_in,
+    match_inputs,
+    partition_start_ms,
+)
 
 
 def read_all(byte_ranges):
@@ -350,3 +356,21 @@ def test_utf8_bom_inside_a_file_is_kept(tmp_path):
     first, second = lines([event("e1"), event("e2")])
     path.write_bytes(first + b"\n" + BOM + second + b"\n")
     assert [p for _, p in read_all([ByteRange(str(path), "json", 0, -1)])] == [first, BOM + second]
+
+
+def test_partitions_name_the_start_of_their_event_hour_or_day():
+    assert partition_start_ms("/log/events/dt=2026-11-30/hr=05/part-0.avro") == 1796014800000
+    assert partition_start_ms("gs://b/log/events/dt=2026-11-30/part-0.avro") == 1796014800000 - 5 * 3_600_000
+    assert partition_start_ms("/data/2026-11-30/a.jsonl") is None
+    assert partition_start_ms("/log/dt=2026-02-31/hr=05/a.jsonl") is None   # not a date: not a partition
+
+
+def test_as_of_inputs_leave_out_partitions_that_start_at_or_after_it(tmp_path):
+    for partition in ("dt=2026-11-29/hr=23", "dt=2026-11-30/hr=00", "dt=2026-11-30/hr=01"):
+        (tmp_path / partition).mkdir(parents=True)
+        write_jsonl(tmp_path / partition / "p.jsonl", [event("e")])
+    write_jsonl(tmp_path / "loose.jsonl", [event("f")])   # not in a partition: always read
+    cutoff = partition_start_ms(str(tmp_path / "dt=2026-11-30/hr=00") + "/")
+    names = [f.path[len(str(tmp_path)) + 1:] for f in match_inputs([str(tmp_path)], before_ms=cutoff)]
+    assert names == ["dt=2026-11-29/hr=23/p.jsonl", "loose.jsonl"]
+    assert len(match_inputs([str(tmp_path)])) == 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 from zlib import crc32
@@ -40,10 +41,36 @@ def parse_event_time_cutoff(text: str) -> int:
     try:
         moment = dt.datetime.fromisoformat(text)
     except (TypeError, ValueError):
-        raise ValueError(f"{text!r} is not an ISO 8601 date or date-time, e.g. 2026-03-05T00:00:00Z") from None
+        raise ValueError(f"{text!r} is not an ISO 8601 date or date-time, e.g. 2026-03-05T00:00:00Z, nor a relative "
+                         "time such as yesterday, today-1h or now-15m") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     return (moment - _EPOCH) // _ONE_MS
+
+
+_RELATIVE = re.compile(r"(now|today|yesterday)((?:[+-]\d+[smhd])*)")
+_STEP = re.compile(r"([+-])(\d+)([smhd])")
+_UNIT = {"s": dt.timedelta(seconds=1), "m": dt.timedelta(minutes=1), "h": dt.timedelta(hours=1),
+         "d": dt.timedelta(days=1)}
+
+
+def resolve_cutoff(text: str, now: dt.datetime) -> str:
+    """An ISO 8601 cutoff as given, or a relative one resolved against `now` (UTC), in normal form.
+
+    Relative: `today` (00:00 UTC of now's day), `yesterday` (a day before that) or `now` (to the second),
+    each optionally followed by steps such as -1h, +30m, -2d: `yesterday`, `today-1h`, `now-15m`. A
+    scheduler's nightly command then names its snapshot once, and the build records the resolved time.
+    """
+    match = _RELATIVE.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if match is None:
+        return format_event_time_cutoff(parse_event_time_cutoff(text))
+    now = now.astimezone(dt.timezone.utc)
+    anchor, steps = match.groups()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    moment = {"now": now.replace(microsecond=0), "today": midnight, "yesterday": midnight - _UNIT["d"]}[anchor]
+    for sign, amount, unit in _STEP.findall(steps):
+        moment += (1 if sign == "+" else -1) * int(amount) * _UNIT[unit]
+    return format_event_time_cutoff((moment - _EPOCH) // _ONE_MS)
 
 
 def format_event_time_cutoff(cutoff_ms: int) -> str:

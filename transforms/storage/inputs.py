@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import dataclasses
+import datetime as dt
 import hashlib
 import lzma
 import os
@@ -109,13 +110,34 @@ def _is_dir(pattern: str) -> bool:
     return os.path.isdir(pattern)
 
 
-def match_inputs(patterns: list[str]) -> list[InputFile]:
+# A hive-style partition of event time, as the ingest log writes them: .../dt=YYYY-MM-DD[/hr=HH]/...
+_PARTITION = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})(?:/hr=(\d{2}))?/")
+
+
+def partition_start_ms(path: str) -> int | None:
+    """The start (ms since the epoch, UTC) of the event-time partition a path lies in, if it names one."""
+    match = _PARTITION.search(path.replace("\\", "/"))
+    if match is None:
+        return None
+    day, hour = match.groups()
+    try:
+        start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc) + dt.timedelta(hours=int(hour or 0))
+    except ValueError:
+        return None
+    return int(start.timestamp() * 1000)
+
+
+def match_inputs(patterns: list[str], before_ms: int | None = None) -> list[InputFile]:
     """Every event file named by the patterns (a file, a glob, or a directory searched recursively).
 
-    Sorted by path and de-duplicated. Raises InputError for a pattern that matches no file, and
-    CorruptInputError (an InputError) for a file that is truncated or corrupt.
+    Sorted by path and de-duplicated. With `before_ms` (an as-of snapshot), files in an event-time
+    partition (dt=YYYY-MM-DD/hr=HH, as the ingest log writes) that starts at or after it are left out:
+    every event there is after the snapshot, and later partitions arriving leave the inputs unchanged.
+    Raises InputError for a pattern that matches no file, and CorruptInputError (an InputError) for a
+    file that is truncated or corrupt.
     """
     paths: dict[str, int] = {}
+    later = 0
     for pattern in map(_canonical, patterns):
         if _is_dir(pattern):
             glob = FileSystems.join(pattern, "**")
@@ -127,7 +149,14 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
             if not found:
                 raise InputError(f"no file matches {pattern}")
         for metadata in found:
-            paths[_canonical(metadata.path)] = metadata.size_in_bytes
+            path = _canonical(metadata.path)
+            start = partition_start_ms(path) if before_ms is not None else None
+            if start is not None and start >= before_ms:
+                later += 1
+                continue
+            paths[path] = metadata.size_in_bytes
+    if not paths:
+        raise InputError(f"all {later} event files lie in partitions after the --as-of time")
     return [_describe_object(path, size) if path.startswith(GCS_SCHEME) else _describe(path, size)
             for path, size in sorted(paths.items())]
 
