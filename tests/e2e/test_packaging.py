@@ -44,6 +44,12 @@ def test_wheel_installs_only_the_labelbeam_namespace(tmp_path):
     assert top_level == {"labelbeam"}
     assert {f"labelbeam/schemas/{schema}" for schema in SCHEMAS} <= set(names)
     assert "labelbeam/pipelines/cli.py" in names
+    # One Beam range for the launcher and (via --setup_file) the workers, the gcp extra's included.
+    [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
+    requires = [line for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist: apache-beam")]
+    ranges = {line.split(";")[0].split("apache-beam")[1].replace("[gcp]", "").strip() for line in requires}
+    assert len(requires) == 2 and len(ranges) == 1 and "<2.78" in ranges.pop()
 
 
 def source_modules() -> set[str]:
