@@ -39,6 +39,7 @@ from labelbeam.pipelines.options import (
     add_build_arguments,
     check_output_root,
     parse_labels,
+    parse_reason_shares,
 )
 from labelbeam.pipelines.tuning import LabelbeamTuningOptions
 from labelbeam.schemas import registry
@@ -52,6 +53,7 @@ from labelbeam.transforms.events.conservation import (
     check_conservation,
     invalid_share,
     publish_gate,
+    quality_gate,
 )
 from labelbeam.transforms.events.parser import ValidationRules, resolve_cutoff
 from labelbeam.transforms.inference.annotator_stats import key_id, keyed_pseudonym
@@ -246,6 +248,9 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
         raise UserError(f"--min-votes must be at least 1, got {config.min_votes}")
     if not 0.0 <= config.max_invalid_share <= 1.0:
         raise UserError(f"--max-invalid-share must be between 0 and 1, got {config.max_invalid_share}")
+    for flag, value in (("--min-agreement", config.min_agreement), ("--max-label-drift", config.max_label_drift)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UserError(f"{flag} must be between 0 and 1, got {value:g}")
     if config.rows_per_shard < 1:
         raise UserError(f"--rows-per-shard must be at least 1, got {config.rows_per_shard}")
     options = pipeline_options(beam_args)
@@ -296,8 +301,9 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         newest = version_store.newest_complete_version(root, dataset)
     except version_store.StoreError as err:
         raise UserError(str(err)) from None
+    newest_manifest = version_store.read_manifest(root, dataset, newest) if newest is not None else None
     if newest is not None and not config.force:
-        manifest = version_store.read_manifest(root, dataset, newest)
+        manifest = newest_manifest
         if manifest and (manifest["inputs"], manifest["params"], manifest["code_version"]) == \
                 (inputs, plan.params, version_code):
             version_store.advance_latest(root, dataset, newest, published=False)  # a chosen pointer stays
@@ -325,7 +331,8 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         with beam.Pipeline(options=plan.options) as pipeline:
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
                            config.rows_per_shard, key, key_source)
-        manifest = checked_candidate(root, dataset, version, config.max_invalid_share)
+        manifest = checked_candidate(root, dataset, version, config,
+                                     (newest_manifest or {}).get("label_distribution"))
         twin = None if config.force else published_twin(root, dataset, version, publication_digest(manifest))
         if twin is None:
             manifest = write_version(root, dataset, version, manifest)
@@ -387,23 +394,28 @@ def side_inputs(config: BuildConfig) -> dict[str, Any]:
     return found
 
 
-def checked_candidate(root: str, dataset: str, version: int, max_invalid_share: float) -> dict[str, Any]:
+def checked_candidate(root: str, dataset: str, version: int, config: BuildConfig,
+                      previous_distribution: dict[str, int] | None = None) -> dict[str, Any]:
     """The manifest to publish, from the candidate the pipeline wrote, if it passes conservation and the
-    publish gate; else ConservationError or PublishGateError (both GateErrors, exit 3)."""
+    publish gates (config's max_invalid_share, and the optional quality gates against the previous
+    version's label distribution); else ConservationError or PublishGateError (both GateErrors, exit 3)."""
     data = version_store.read_candidate(root, dataset, version)
     if data is None:
         raise RuntimeError(f"the pipeline finished but wrote no candidate manifest for version {version}")
     candidate = json.loads(data)
     counts = candidate["counts"]
     check_conservation(counts)
-    problems = publish_gate(counts, max_invalid_share, candidate["status"])
+    problems = publish_gate(counts, config.max_invalid_share, candidate["status"])
+    quality_problems, measured = quality_gate(candidate, previous_distribution, dict(config.max_reason_shares),
+                                              config.min_agreement, config.max_label_drift)
+    problems += quality_problems
     quarantine = version_store.quarantine_dir(root, dataset, version)
     if problems:
         summary = ", ".join(f"{key} {counts[key]}" for key in ("read", "valid", "invalid", "duplicates", "votes"))
         raise PublishGateError(f"{GATE_FAILED}, nothing published: {'; '.join(problems)} ({summary}); dead letters "
                                f"kept in quarantine at {quarantine}")
-    return {**candidate, "publish_gate": {"max_invalid_share": max_invalid_share,
-                                          "invalid_share": invalid_share(counts)}}
+    return {**candidate, "publish_gate": {"max_invalid_share": config.max_invalid_share,
+                                          "invalid_share": invalid_share(counts), **measured}}
 
 
 def write_version(root: str, dataset: str, version: int, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -504,7 +516,9 @@ def sample_config(args: argparse.Namespace) -> BuildConfig:
 def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {"method": args.method, "weights_path": args.weights, "gold_path": args.gold, "min_votes": args.min_votes,
             "rows_per_shard": args.rows_per_shard, "force": args.force, "em": args.em,
-            "skills_from": args.skills_from, "max_invalid_share": args.max_invalid_share, "as_of": args.as_of}
+            "skills_from": args.skills_from, "max_invalid_share": args.max_invalid_share, "as_of": args.as_of,
+            "max_reason_shares": parse_reason_shares(args.max_dead_letter_share), "min_agreement": args.min_agreement,
+            "max_label_drift": args.max_label_drift}
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:

@@ -15,6 +15,7 @@ import re
 import tempfile
 
 from labelbeam.pipelines.errors import EXIT_CODES_HELP, UserError
+from labelbeam.transforms.events import dead_letters as dl
 
 DEFAULT_ROWS_PER_SHARD = 1_000_000
 DEFAULT_MAX_INVALID_SHARE = 0.5  # the publish gate's default: a run that is mostly garbage publishes nothing
@@ -85,6 +86,10 @@ class BuildConfig:
     max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
     as_of: str | None = None  # an as-of snapshot: events stamped after it are left out (ISO 8601)
     skills_root: str | None = None  # where --skills-from finds its version (default: the output; rebuild sets it)
+    # Write-audit-publish gates beyond max_invalid_share (conservation.quality_gate); off by default.
+    max_reason_shares: tuple[tuple[str, float], ...] = ()
+    min_agreement: float | None = None
+    max_label_drift: float | None = None
 
     def __post_init__(self):
         check_dataset_name(self.dataset)
@@ -132,6 +137,14 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-invalid-share", type=float, default=DEFAULT_MAX_INVALID_SHARE, metavar="SHARE",
                         help="publish gate: publish nothing (exit 3) when more than this share of the events read "
                              f"is invalid (default: {DEFAULT_MAX_INVALID_SHARE})")
+    parser.add_argument("--max-dead-letter-share", action="append", default=[], metavar="REASON=SHARE",
+                        help="publish gate: publish nothing (exit 3) when dead letters of REASON (e.g. "
+                             "UNKNOWN_LABEL) exceed this share of the events read (repeatable)")
+    parser.add_argument("--min-agreement", type=float, metavar="A",
+                        help="publish gate: publish nothing (exit 3) when the mean per-item agreement is below A")
+    parser.add_argument("--max-label-drift", type=float, metavar="D",
+                        help="publish gate: publish nothing (exit 3) when the consensus label distribution moved "
+                             "more than D (total variation distance, 0-1) from the previous version's")
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true",
                         help="publish a new version even if inputs, params and code are unchanged")
@@ -177,3 +190,22 @@ def parse_labels(text: str | None) -> tuple[str, ...] | None:
     if not labels:
         raise UserError(f"--labels {text!r} names no label; give e.g. --labels cat,dog")
     return labels
+
+
+def parse_reason_shares(items: list[str]) -> tuple[tuple[str, float], ...]:
+    """--max-dead-letter-share REASON=SHARE items, checked: a known reason, a share between 0 and 1."""
+    shares = {}
+    for item in items:
+        reason, _, text = item.partition("=")
+        reason = reason.strip().upper()
+        if reason not in dl.REASONS:
+            raise UserError(f"--max-dead-letter-share {item!r}: {reason or 'REASON'} is not a dead-letter reason; "
+                            f"one of {', '.join(dl.REASONS)}")
+        try:
+            share = float(text)
+        except ValueError:
+            share = -1.0
+        if not 0.0 <= share <= 1.0:
+            raise UserError(f"--max-dead-letter-share {item!r}: give REASON=SHARE with a share between 0 and 1")
+        shares[reason] = share
+    return tuple(sorted(shares.items()))

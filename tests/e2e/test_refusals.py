@@ -97,3 +97,31 @@ def test_a_truncated_gzip_input_is_an_input_error_naming_the_file(sample, tmp_pa
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
     assert str(path) in line and "truncated or corrupt" in line
     assert not os.path.exists(os.path.join(root, "sample", "versions"))
+
+
+def test_quality_gates_refuse_with_exit_3_naming_the_gate_and_record_what_they_measured(sample, tmp_path):
+    root, events = str(tmp_path / "out"), str(sample / "events")
+    build = ("build", "--input", events, "--output", root, "--dataset", "sample", "--labels", LABELS)
+    strict = labelbeam(*build, "--min-agreement", "0.99", "--max-dead-letter-share", "MALFORMED_JSON=0")
+    assert strict.returncode == EXIT_PUBLISH_GATE, strict.stderr
+    [line] = [line for line in strict.stderr.splitlines() if line.strip()]
+    assert "is below --min-agreement 0.99" in line and "above --max-dead-letter-share MALFORMED_JSON=0" in line
+    assert version_store.version_numbers(root, "sample") == []
+    passed = labelbeam(*build, "--min-agreement", "0.2", "--max-label-drift", "0.01")   # drift: no earlier version
+    assert passed.returncode == 0, passed.stderr
+    gate = json.loads(open(os.path.join(root, "sample", "versions", "2", "manifest.json")).read())["publish_gate"]
+    assert gate["agreement"]["min"] == 0.2 and 0.2 <= gate["agreement"]["value"] <= 1
+    assert "label_drift" not in gate
+    part = str(sample / "events" / "events-000.jsonl")   # other votes: another label distribution
+    drifted = labelbeam("build", "--input", part, "--output", root, "--dataset", "sample", "--labels", LABELS,
+                        "--max-label-drift", "0")
+    assert drifted.returncode == EXIT_PUBLISH_GATE, drifted.stderr
+    assert "drifted" in drifted.stderr and "from the previous version, above --max-label-drift 0" in drifted.stderr
+    assert version_store.version_numbers(root, "sample") == [2]
+
+
+def test_a_dead_letter_share_of_an_unknown_reason_is_a_usage_error(sample, tmp_path):
+    result = labelbeam("build", "--input", str(sample / "events"), "--output", str(tmp_path / "out"),
+                       "--dataset", "sample", "--max-dead-letter-share", "TYPO=0.1")
+    assert result.returncode == EXIT_USAGE
+    assert "TYPO is not a dead-letter reason" in result.stderr

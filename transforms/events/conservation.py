@@ -66,3 +66,51 @@ def publish_gate(counts: dict[str, int], max_invalid_share: float,
         problems.append(f"invalid share {share:.4g} (invalid {counts['invalid']} of read {counts['read']}) "
                         f"is above --max-invalid-share {max_invalid_share:g}")
     return problems
+
+
+def label_drift(current: dict[str, int], previous: dict[str, int]) -> float | None:
+    """How far two label distributions (rows per consensus label) are apart: the total variation distance,
+    half the sum of the differences in share; 0 = the same shares, 1 = no label in common. None if
+    either has no rows."""
+    current_rows, previous_rows = sum(current.values()), sum(previous.values())
+    if not current_rows or not previous_rows:
+        return None
+    labels = set(current) | set(previous)
+    return 0.5 * sum(abs(current.get(label, 0) / current_rows - previous.get(label, 0) / previous_rows)
+                     for label in labels)
+
+
+def quality_gate(candidate: dict, previous_distribution: dict[str, int] | None,
+                 max_reason_shares: dict[str, float], min_agreement: float | None,
+                 max_label_drift: float | None) -> tuple[list[str], dict]:
+    """The write-audit-publish checks a user asked for, on a candidate manifest: (problems, measured).
+
+    - max_reason_shares: per dead-letter reason, the most of the events read it may take;
+    - min_agreement: the least mean per-item agreement (skipped when no item has one);
+    - max_label_drift: the most the label distribution may move from the previous version's (label_drift;
+      skipped for a first version).
+    `measured` holds each checked figure next to its limit, for the manifest.
+    """
+    problems, measured = [], {}
+    read = candidate["counts"]["read"]
+    by_reason = candidate.get("dead_letters", {}).get("by_reason", {})
+    for reason, limit in sorted(max_reason_shares.items()):
+        share = by_reason.get(reason, 0) / read if read else 0.0
+        measured[f"{reason}_share"] = {"value": share, "max": limit}
+        if share > limit:
+            problems.append(f"{reason} share {share:.4g} ({by_reason.get(reason, 0)} of read {read}) is above "
+                            f"--max-dead-letter-share {reason}={limit:g}")
+    agreement = (candidate.get("agreement") or {}).get("mean")
+    if min_agreement is not None and agreement is not None:
+        measured["agreement"] = {"value": agreement, "min": min_agreement}
+        if agreement < min_agreement:
+            problems.append(f"mean agreement {agreement:.4g} is below --min-agreement {min_agreement:g} "
+                            f"(by {min_agreement - agreement:.4g})")
+    drift = None if previous_distribution is None else \
+        label_drift(candidate.get("label_distribution", {}), previous_distribution)
+    if max_label_drift is not None and drift is not None:
+        measured["label_drift"] = {"value": drift, "max": max_label_drift}
+        if drift > max_label_drift:
+            problems.append(f"label distribution drifted {drift:.4g} (total variation) from the previous "
+                            f"version, above --max-label-drift {max_label_drift:g}")
+    return problems, measured
