@@ -1,0 +1,131 @@
+"""Beam's Dask runner, with each output of a multi-output ParDo kept to its own consumers.
+
+    labelbeam build ... --runner labelbeam.pipelines.dask_runner.DaskRunner [--dask_client_address HOST:8786]
+
+apache-beam 2.77's DaskRunner drops the tags of a ParDo's outputs (`apply_dofn_to_bundle` returns
+`v.value` of each) and keys the Dask bag of a step by the step, not by its output PCollection: every
+consumer of a ParDo `with_outputs(...)` gets all of its outputs, main and tagged alike (the build's
+validation then hands count dicts to the dedup stage as if they were RecordBatches). It also returns a
+bundle's results before `finish_bundle` runs, losing what that emits. Minimal case:
+
+    out = p | beam.Create([1, 2, 3, 4]) | beam.ParDo(EvenOrTaggedOdd()).with_outputs("odd", main="even")
+    out.even | beam.Map(print)      # prints 1, 2, 3, 4 on Beam's DaskRunner; 2, 4 here and elsewhere
+
+This runner translates the same steps with Beam's own Dask translations, except ParDo, whose bundles
+keep their tags and their finish_bundle output; it keeps a bag per output PCollection (a multi-output
+step's bag filtered by tag), reads side inputs by PCollection too, and computes every sink rather than
+only the last step's bag.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+
+import apache_beam as beam
+from apache_beam import DoFn, pvalue
+from apache_beam.pipeline import PipelineVisitor
+from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
+from apache_beam.runners.dask import dask_runner, transform_evaluator
+from apache_beam.runners.dask.overrides import dask_overrides
+from apache_beam.runners.dask.transform_evaluator import TRANSLATIONS, DaskBagWindowedIterator, Flatten, NoOp
+from apache_beam.transforms.sideinputs import SideInputMap
+from apache_beam.utils.windowed_value import WindowedValue
+
+
+def _run_bundle(items, invoker_args, invoker_kwargs, receivers) -> list:
+    """One Dask partition as one bundle: the DoFn's outputs, tagged ones as TaggedOutput(tag, WindowedValue)."""
+    invoker = DoFnInvoker.create_invoker(*invoker_args, **invoker_kwargs)
+    invoker.invoke_setup()
+    invoker.invoke_start_bundle()
+    for item in items:
+        invoker.invoke_process(item)
+    invoker.invoke_finish_bundle()
+    invoker.invoke_teardown()
+    return list(receivers.values)
+
+
+class _ParDoKeepingTags(transform_evaluator.ParDo):
+    """Beam's Dask ParDo translation with _run_bundle in place of apply_dofn_to_bundle."""
+
+    def apply(self, input_bag, side_inputs=None):
+        transform = self.transform
+        args, kwargs = transform.raw_side_inputs
+        main_input = next(iter(self.applied.main_inputs.values()))
+        window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
+        receivers = transform_evaluator.OneReceiver()
+        invoker_args = [DoFnSignature(transform.fn), _OutputHandler(
+            window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
+            per_element_output_counter=None, output_batch_converter=None, process_yields_batches=False,
+            process_batch_yields_elements=False)]
+        invoker_kwargs = dict(context=DoFnContext(transform.label, state=None), side_inputs=side_inputs,
+                              input_args=list(args), input_kwargs=kwargs, user_state_context=None,
+                              bundle_finalizer_param=DoFn.BundleFinalizerParam())
+        return input_bag.map(transform_evaluator.get_windowed_value, window_fn).map_partitions(
+            _run_bundle, invoker_args, invoker_kwargs, receivers)
+
+
+def _has_tag(item, *, tag) -> bool:
+    if isinstance(item, pvalue.TaggedOutput):
+        return item.tag == tag
+    return tag is None
+
+
+def _value(item):
+    """The element itself, as Beam's Dask translations pass elements between steps."""
+    item = item.value if isinstance(item, pvalue.TaggedOutput) else item
+    return item.value if isinstance(item, WindowedValue) else item
+
+
+class _OutputBags(PipelineVisitor):
+    """Every leaf step translated to a Dask bag, and each output PCollection to the bag of its elements."""
+
+    def __init__(self, bag_kwargs: dict):
+        self.bag_kwargs = bag_kwargs
+        self.bags = collections.OrderedDict()   # step -> the bag of all its outputs
+        self.outputs = {}                       # PCollection -> the bag of its elements
+        self.consumed: set = set()              # PCollections some step reads
+
+    def visit_transform(self, node) -> None:
+        op_class = _ParDoKeepingTags if node.transform.__class__ is beam.ParDo else \
+            TRANSLATIONS.get(node.transform.__class__, NoOp)
+        op = op_class(node, bag_kwargs=self.bag_kwargs)
+        inputs = []
+        for value in node.inputs:
+            if isinstance(value, pvalue.PBegin):
+                inputs.append(None)
+            elif value in self.outputs:
+                inputs.append(self.outputs[value])
+                self.consumed.add(value)
+        side_inputs = []
+        for side in node.side_inputs:
+            self.consumed.add(side.pvalue)
+            values = DaskBagWindowedIterator(self.outputs[side.pvalue], side._window_mapping_fn)
+            side_inputs.append(SideInputMap(type(side), side._view_options(), values))
+        bag = op.apply(input_bag=inputs[0] if len(inputs) == 1 and not isinstance(op, Flatten) else inputs,
+                       side_inputs=side_inputs or None)
+        self.bags[node] = bag
+        for tag, output in node.outputs.items():
+            self.outputs[output] = bag.filter(functools.partial(_has_tag, tag=tag)).map(_value) \
+                if op_class is _ParDoKeepingTags else bag
+
+    def sinks(self) -> list:
+        """The bags nothing reads: computing them runs every step."""
+        return [bag for output, bag in self.outputs.items() if output not in self.consumed] or \
+            list(self.bags.values())[-1:]
+
+
+class DaskRunner(dask_runner.DaskRunner):
+    """Beam's DaskRunner with outputs kept apart by tag (see the module docstring)."""
+
+    def run_pipeline(self, pipeline, options):
+        import dask
+        import dask.distributed as ddist
+
+        dask_options = options.view_as(dask_runner.DaskOptions).get_all_options(drop_default=True, current_only=True)
+        bag_kwargs = dask_runner.DaskOptions._extract_bag_kwargs(dask_options)
+        client = ddist.Client(**dask_options)
+        pipeline.replace_all(dask_overrides())
+        visitor = _OutputBags(bag_kwargs)
+        pipeline.visit(visitor)
+        futures = client.compute(list(dask.optimize(*visitor.sinks())))
+        return dask_runner.DaskRunnerResult(client, futures)
