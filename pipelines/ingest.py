@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ from labelbeam.transforms.events.parser import ValidationRules
 from labelbeam.transforms.ingest import IngestEvents
 from labelbeam.transforms.read_stream import DropDirectoryFeed, ReadDroppedFiles, ReadMessages, WatchDroppedFiles
 from labelbeam.transforms.storage import stores
+from labelbeam.transforms.validate import RulesSource
 
 PUBSUB_PREFIX = "pubsub://"
 RUNS = "_runs"
@@ -104,7 +106,14 @@ def summed_counts(counts_dir: str) -> dict[str, int]:
     return sum_counts([json.loads(store.read(path)) for path in store.list(counts_dir)])
 
 
-def build_ingest(pipeline, chunks, log_root: str, rules: ValidationRules, policy: LogPolicy, num_buckets: int,
+def todays_rules(dataset: str, labels: frozenset[str] | None) -> ValidationRules:
+    """The rules a chunk is parsed with: event times up to two days past the start of the current UTC
+    day, as the build's default, so the log and the nightly build accept the same events. Read when each
+    chunk is parsed, so an always-on job's cutoff moves on with the days."""
+    return ValidationRules.with_cutoff(dataset, ValidationRules.day_cutoff(dt.datetime.now(dt.timezone.utc)), labels)
+
+
+def build_ingest(pipeline, chunks, log_root: str, rules: RulesSource, policy: LogPolicy, num_buckets: int,
                  counts_dir: str):
     ingested = chunks | "IngestEvents" >> IngestEvents(rules, log_root, policy, num_buckets)
     return ingested[dl.COUNTS] | "RecordCounts" >> beam.ParDo(RecordCountsFn(counts_dir))
@@ -190,11 +199,9 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise UserError(f"--poll-seconds must be positive, got {args.poll_seconds}")
     options = ingest_options(beam_args)
     labels = parse_labels(args.labels)
-    # Streaming has no build clock to cut against: event times are judged against the start of today, as
-    # the build does, so the log and the nightly build accept the same events.
     now = dt.datetime.now(dt.timezone.utc)
-    rules = ValidationRules.with_cutoff(dataset, ValidationRules.day_cutoff(now),
-                                        frozenset(labels) if labels else None)
+    rules = functools.partial(todays_rules, dataset, frozenset(labels) if labels else None)
+    rules()  # a bad dataset or label set fails here, not in a worker
     policy = LogPolicy(allowed_lateness_ms=int(args.allowed_lateness_hours * HOUR_MS),
                        ttl_ms=int(args.dedup_ttl_hours * HOUR_MS))
     run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"

@@ -58,12 +58,12 @@ from labelbeam.transforms.coders import ArrowCoder
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events import event_log as el
 from labelbeam.transforms.events.gc_pause import gc_paused
-from labelbeam.transforms.events.parser import MIN_EVENT_TIME_MS, ValidationRules
+from labelbeam.transforms.events.parser import MIN_EVENT_TIME_MS
 from labelbeam.transforms.events.record_batches import key_hash
 from labelbeam.transforms.read_stream import RAW_CHUNKS
 from labelbeam.transforms.storage import stores
 from labelbeam.transforms.storage.table_files import FileEntry, avro_bytes
-from labelbeam.transforms.validate import ValidateEvents
+from labelbeam.transforms.validate import RulesSource, ValidateEvents
 
 LOGGED = "logged"
 REJECTED = "rejected"
@@ -386,7 +386,7 @@ class IngestEvents(beam.PTransform):
     (once every hour it touched has closed). Paths in FileEntry are relative to `log_root`.
     """
 
-    def __init__(self, rules: ValidationRules, log_root: str, policy: el.LogPolicy = el.LogPolicy(),
+    def __init__(self, rules: RulesSource, log_root: str, policy: el.LogPolicy = el.LogPolicy(),
                  num_buckets: int = DEFAULT_BUCKETS):
         super().__init__()
         _checked_buckets(num_buckets)

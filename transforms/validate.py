@@ -8,6 +8,8 @@ emitted only when not zero.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam import pvalue
@@ -22,20 +24,30 @@ UNKNOWN_FIELDS_DROPPED = "unknown_fields_dropped"
 AFTER_AS_OF_COUNT = "after_as_of"
 
 
+# The rules themselves, or (for an always-on stream) a function giving today's rules when a chunk is parsed.
+RulesSource = ValidationRules | Callable[[], ValidationRules]
+
+
 class ParseEventsFn(beam.DoFn):
-    def __init__(self, rules: ValidationRules):
+    def __init__(self, rules: RulesSource):
         super().__init__()
         self._rules = rules
 
+    def _current_parser(self) -> EventParser:
+        rules = self._rules() if callable(self._rules) else self._rules
+        if self._parser is None or self._parser.rules != rules:
+            self._parser = EventParser(rules)
+        return self._parser
+
     def setup(self):
-        self._parser = EventParser(self._rules)
+        self._parser = None
         # Runner-visible progress; the manifest's counts come from the COUNTS output, not these.
         self._read = beam.metrics.Metrics.counter("labelbeam", "read")
         self._rejected = beam.metrics.Metrics.counter("labelbeam", "rejected_while_parsing")
 
     def process(self, chunk: RawChunk):
         with gc_paused():
-            columns, dead, unknown_fields_dropped, after_as_of = self._parser.parse_chunk_with_counts(chunk)
+            columns, dead, unknown_fields_dropped, after_as_of = self._current_parser().parse_chunk_with_counts(chunk)
             batch = columns.to_record_batch() if len(columns) else None
             del columns  # free the parsed rows before the collector runs again
         self._read.inc(len(chunk))
@@ -57,7 +69,7 @@ class ValidateEvents(beam.PTransform):
     """RawChunks -> {VALID: pa.RecordBatch (EVENT_SCHEMA), DEAD_LETTER: pa.RecordBatch (DEAD_LETTER_SCHEMA),
     COUNTS: dict}."""
 
-    def __init__(self, rules: ValidationRules):
+    def __init__(self, rules: RulesSource):
         super().__init__()
         self._rules = rules
 

@@ -740,3 +740,21 @@ def test_avro_retries_with_a_nan_score_are_rejected_not_conflicting(tmp_path):
     columns, dead = EventParser(RULES).parse_chunk(chunk)
     assert len(columns) == 0
     assert [(d.reason, d.offset) for d in dead] == [(dl.SCHEMA_MISMATCH, 0), (dl.SCHEMA_MISMATCH, 1)]
+
+
+def test_rules_given_as_a_function_are_read_for_each_chunk_so_a_long_running_stream_moves_its_cutoff():
+    from labelbeam.transforms.validate import ParseEventsFn
+    # Yesterday's rules reject an event stamped a week after their cutoff; today's accept it.
+    later = PETS_EVENT_TIME_MS + 7 * 86_400_000
+    clock = {"rules": ValidationRules.at("pets", PETS_EVENT_TIME_MS)}
+    parse = ParseEventsFn(lambda: clock["rules"])
+    parse.setup()
+    chunk = RawChunk("s", "json", [0], [orjson.dumps(v1_event(event_time=later))])
+
+    def outputs():
+        return [o for o in parse.process(chunk) if not isinstance(o, beam.pvalue.TaggedOutput) or o.tag == dl.DEAD_LETTER]
+    [rejected] = outputs()
+    assert rejected.tag == dl.DEAD_LETTER and rejected.value.column("reason")[0].as_py() == dl.BAD_TIMESTAMP
+    clock["rules"] = ValidationRules.at("pets", later)
+    [accepted] = outputs()
+    assert not isinstance(accepted, beam.pvalue.TaggedOutput) and accepted.num_rows == 1
