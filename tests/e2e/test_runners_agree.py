@@ -1,0 +1,49 @@
+"""The build publishes the same files on Dask (a multi-process distributed engine: without
+--dask_client_address, a local dask.distributed cluster with a worker process per core) and on Beam's
+PortableRunner as on the FnApiRunner. Beam's own DaskRunner cannot run it (pipelines/dask_runner.py says
+why); labelbeam's subclass can."""
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def build(sample, output, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labelbeam.pipelines.cli", "build", "--input", str(sample / "events"),
+                           "--output", str(output), "--dataset", "sample", "--labels", "bird,cat,dog,fish", *extra],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "LABELBEAM_PSEUDONYM_KEY": KEY})
+
+
+def digests(version_dir: pathlib.Path) -> dict[str, str]:
+    return {str(path.relative_to(version_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(version_dir.rglob("*")) if path.is_file() and path.name not in ("manifest.json", ".claim")}
+
+
+RUNNERS = {
+    "dask": ["--runner", "labelbeam.pipelines.dask_runner.DaskRunner"],
+    # Beam's portable runner on its embedded job server, the SDK harness in this process.
+    "portable": ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK"],
+}
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_the_build_publishes_the_files_the_fnapi_runner_does(tmp_path, runner):
+    if runner == "dask":
+        pytest.importorskip("distributed", reason="dask[distributed] is not installed (it comes with the test extra)")
+    from labelbeam.pipelines.generate import write_sample
+    write_sample(str(tmp_path / "sample"), 2_000, seed=5)
+    # ds with EM in one worker on both (--em auto fits it on Beam under PortableRunner, which may front Flink).
+    elsewhere = build(tmp_path / "sample", tmp_path / runner, "--method", "ds", "--em", "in_process", *RUNNERS[runner])
+    assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+    local = build(tmp_path / "sample", tmp_path / "local", "--method", "ds", "--em", "in_process")
+    assert local.returncode == 0, local.stderr[-3000:]
+    files = digests(tmp_path / runner / "sample" / "versions" / "1")
+    assert {"labels/labels-00000-of-00001.parquet", "annotators/annotators-00000-of-00001.parquet",
+            "README.md"} <= set(files)
+    assert files == digests(tmp_path / "local" / "sample" / "versions" / "1")
