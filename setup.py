@@ -34,6 +34,7 @@ setup(
         "fastavro>=1.9",
         "numpy>=1.24",
         "orjson>=3.9",
+        "tqdm>=4.60",
     ],
     extras_require={
         "gcp": [f"apache-beam[gcp]{BEAM_VERSIONS}", "google-cloud-storage>=2.10"],

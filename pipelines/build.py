@@ -41,6 +41,7 @@ from labelbeam.pipelines.options import (
     parse_labels,
     parse_reason_shares,
 )
+from labelbeam.pipelines.progress import ReadProgress
 from labelbeam.pipelines.tuning import LabelbeamTuningOptions
 from labelbeam.schemas import registry
 from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
@@ -65,6 +66,7 @@ from labelbeam.transforms.publish import PublishVersion, distinct_vote_labels, r
 from labelbeam.transforms.read import ReadEvents
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.dataset_card import CARD_FILE, dataset_card
+from labelbeam.transforms.storage.event_files import plan_ranges
 from labelbeam.transforms.storage.inputs import InputError, corrupt_input_in, match_inputs
 from labelbeam.transforms.storage.table_files import write_file
 from labelbeam.transforms.validate import ValidateEvents
@@ -83,9 +85,9 @@ class BuildOutcome:
 
 
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
-                   tuning, rows_per_shard: int, pseudonym_key: bytes, key_source: str):
+                   tuning, rows_per_shard: int, pseudonym_key: bytes, key_source: str, progress_run: str | None = None):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
-    raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events)
+    raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events, progress_run)
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
     unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets)
     standing = unique[dl.VALID] | "ResolveLifecycle" >> ResolveLifecycle()
@@ -332,9 +334,11 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         "side_inputs": side_inputs(config),
     }
     try:
-        with beam.Pipeline(options=plan.options) as pipeline:
+        local = plan.options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+        with ReadProgress(len(plan_ranges(files, plan.tuning.range_bytes)), enabled=local) as progress_run, \
+                beam.Pipeline(options=plan.options) as pipeline:
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
-                           config.rows_per_shard, key, key_source)
+                           config.rows_per_shard, key, key_source, progress_run)
         manifest = checked_candidate(root, dataset, version, config,
                                      (newest_manifest or {}).get("label_distribution"))
         twin = None if config.force else published_twin(root, dataset, version, publication_digest(manifest))
