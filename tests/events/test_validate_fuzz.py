@@ -18,8 +18,11 @@ RULES_WITH_LABELS = ValidationRules.at("pets", NOW_MS, frozenset({"cat", "dog"})
 RULES_ANY_LABEL = ValidationRules.at("pets", NOW_MS)
 PARSERS = {"labels": EventParser(RULES_WITH_LABELS), "any": EventParser(RULES_ANY_LABEL)}
 LATEST_FIELDS = tuple(f["name"] for f in registry.event_schema(2)["fields"])
-FUZZ = settings(max_examples=200, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# 200 random cases per property in the suite; benchmarks/fuzz_parse.py sets LABELBEAM_FUZZ_CASES for a
+# large derandomized (repeatable) run of the same properties.
+FUZZ_CASES = int(os.environ.get("LABELBEAM_FUZZ_CASES", "0"))
+FUZZ = settings(max_examples=FUZZ_CASES or 200, derandomize=bool(FUZZ_CASES), deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 VALID_V1 = {
     "event_id": "e1", "dataset": "pets", "item_id": "item-1", "annotator_id": "ann-1",
