@@ -1,6 +1,7 @@
 """The deployment recipes say only what labelbeam and Beam understand: the README's runner commands parse
 (their Beam flags are known ones), each Flex Template parameter is a `labelbeam build` flag, and the
 Flex Template image installs every source directory and launches an existing entry point."""
+import ast
 import json
 import pathlib
 import re
@@ -61,3 +62,24 @@ def test_the_flex_template_image_installs_every_source_directory_and_launches_th
     [entry] = re.findall(r"FLEX_TEMPLATE_PYTHON_PY_FILE=\$\{WORKDIR\}/(\S+)", dockerfile)
     assert 'if __name__ == "__main__":' in (REPO / entry).read_text(encoding="utf-8")
     assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE=${WORKDIR}/setup.py" in dockerfile
+
+
+def test_the_scheduler_launch_body_names_only_template_parameters():
+    body = json.loads((DEPLOY / "launch-body.json").read_text(encoding="utf-8"))["launchParameter"]
+    template_parameters = {p["name"] for p in json.loads((DEPLOY / "metadata.json").read_text())["parameters"]}
+    assert set(body["parameters"]) <= template_parameters
+    args, unknown = build_parser().parse_known_args([f"--{k}={v}" for k, v in body["parameters"].items()])
+    assert unknown == [] and args.as_of == "today"
+
+
+def test_the_airflow_dag_is_python_whose_pipeline_options_are_build_or_beam_flags():
+    # Airflow is not installed here: the DAG is compiled and its options checked, not imported.
+    source = (REPO / "deploy" / "airflow" / "labelbeam_nightly.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    compile(tree, "labelbeam_nightly.py", "exec")
+    [options] = [keyword.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 for keyword in node.keywords if keyword.arg == "pipeline_options"]
+    names = [key.value for key in options.keys]
+    args, beam_args = build_parser().parse_known_args([f"--{name}=1" for name in names])
+    pipeline_options(beam_args)            # every flag the build does not take is a known Beam flag
+    assert {"input", "output", "dataset", "as-of"} <= set(names)
