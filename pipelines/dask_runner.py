@@ -18,7 +18,6 @@ only the last step's bag.
 """
 from __future__ import annotations
 
-import collections
 import functools
 
 import apache_beam as beam
@@ -81,7 +80,7 @@ class _OutputBags(PipelineVisitor):
 
     def __init__(self, bag_kwargs: dict):
         self.bag_kwargs = bag_kwargs
-        self.bags = collections.OrderedDict()   # step -> the bag of all its outputs
+        self.bags = {}                          # step -> the bag of all its outputs
         self.outputs = {}                       # PCollection -> the bag of its elements
         self.consumed: set = set()              # PCollections some step reads
 
@@ -109,9 +108,8 @@ class _OutputBags(PipelineVisitor):
                 if op_class is _ParDoKeepingTags else bag
 
     def sinks(self) -> list:
-        """The bags nothing reads: computing them runs every step."""
-        return [bag for output, bag in self.outputs.items() if output not in self.consumed] or \
-            list(self.bags.values())[-1:]
+        """The bags of the steps none of whose outputs another step reads: computing them runs every step."""
+        return [bag for step, bag in self.bags.items() if not self.consumed & set(step.outputs.values())]
 
 
 class DaskRunner(dask_runner.DaskRunner):
