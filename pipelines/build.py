@@ -52,6 +52,7 @@ from labelbeam.transforms.events.conservation import (
     GateError,
     PublishGateError,
     check_conservation,
+    format_counts,
     invalid_share,
     publish_gate,
     quality_gate,
@@ -465,7 +466,7 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
     else:
         lines.append(f"up to date: {config.dataset} version {outcome.version} already has these inputs, "
                      f"params and code ({version_dir}); --force publishes anyway")
-    lines.append("  read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(**counts))
+    lines.append(f"  {format_counts(counts)}")
     lines.append("  valid {valid} = votes {votes} + superseded {superseded} + deleted {deleted}".format(**counts))
     if counts.get("after_as_of"):
         lines.append(f"  after --as-of {outcome.manifest['params']['as_of']}: {counts['after_as_of']} events stamped "

@@ -37,7 +37,7 @@ from labelbeam.pipelines.errors import (
 )
 from labelbeam.pipelines.options import add_ingest_arguments, check_dataset_name, parse_labels
 from labelbeam.transforms.events import dead_letters as dl
-from labelbeam.transforms.events.conservation import sum_counts
+from labelbeam.transforms.events.conservation import format_counts, sum_counts
 from labelbeam.transforms.events.event_log import HOUR_MS, LogPolicy
 from labelbeam.transforms.events.parser import ValidationRules
 from labelbeam.transforms.ingest import IngestEvents
@@ -134,11 +134,6 @@ def sources_record(log_root: str, directory: str) -> str:
 def read_sources_record(path: str) -> frozenset[str]:
     store = stores.store_for(path)
     return frozenset(json.loads(store.read(path))["files"]) if store.exists(path) else frozenset()
-
-
-def format_counts(counts: dict[str, int]) -> str:
-    return "read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(
-        **{key: counts.get(key, 0) for key in ("read", "valid", "invalid", "duplicates")})
 
 
 def run_watching(pipeline, feed: DropDirectoryFeed, counts_dir: str) -> None:

@@ -34,6 +34,12 @@ def sum_counts(parts: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+def format_counts(counts: dict[str, int]) -> str:
+    """The first conservation identity as a run summary shows it (a missing key counts 0)."""
+    return "read {read} = valid {valid} + invalid {invalid} + duplicates {duplicates}".format(
+        **{key: counts.get(key, 0) for key in ("read", "valid", "invalid", "duplicates")})
+
+
 def check_conservation(counts: dict[str, int]) -> None:
     """read = valid + invalid + duplicates and valid = votes + superseded + deleted, or ConservationError."""
     read_side = counts["valid"] + counts["invalid"] + counts["duplicates"]
