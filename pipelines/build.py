@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import difflib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -116,17 +117,23 @@ def _read_csv_option(flag: str, path: str, parse):
 
 LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
                  "PrismRunner"}
-# Runners where `--em auto` fits in one worker although they are distributed: the Dask translation
-# builds a new bag graph per EM iteration (ds on 2,500 votes: over 10 min, against 7.6 s in_process).
-IN_PROCESS_EM_RUNNERS = {"labelbeam.pipelines.dask_runner.DaskRunner",
-                         "apache_beam.runners.dask.dask_runner.DaskRunner"}
+# The Dask runners need the dask extra. `--em auto` fits in one worker on them although they are
+# distributed: the Dask translation builds a new bag graph per EM iteration (ds on 2,500 votes: over
+# 10 min, against 7.6 s in_process).
+DASK_RUNNERS = {"labelbeam.pipelines.dask_runner.DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def check_runner_installed(runner: str | None) -> None:
+    """A UserError naming the install step when a runner's packages are missing, before anything runs."""
+    if runner in DASK_RUNNERS and any(importlib.util.find_spec(name) is None for name in ("dask", "distributed")):
+        raise UserError(f"--runner {runner} needs dask[distributed]: pip install \".[dask]\" (or 'labelbeam[dask]')")
 
 
 def em_path(config: BuildConfig, runner: str | None) -> str:
     if config.em != "auto":
         return config.em
     distributed = getattr(METHODS.get(config.method), "distributed", False)
-    return EM_BEAM if distributed and runner not in LOCAL_RUNNERS | IN_PROCESS_EM_RUNNERS else EM_IN_PROCESS
+    return EM_BEAM if distributed and runner not in LOCAL_RUNNERS | DASK_RUNNERS else EM_IN_PROCESS
 
 
 def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], dict]:
@@ -266,6 +273,7 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
         if getattr(tuning, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(tuning, flag)}")
     key = pseudonym_key(config.output)
+    check_runner_installed(options.view_as(StandardOptions).runner)
     method = make_method(config, options.view_as(StandardOptions).runner, key)
     # Future event times are judged against a cutoff recorded in params, not the wall clock, so a rebuild
     # with the same params accepts the same events. By default it is the start of the build's UTC day:

@@ -47,3 +47,17 @@ def test_the_build_publishes_the_files_the_fnapi_runner_does(tmp_path, runner):
     assert {"labels/labels-00000-of-00001.parquet", "annotators/annotators-00000-of-00001.parquet",
             "README.md"} <= set(files)
     assert files == digests(tmp_path / "local" / "sample" / "versions" / "1")
+
+
+def test_a_dask_runner_without_dask_installed_is_a_usage_error_naming_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    from labelbeam.pipelines.build import plan_build
+    from labelbeam.pipelines.errors import UserError
+    from labelbeam.pipelines.options import BuildConfig
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "distributed" else real_find_spec(name, *args))
+    config = BuildConfig(inputs=("x",), output=str(tmp_path / "out"), dataset="sample")
+    with pytest.raises(UserError, match=r'needs dask\[distributed\]: pip install "\.\[dask\]"'):
+        plan_build(config, RUNNERS["dask"])
