@@ -6,6 +6,7 @@ Importing this module also drops one line of import-time noise from apache_beam 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ EXIT_USAGE = 2           # bad arguments or inputs: one line, no traceback
 EXIT_PUBLISH_GATE = 3    # a publish gate refused the version: nothing published
 EXIT_VERIFY_FAILED = 4   # `verify` found a file that does not match its manifest
 EXIT_INTERRUPTED = 130   # Ctrl-C (128 + SIGINT)
+EXIT_BROKEN_PIPE = 141   # the reader of stdout went away (`| head`): 128 + SIGPIPE, as shell tools exit
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK:<4} done (an up-to-date build included)
@@ -24,7 +26,8 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_USAGE:<4} usage or input error (one line, no traceback)
   {EXIT_PUBLISH_GATE:<4} publish gate failed (nothing published)
   {EXIT_VERIFY_FAILED:<4} verify found files that do not match their manifest
-  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)"""
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
+  {EXIT_BROKEN_PIPE:<4} stdout closed by its reader (e.g. piped into head); the command itself ran"""
 
 
 class UserError(Exception):
@@ -75,6 +78,10 @@ def guarded(command: Callable[[], int]) -> int:
         signal.signal(signal.SIGINT, on_sigint)
     try:
         return command()
+    except BrokenPipeError:
+        # Python's recipe: point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         pass
     except UserError as err:

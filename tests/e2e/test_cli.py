@@ -410,3 +410,15 @@ def test_beams_apitools_warning_is_silenced_and_other_warnings_are_kept(module, 
     assert "apitools" not in result.stderr
     assert "another warning" in result.stderr
     assert "--min-votes must be at least 1" in result.stderr
+
+
+def test_a_reader_that_closes_stdout_early_gets_exit_141_and_no_traceback():
+    # What `labelbeam build | head -1` does to a command that prints more than its reader wants.
+    from labelbeam.pipelines.errors import EXIT_BROKEN_PIPE
+    printer = "import sys\nfrom labelbeam.pipelines.errors import guarded\n" \
+              "sys.exit(guarded(lambda: [print('line', n, flush=True) for n in range(100_000)] and 0))"
+    process = subprocess.Popen([sys.executable, "-c", printer], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"line 0\n"
+    process.stdout.close()
+    assert process.wait(timeout=60) == EXIT_BROKEN_PIPE == 141
+    assert process.stderr.read() == b""
