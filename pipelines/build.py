@@ -8,6 +8,7 @@ With no --input it builds the embedded sample (generated on first use, determini
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -19,8 +20,10 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 # errors first: importing it hides the "apitools not found" line apache_beam logs while it loads.
@@ -43,7 +46,7 @@ from labelbeam.pipelines.options import (
     parse_reason_shares,
 )
 from labelbeam.pipelines.progress import ReadProgress
-from labelbeam.pipelines.tuning import LabelbeamTuningOptions
+from labelbeam.pipelines.tuning import SHUFFLE_AUTO, SHUFFLE_RUNNER, LabelbeamTuningOptions
 from labelbeam.schemas import registry
 from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
 from labelbeam.transforms.deduplicate import VOTES, DeduplicateEvents, ResolveLifecycle
@@ -87,11 +90,14 @@ class BuildOutcome:
 
 
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
-                   tuning, rows_per_shard: int, pseudonym_key: bytes, key_source: str, progress_run: str | None = None):
-    """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest."""
+                   tuning, rows_per_shard: int, pseudonym_key: bytes, key_source: str, progress_run: str | None = None,
+                   shuffle_dir: str | None = None):
+    """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest.
+
+    With `shuffle_dir`, events are grouped by bucket through files there instead of the runner's memory."""
     raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events, progress_run)
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
-    unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets)
+    unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets, shuffle_dir)
     standing = unique[dl.VALID] | "ResolveLifecycle" >> ResolveLifecycle()
     consensus = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method)
     dead_letters = (parsed[dl.DEAD_LETTER], unique[dl.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
@@ -127,6 +133,25 @@ def check_runner_installed(runner: str | None) -> None:
     """A UserError naming the install step when a runner's packages are missing, before anything runs."""
     if runner in DASK_RUNNERS and any(importlib.util.find_spec(name) is None for name in ("dask", "distributed")):
         raise UserError(f"--runner {runner} needs dask[distributed]: pip install \".[dask]\" (or 'labelbeam[dask]')")
+
+
+@contextlib.contextmanager
+def shuffle_directory(options: PipelineOptions) -> Iterator[str | None]:
+    """A new directory for '--shuffle files' (removed afterwards, whatever happens), or None for the runner's
+    GroupByKey. 'auto' picks files on the local runners, whose shuffle is a buffer in their own memory."""
+    tuning = options.view_as(LabelbeamTuningOptions)
+    local = options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+    if tuning.shuffle == SHUFFLE_RUNNER or (tuning.shuffle == SHUFFLE_AUTO and not local):
+        yield None
+        return
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="labelbeam-shuffle-", dir=tuning.shuffle_dir,
+                                              ignore_cleanup_errors=True)
+    except OSError as err:
+        raise UserError(f"--shuffle_dir {tuning.shuffle_dir or tempfile.gettempdir()}: cannot create a directory "
+                        f"there ({err.strerror})") from None
+    with scratch as path:
+        yield path
 
 
 def em_path(config: BuildConfig, runner: str | None) -> str:
@@ -272,6 +297,8 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
     for flag in ("num_buckets", "chunk_events", "range_bytes"):
         if getattr(tuning, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(tuning, flag)}")
+    if tuning.shuffle_dir is not None and not os.path.isdir(tuning.shuffle_dir):
+        raise UserError(f"--shuffle_dir {tuning.shuffle_dir}: not a directory")
     key = pseudonym_key(config.output)
     check_runner_installed(options.view_as(StandardOptions).runner)
     method = make_method(config, options.view_as(StandardOptions).runner, key)
@@ -344,10 +371,11 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
     }
     try:
         local = plan.options.view_as(StandardOptions).runner in LOCAL_RUNNERS
-        with ReadProgress(len(plan_ranges(files, plan.tuning.range_bytes)), enabled=local) as progress_run, \
+        with shuffle_directory(plan.options) as shuffle_dir, \
+                ReadProgress(len(plan_ranges(files, plan.tuning.range_bytes)), enabled=local) as progress_run, \
                 beam.Pipeline(options=plan.options) as pipeline:
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
-                           config.rows_per_shard, key, key_source, progress_run)
+                           config.rows_per_shard, key, key_source, progress_run, shuffle_dir)
         manifest = checked_candidate(root, dataset, version, config,
                                      (newest_manifest or {}).get("label_distribution"))
         twin = None if config.force else published_twin(root, dataset, version, publication_digest(manifest))

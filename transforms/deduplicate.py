@@ -14,14 +14,15 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 
 from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
-from labelbeam.transforms.arrays.factorize import concatenated
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.lifecycle import deduplicate, resolve_latest
 from labelbeam.transforms.events.record_batches import EVENT_SCHEMA, VOTE_SCHEMA, split_by_bucket
+from labelbeam.transforms.shuffle import group_batches
 from labelbeam.transforms.storage.event_files import fetch_raw_events
 
 VOTES = "votes"
 DEFAULT_BUCKETS = 16
+EVENT_ID_BUCKETS = pa.schema([("event_id", pa.string()), ("item_bucket", pa.int64())])
 
 
 def _bucket_table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
@@ -44,20 +45,18 @@ def conflict_dead_letters(conflicts: pa.Table) -> list[dl.DeadLetter]:
 
 
 def event_ids_by_bucket(events: pa.RecordBatch, num_buckets: int):
-    """(event_id bucket, (event ids, their item buckets)) for the light conflict shuffle."""
+    """(event_id bucket, RecordBatch of event ids and their item buckets) for the light conflict shuffle."""
     item_bucket = events.column("item_id_hash").to_numpy().astype(np.int64) % num_buckets
-    ids = pa.table({"event_id": events.column("event_id"), "event_id_hash": events.column("event_id_hash"),
-                    "item_bucket": item_bucket})
+    ids = pa.RecordBatch.from_arrays([events.column("event_id"), events.column("event_id_hash"),
+                                      pa.array(item_bucket)], ["event_id", "event_id_hash", "item_bucket"])
     for id_bucket, part in split_by_bucket(ids, "event_id_hash", num_buckets):
-        yield id_bucket, (part.column("event_id").combine_chunks(), part.column("item_bucket").combine_chunks())
+        yield id_bucket, part.select(["event_id", "item_bucket"])
 
 
 def ids_in_several_item_buckets(id_bucket_and_parts) -> list[str]:
     """Event ids seen in more than one item bucket: their copies differ in item_id, so they conflict."""
     _, parts = id_bucket_and_parts
-    parts = list(parts)
-    seen = pa.table({"event_id": concatenated([ids for ids, _ in parts], pa.string()),
-                     "item_bucket": concatenated([buckets for _, buckets in parts], pa.int64())})
+    seen = _bucket_table(list(parts), EVENT_ID_BUCKETS)
     per_id = seen.group_by("event_id").aggregate([("item_bucket", "count_distinct")])
     return per_id.filter(pc.greater(per_id.column("item_bucket_count_distinct"), 1)).column("event_id").to_pylist()
 
@@ -82,26 +81,30 @@ class DeduplicateEvents(beam.PTransform):
 
     Output tables hold unique event_ids, and each holds every unique event of the items it
     contains (what ResolveLifecycle needs). Provenance columns are dropped. Order is not meaningful.
+
+    With `shuffle_dir`, both shuffles pass through files there (transforms/shuffle.py), so the local
+    runner's memory follows one bucket rather than the input.
     """
 
-    def __init__(self, num_buckets: int = DEFAULT_BUCKETS):
+    def __init__(self, num_buckets: int = DEFAULT_BUCKETS, shuffle_dir: str | None = None):
         super().__init__()
         if num_buckets < 1:
             raise ValueError(f"num_buckets must be positive, got {num_buckets}")
         self._num_buckets = num_buckets
+        self._shuffle_dir = shuffle_dir
 
     def expand(self, batches):
         num_buckets = self._num_buckets
         # Both keyings run in the parsing stage; only the light id shuffle must finish first.
         cross_item_conflicts = (batches
                                 | "KeyEventIds" >> beam.FlatMap(event_ids_by_bucket, num_buckets).with_output_types(
-                                    tuple[int, tuple[pa.Array, pa.Array]])
-                                | "GroupByEventId" >> beam.GroupByKey()
+                                    tuple[int, pa.RecordBatch])
+                                | "GroupByEventId" >> group_batches(self._shuffle_dir, "by-event-id")
                                 | "FindCrossItemConflicts" >> beam.FlatMap(ids_in_several_item_buckets))
         return (batches
                 | "KeyByItem" >> beam.FlatMap(lambda b: split_by_bucket(b, "item_id_hash", num_buckets))
                 .with_output_types(tuple[int, pa.RecordBatch])
-                | "GroupByItem" >> beam.GroupByKey()
+                | "GroupByItem" >> group_batches(self._shuffle_dir, "by-item")
                 | "Deduplicate" >> beam.ParDo(DeduplicateFn(), cross_item_conflicts=pvalue.AsList(cross_item_conflicts))
                 .with_output_types(pa.Table).with_outputs(dl.DEAD_LETTER, dl.COUNTS, main=dl.VALID))
 

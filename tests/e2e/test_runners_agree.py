@@ -61,3 +61,29 @@ def test_a_dask_runner_without_dask_installed_is_a_usage_error_naming_the_extra(
     config = BuildConfig(inputs=("x",), output=str(tmp_path / "out"), dataset="sample")
     with pytest.raises(UserError, match=r'needs dask\[distributed\]: pip install "\.\[dask\]"'):
         plan_build(config, RUNNERS["dask"])
+
+
+def test_the_shuffle_through_files_publishes_what_the_runners_shuffle_does_and_leaves_nothing_behind(tmp_path):
+    from labelbeam.pipelines.generate import write_sample
+    write_sample(str(tmp_path / "sample"), 3_000, seed=9)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    on_disk = build(tmp_path / "sample", tmp_path / "files", "--shuffle", "files", "--shuffle_dir", str(scratch),
+                    "--num_buckets", "4")
+    assert on_disk.returncode == 0, on_disk.stderr[-3000:]
+    assert list(scratch.iterdir()) == []  # the run's shuffle directory is removed with its files
+    in_memory = build(tmp_path / "sample", tmp_path / "runner", "--shuffle", "runner", "--num_buckets", "4")
+    assert in_memory.returncode == 0, in_memory.stderr[-3000:]
+    files = digests(tmp_path / "files" / "sample" / "versions" / "1")
+    assert "labels/labels-00000-of-00001.parquet" in files
+    assert files == digests(tmp_path / "runner" / "sample" / "versions" / "1")
+
+
+def test_a_shuffle_dir_that_cannot_hold_a_directory_is_a_usage_error(tmp_path):
+    from labelbeam.pipelines.generate import write_sample
+    write_sample(str(tmp_path / "sample"), 200, seed=1)
+    missing = tmp_path / "no" / "such" / "dir"
+    result = build(tmp_path / "sample", tmp_path / "out", "--shuffle_dir", str(missing))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert str(missing) in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "sample" / "versions" / "1").exists()

@@ -147,7 +147,8 @@ def test_dedup_and_lifecycle_in_beam_are_order_and_split_independent(tmp_path):
     expected = _expected_votes(events)
     assert ("i1", "a1", "cat") not in expected  # the DELETE withdrew it
     rng = random.Random(7)
-    for num_buckets, num_files in ((1, 1), (4, 3), (16, 5)):
+    for num_buckets, num_files, on_disk in ((1, 1, False), (4, 3, False), (16, 5, False), (4, 3, True)):
+        shuffle_dir = str(tmp_path / f"shuffle-{num_buckets}") if on_disk else None
         shuffled = list(events)
         rng.shuffle(shuffled)
         # Split across several "files": copies of one event_id land in different batches.
@@ -155,7 +156,7 @@ def test_dedup_and_lifecycle_in_beam_are_order_and_split_independent(tmp_path):
                  for i in range(num_files)]
         batches = [batch for path in paths for batch in file_table(path).to_batches()]
         with TestPipeline(runner="FnApiRunner") as pipeline:
-            unique = pipeline | beam.Create(batches) | DeduplicateEvents(num_buckets)
+            unique = pipeline | beam.Create(batches) | DeduplicateEvents(num_buckets, shuffle_dir)
             standing = unique[dl.VALID] | ResolveLifecycle()
             votes = standing[VOTES] | beam.FlatMap(
                 lambda t: list(zip(*(t.column(c).to_pylist() for c in ("item_id", "annotator_id", "label")))))
