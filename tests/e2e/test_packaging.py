@@ -1,14 +1,18 @@
 """Packaging: the wheel installs only the labelbeam namespace; the sdist (what managed runners
-install with --setup_file) carries the Avro schemas."""
+install with --setup_file) carries the Avro schemas and, installed into a fresh venv, runs a build."""
+import json
+import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-PACKAGED = ("setup.py", "MANIFEST.in", "README.md", "pipelines", "transforms", "schemas")
+SOURCE_DIRS = ("pipelines", "transforms", "schemas")
+PACKAGED = ("setup.py", "MANIFEST.in", "README.md") + SOURCE_DIRS
 
 
 def source_copy(tmp_path) -> pathlib.Path:
@@ -72,3 +76,82 @@ def test_wheel_and_sdist_carry_every_subpackage_module(tmp_path):
     assert expected <= set(zipfile.ZipFile(wheel).namelist())
     in_sdist = {"labelbeam/" + name.split("/", 1)[1] for name in tarfile.open(archive).getnames() if "/" in name}
     assert expected <= in_sdist
+
+
+def python_sources(root: pathlib.Path) -> dict[str, bytes]:
+    """Every module and schema below root (no __pycache__), by its path relative to root."""
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*")
+            if path.suffix in (".py", ".avsc") and "__pycache__" not in path.parts}
+
+
+def test_setup_file_sdist_installs_into_a_fresh_venv_and_builds_from_there(tmp_path):
+    """What a managed runner does with --setup_file: Beam's stager builds the sdist, stages it as
+    workflow.tar.gz, and each worker pip-installs that tarball. The build then runs from the worker's venv."""
+    from apache_beam.runners.portability import stager
+
+    source = source_copy(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    # Beam's own code path: `python -m build --no-isolation --sdist` if `build` is installed, else
+    # `python setup.py sdist --dist-dir`, run in the setup file's directory with this interpreter.
+    archive = pathlib.Path(stager.Stager._build_setup_package(str(source / "setup.py"), str(staging)))
+    assert archive.name == "labelbeam-0.1.0.tar.gz"
+    workflow = staging / stager.WORKFLOW_TARBALL_FILE  # the name the workers see
+    archive.rename(workflow)
+    shutil.rmtree(source / "labelbeam.egg-info")  # left by the sdist build; its absence is checked below
+
+    venv = tmp_path / "worker-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    python = str(venv / "bin" / "python")
+    env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1")
+    site = pathlib.Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                       check=True, capture_output=True, text=True, env=env).stdout.strip())
+    # The dependencies (apache-beam, pyarrow, ..., and pip itself) come from this venv instead of PyPI:
+    # plain lines of a .pth are appended to sys.path as they are, not processed as site directories, so
+    # this venv's own .pth files (the editable install's finder among them) are not run there.
+    here = dict.fromkeys(sysconfig.get_path(name) for name in ("purelib", "platlib"))
+    (site / "zz-test-dependencies.pth").write_text("".join(f"{path}\n" for path in here))
+
+    # The worker's `pip install workflow.tar.gz`, with an isolated build (setuptools and wheel from the
+    # package index, as on a worker). --no-deps: the dependencies are the ones above. --ignore-installed:
+    # pip sees the editable labelbeam through the appended path and would otherwise try to uninstall it.
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(workflow)],
+                   check=True, capture_output=True, env=env, cwd=tmp_path)
+    assert python_sources(site / "labelbeam") == {f"{directory}/{name}": content for directory in SOURCE_DIRS
+                                                  for name, content in python_sources(source / directory).items()}
+    probe = ("import json, sys, apache_beam, labelbeam, labelbeam.pipelines.cli as cli\n"
+             "print(json.dumps({'labelbeam': list(labelbeam.__path__), 'cli': cli.__file__,\n"
+             "    'beam': apache_beam.__file__, 'path': sys.path,\n"
+             "    'editable': [name for name in sys.modules if name.startswith('__editable__')]\n"
+             "               + [repr(finder) for finder in sys.meta_path if 'editable' in repr(finder).lower()]}))")
+    work = tmp_path / "elsewhere"  # outside the repo: nothing of /work/main on sys.path via the cwd
+    work.mkdir()
+    seen = json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True,
+                                     env=env, cwd=work).stdout)
+    assert seen["labelbeam"] == [str(site / "labelbeam")]  # the only portion of the namespace package
+    assert seen["cli"] == str(site / "labelbeam" / "pipelines" / "cli.py")
+    assert seen["editable"] == []
+    assert not any(entry.startswith(str(REPO)) for entry in seen["path"])
+    assert pathlib.Path(seen["beam"]).is_relative_to(sysconfig.get_path("purelib"))
+
+    cli = [python, "-m", "labelbeam.pipelines.cli"]
+    subprocess.run(cli + ["generate", "--output", "S", "--events", "500", "--seed", "1"],
+                   check=True, capture_output=True, env=env, cwd=work)
+    build = subprocess.run(cli + ["build", "--input", "S/events", "--output", "OUT", "--dataset", "sample",
+                                  "--labels", "bird,cat,dog,fish", "--setup_file", str(source / "setup.py")],
+                           capture_output=True, text=True, env=env, cwd=work)
+    assert build.returncode == 0, build.stderr[-3000:]
+    expected = json.loads((work / "S" / "expected.json").read_text())["expected"]
+    manifest = json.loads((work / "OUT" / "sample" / "versions" / "1" / "manifest.json").read_text())
+    for key in ("read", "valid", "invalid", "duplicates", "superseded", "deleted", "votes", "items"):
+        assert manifest["counts"][key] == expected[key], key
+    assert manifest["dead_letters"]["by_reason"] == expected["invalid_by_reason"]
+    assert manifest["code_version"].startswith("0.1.0+")  # the installed distribution's metadata
+    # The local runner (FnApiRunner, labelbeam's default) accepts --setup_file and ignores it: its
+    # environments (embedded, or a worker subprocess with --direct_running_mode) carry no artifacts, so
+    # Beam's stager never runs (a setup.py path that does not exist passes as well). Portable runners
+    # (Prism, PortableRunner) build and stage the sdist, but a LOOPBACK worker is the launching process
+    # and installs nothing; only container or process workers (Dataflow) pip-install workflow.tar.gz.
+    # That is why this test builds and installs the sdist itself above.
+    assert not (source / "labelbeam.egg-info").exists(), "the local runner ran the stager: update this comment"
