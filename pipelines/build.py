@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 # errors first: importing it hides the "apitools not found" line apache_beam logs while it loads.
+from labelbeam.pipelines import logs
 from labelbeam.pipelines.errors import EXIT_OK, EXIT_PUBLISH_GATE, UserError, guarded
 
 # isort: split
@@ -48,6 +49,7 @@ from labelbeam.pipelines.options import (
 from labelbeam.pipelines.progress import ReadProgress
 from labelbeam.pipelines.tuning import SHUFFLE_AUTO, SHUFFLE_RUNNER, LabelbeamTuningOptions
 from labelbeam.schemas import registry
+from labelbeam.transforms import stage_metrics
 from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, PREFERENCES, ComputeConsensus
 from labelbeam.transforms.deduplicate import VOTES, DeduplicateEvents, ResolveLifecycle
 from labelbeam.transforms.events import dead_letters as dl
@@ -372,12 +374,15 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
     try:
         local = plan.options.view_as(StandardOptions).runner in LOCAL_RUNNERS
         with shuffle_directory(plan.options) as shuffle_dir, \
-                ReadProgress(len(plan_ranges(files, plan.tuning.range_bytes)), enabled=local) as progress_run, \
-                beam.Pipeline(options=plan.options) as pipeline:
+                ReadProgress(len(plan_ranges(files, plan.tuning.range_bytes)), enabled=local) as progress_run:
+            pipeline = beam.Pipeline(options=plan.options)
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
                            config.rows_per_shard, key, key_source, progress_run, shuffle_dir)
+            result = pipeline.run()
+            result.wait_until_finish()
         manifest = checked_candidate(root, dataset, version, config,
                                      (newest_manifest or {}).get("label_distribution"))
+        manifest["metrics"] = stage_metrics.query(result)
         twin = None if config.force else published_twin(root, dataset, version, publication_digest(manifest))
         if twin is None:
             manifest = write_version(root, dataset, version, manifest)
@@ -519,6 +524,8 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
             f"UNKEYED pseudonyms: set {PSEUDONYM_KEY_VARIABLE} to a secret to key them"
         lines.append(f"  annotators {annotators['rows']} ({keyed}) -> {annotators['file']}")
     lines.append(dead_letters_line(outcome))
+    if outcome.published and "metrics" in outcome.manifest:  # what each stage did, as the runner measured it
+        lines += [f"  {line}" for line in stage_metrics.stage_lines(outcome.manifest["metrics"])]
     if config.truth_path:
         accuracy, compared = accuracy_against(config.truth_path, outcome)
         lines.append(f"  accuracy vs known truth: {accuracy:.4f} over {compared} items")
@@ -578,6 +585,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    logs.configure(args)
     config = config_from_args(args)
     plan = plan_build(config, beam_args)  # every argument checked before anything is written
     check_output_root(config.output, config.dataset, "versions")  # before a version is claimed
@@ -586,13 +594,25 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> int:
     try:
         outcome = execute_plan(plan)
     except GateError as err:  # its message starts with "publish gate failed, nothing published"
-        print(f"labelbeam: {err}", file=sys.stderr)
+        logs.error(f"labelbeam: {err}")
         return EXIT_PUBLISH_GATE
     except version_store.BrokenManifest as err:
         raise UserError(f"cannot compare with the newest version: {err}; move that version's folder aside "
                         "to build") from None
     print(format_summary(config, outcome))
+    logs.outcome("build", f"{'published' if outcome.published else 'up to date'}: {config.dataset} version "
+                 f"{outcome.version}", outcome_fields(config, outcome))
     return EXIT_OK
+
+
+def outcome_fields(config: BuildConfig, outcome: BuildOutcome) -> dict[str, Any]:
+    """The build's outcome for a JSON log record: counts and paths, never an annotator id."""
+    manifest = outcome.manifest
+    return {"dataset": config.dataset, "version": outcome.version, "published": outcome.published,
+            "version_dir": os.path.abspath(outcome.version_dir), "method": manifest["params"]["method"],
+            "counts": manifest["counts"], "status": manifest.get("status", {}),
+            "dead_letters_by_reason": manifest.get("dead_letters", {}).get("by_reason", {}),
+            "metrics": manifest.get("metrics", {}) if outcome.published else {}}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from labelbeam.pipelines import logs
+
 EXIT_OK = 0
 EXIT_FAILED = 1          # the job failed: a bug or the runner; the traceback is kept
 EXIT_USAGE = 2           # bad arguments or inputs: one line, no traceback
@@ -86,7 +88,7 @@ def guarded(command: Callable[[], int]) -> int:
         pass
     except UserError as err:
         if not interrupted.is_set():
-            print(f"labelbeam: error: {err}", file=sys.stderr)
+            logs.error(f"labelbeam: error: {err}")
             return EXIT_USAGE
     except Exception:
         if not interrupted.is_set():
@@ -96,5 +98,5 @@ def guarded(command: Callable[[], int]) -> int:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         if interrupted.is_set():
             logging.disable(logging.NOTSET)
-    print("labelbeam: interrupted (Ctrl-C)", file=sys.stderr)
+    logs.error("labelbeam: interrupted (Ctrl-C)", logging.WARNING)
     return EXIT_INTERRUPTED

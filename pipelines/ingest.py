@@ -29,6 +29,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream_service import TestStreamServiceController
 
+from labelbeam.pipelines import logs
 from labelbeam.pipelines.build import pipeline_options
 from labelbeam.pipelines.errors import (
     EXIT_OK,
@@ -185,6 +186,7 @@ def run_watching(pipeline, feed: DropDirectoryFeed, counts_dir: str) -> None:
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    logs.configure(args)
     dataset = check_dataset_name(args.dataset)
     if args.allowed_lateness_hours < 0 or args.dedup_ttl_hours <= 0 or args.num_buckets < 1:
         raise UserError("--allowed-lateness-hours must be >= 0, --dedup-ttl-hours > 0 and --num-buckets >= 1")
@@ -230,6 +232,9 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> int:
           f"{report_path}")
     print(f"next:\n  labelbeam build --input {stores.join(args.output, 'events')} --output DATA --dataset {dataset} "
           "--as-of YYYY-MM-DDT00:00:00Z")
+    logs.outcome("ingest", f"ingested {args.source}", {"dataset": dataset, "source": args.source,
+                                                        "log_root": args.output, "counts": counts,
+                                                        "run_report": report_path})
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ import re
 import tempfile
 
 from labelbeam.pipelines.errors import EXIT_CODES_HELP, UserError
+from labelbeam.pipelines.logs import add_logging_arguments
 from labelbeam.transforms.events import dead_letters as dl
 
 DEFAULT_ROWS_PER_SHARD = 1_000_000
@@ -148,6 +149,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true",
                         help="publish a new version even if inputs, params and code are unchanged")
+    add_logging_arguments(parser)
 
 
 def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +174,7 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
                              "earlier run into the same LOG_ROOT are skipped")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="with --watch: how often the directory "
                                                                         "is listed (default: 1)")
+    add_logging_arguments(parser)
 
 
 def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,6 +184,7 @@ def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, required=True, help="the published version to rebuild")
     parser.add_argument("--scratch", metavar="DIR",
                         help="build into this root and keep it (default: a temporary folder, removed after)")
+    add_logging_arguments(parser)
 
 
 def parse_labels(text: str | None) -> tuple[str, ...] | None:

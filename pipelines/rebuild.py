@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import Any
 
-from labelbeam.pipelines import build
+from labelbeam.pipelines import build, logs
 from labelbeam.pipelines.errors import EXIT_OK, EXIT_VERIFY_FAILED, UserError
 from labelbeam.pipelines.options import BuildConfig, check_dataset_name
 from labelbeam.transforms.inference.annotator_stats import key_id
@@ -93,6 +93,7 @@ def rebuild(root: str, dataset: str, version: int, scratch: str, beam_args: list
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    logs.configure(args)
     dataset = check_dataset_name(args.dataset)
     with tempfile.TemporaryDirectory(prefix="labelbeam-rebuild-") as scratch:
         differences = rebuild(args.root, dataset, args.version, args.scratch or scratch, beam_args)

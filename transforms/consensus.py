@@ -15,7 +15,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam import pvalue
 
-from labelbeam.transforms import coders
+from labelbeam.transforms import coders, stage_metrics
 from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam, bucket_consensus
 from labelbeam.transforms.methods.base import (
     DISTRIBUTED_EM,
@@ -47,8 +47,15 @@ class SplitConsensus(beam.PTransform):
         self._fields = fields
 
     def expand(self, results):
-        return {field: results | f"Take_{field}" >> beam.Map(operator.attrgetter(field)).with_output_types(pa.Table)
-                for field in self._fields}
+        return {field: results | f"Take_{field}" >> beam.Map(_measured if field == LABELS else operator.attrgetter(
+            field)).with_output_types(pa.Table) for field in self._fields}
+
+
+def _measured(result) -> pa.Table:
+    """The result's labels table, counted into the consensus stage's metrics."""
+    stage_metrics.count("consensus", {"items": result.labels.num_rows})
+    stage_metrics.observe("consensus", "table_items", result.labels.num_rows)
+    return result.labels
 
 
 class AggregatePerItem(beam.PTransform):

@@ -13,7 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 
-from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms import (
+    coders,  # noqa: F401 - registers the Arrow coder
+    stage_metrics,
+)
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.lifecycle import deduplicate, resolve_latest
 from labelbeam.transforms.events.record_batches import EVENT_SCHEMA, VOTE_SCHEMA, split_by_bucket
@@ -70,8 +73,11 @@ class DeduplicateFn(beam.DoFn):
         conflicts = pa.concat_tables([result.conflicts, events.filter(across)])
         if conflicts.num_rows:
             yield pvalue.TaggedOutput(dl.DEAD_LETTER, dl.to_record_batch(conflict_dead_letters(conflicts)))
-        yield pvalue.TaggedOutput(dl.COUNTS, {"invalid": conflicts.num_rows, "duplicates": result.duplicates,
-                                              "valid": result.kept.num_rows})
+        counts = {"invalid": conflicts.num_rows, "duplicates": result.duplicates, "valid": result.kept.num_rows}
+        yield pvalue.TaggedOutput(dl.COUNTS, counts)
+        stage_metrics.count("deduplicate", {"kept": result.kept.num_rows, "duplicates": result.duplicates,
+                                            "id_conflicts": conflicts.num_rows})
+        stage_metrics.observe("deduplicate", "bucket_events", events.num_rows)
         if result.kept.num_rows:
             yield result.kept.select(VOTE_SCHEMA.names)
 
@@ -112,8 +118,10 @@ class DeduplicateEvents(beam.PTransform):
 class ResolveLifecycleFn(beam.DoFn):
     def process(self, events: pa.Table):
         result = resolve_latest(events)
-        yield pvalue.TaggedOutput(dl.COUNTS, {"superseded": result.superseded, "deleted": result.deleted,
-                                              "votes": result.votes.num_rows})
+        counts = {"superseded": result.superseded, "deleted": result.deleted, "votes": result.votes.num_rows}
+        yield pvalue.TaggedOutput(dl.COUNTS, counts)
+        stage_metrics.count("lifecycle", counts)
+        stage_metrics.observe("lifecycle", "table_votes", result.votes.num_rows)
         if result.votes.num_rows:
             yield result.votes
 

@@ -39,7 +39,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from labelbeam.schemas import registry
-from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms import (
+    coders,  # noqa: F401 - registers the Arrow coder
+    stage_metrics,
+)
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.conservation import sum_counts
 from labelbeam.transforms.inference import preferences as prefs
@@ -259,6 +262,8 @@ class WriteVersionFn(beam.DoFn):
             **extra,
         }
         write_file(self._version_dir, version_store.CANDIDATE, version_store.encode_manifest(manifest), 1)
+        stage_metrics.count("publish", {"files": len(files), "bytes": sum(entry.bytes for entry in files),
+                                        "label_rows": labels.num_rows, "dead_letters": dead_letters.get("rows", 0)})
         yield manifest
 
 

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 
+from labelbeam.transforms import stage_metrics
 from labelbeam.transforms.coders import PickledCoder
 from labelbeam.transforms.events import progress
 from labelbeam.transforms.events.raw_chunks import RawChunk
@@ -35,10 +36,14 @@ class ReadRangeFn(beam.DoFn):
 
     def process(self, byte_range: ByteRange) -> Iterator[RawChunk]:
         read = read_avro_records if byte_range.raw_format == "avro" else read_json_lines
+        events = 0
         for chunk in read(byte_range, self._chunk_events):
             progress.add(self._progress_run, events=len(chunk))
+            stage_metrics.observe("read", "chunk_events", len(chunk))
+            events += len(chunk)
             yield chunk
         progress.add(self._progress_run, parts=1)
+        stage_metrics.count("read", {"ranges": 1, "events": events})
 
 
 class ReadEvents(beam.PTransform):

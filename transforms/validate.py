@@ -14,7 +14,10 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam import pvalue
 
-from labelbeam.transforms import coders  # noqa: F401 - registers the Arrow coder
+from labelbeam.transforms import (
+    coders,  # noqa: F401 - registers the Arrow coder
+    stage_metrics,
+)
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.gc_pause import gc_paused
 from labelbeam.transforms.events.parser import EventParser, ValidationRules
@@ -41,17 +44,12 @@ class ParseEventsFn(beam.DoFn):
 
     def setup(self):
         self._parser = None
-        # Runner-visible progress; the manifest's counts come from the COUNTS output, not these.
-        self._read = beam.metrics.Metrics.counter("labelbeam", "read")
-        self._rejected = beam.metrics.Metrics.counter("labelbeam", "rejected_while_parsing")
 
     def process(self, chunk: RawChunk):
         with gc_paused():
             columns, dead, unknown_fields_dropped, after_as_of = self._current_parser().parse_chunk_with_counts(chunk)
             batch = columns.to_record_batch() if len(columns) else None
             del columns  # free the parsed rows before the collector runs again
-        self._read.inc(len(chunk))
-        self._rejected.inc(len(dead))
         # Events after an as-of time are outside the snapshot: not read by this build, counted apart.
         counts = {"read": len(chunk) - after_as_of, "invalid": len(dead)}
         if after_as_of:
@@ -59,6 +57,8 @@ class ParseEventsFn(beam.DoFn):
         if unknown_fields_dropped:
             counts[UNKNOWN_FIELDS_DROPPED] = unknown_fields_dropped
         yield pvalue.TaggedOutput(dl.COUNTS, counts)
+        # Runner-visible; the manifest's counts come from the COUNTS output.
+        stage_metrics.count("validate", {**counts, "parsed": batch.num_rows if batch is not None else 0})
         if dead:
             yield pvalue.TaggedOutput(dl.DEAD_LETTER, dl.to_record_batch(dead))
         if batch is not None:

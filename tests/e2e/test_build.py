@@ -302,3 +302,63 @@ def test_embedded_default_build_runs_with_no_arguments(tmp_path):
     assert {k: manifest["counts"][k] for k in manifest["counts"]} == {k: expected[k] for k in manifest["counts"]}
     second = labelbeam("build", cwd=tmp_path)
     assert second.returncode == 0 and second.stdout.startswith("up to date")
+
+
+def test_every_stage_reports_beam_metrics_that_agree_with_the_manifest_counts(first_build):
+    from labelbeam.pipelines.build import format_summary
+    config, outcome = first_build
+    counts, metrics = outcome.manifest["counts"], outcome.manifest["metrics"]
+    counters, distributions = metrics["counters"], metrics["distributions"]
+    assert {name.split(".")[0] for name in counters} == {"read", "validate", "deduplicate", "lifecycle", "consensus",
+                                                          "publish"}
+    assert counters["read.events"] == counters["validate.read"] == counts["read"]
+    assert counters["validate.invalid"] + counters["deduplicate.id_conflicts"] == counts["invalid"]
+    assert counters["deduplicate.duplicates"] == counts["duplicates"]
+    assert counters["deduplicate.kept"] == counts["valid"]
+    assert (counters["lifecycle.votes"], counters["lifecycle.superseded"], counters["lifecycle.deleted"]) == \
+        (counts["votes"], counts["superseded"], counts["deleted"])
+    assert counters["consensus.items"] == counters["publish.label_rows"] == counts["items"]
+    assert counters["publish.dead_letters"] == counts["invalid"]
+    # Distributions: one value per unit of work, summing to the stage's total.
+    assert distributions["read.chunk_events"]["sum"] == counts["read"]
+    assert distributions["deduplicate.bucket_events"]["sum"] == counters["validate.parsed"]
+    assert distributions["deduplicate.bucket_events"]["count"] <= 16
+    assert distributions["consensus.table_items"]["sum"] == counts["items"]
+    for data in distributions.values():
+        assert data["min"] <= data["mean"] <= data["max"]
+    summary = format_summary(config, outcome)
+    assert f"deduplicate: duplicates {counts['duplicates']}," in summary
+    assert f"consensus: items {counts['items']}" in summary
+    assert len(summary.splitlines()) < 25  # one screen
+
+
+def test_json_logs_carry_the_outcome_as_structured_fields_and_no_annotator_id(sample, tmp_path):
+    sample_dir, description = sample
+    result = labelbeam("build", "--input", str(sample_dir / "events"), "--output", str(tmp_path / "out"),
+                       "--dataset", description["dataset"], "--labels", ",".join(description["labels"]),
+                       "--log-format", "json", "--log-level", "INFO", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]  # every line is JSON
+    assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
+    [outcome] = [record for record in records if record.get("event") == "build"]
+    manifest = json.loads((tmp_path / "out" / "sample" / "versions" / "1" / "manifest.json").read_text())
+    assert outcome["published"] is True and outcome["version"] == 1
+    assert outcome["counts"] == manifest["counts"]
+    assert outcome["metrics"]["counters"]["lifecycle.votes"] == manifest["counts"]["votes"]
+    annotators = {row["annotator_id"] for path in (sample_dir / "events").rglob("*.jsonl")
+                  for row in map(_json_or_none, path.read_text().splitlines()) if isinstance(row, dict)
+                  and isinstance(row.get("annotator_id"), str) and len(row["annotator_id"]) > 3}
+    assert annotators
+    assert not [name for name in annotators if name in result.stderr]
+    failed = labelbeam("build", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"),
+                       "--dataset", "sample", "--log-format", "json", cwd=tmp_path)
+    assert failed.returncode == 2
+    [error] = [json.loads(line) for line in failed.stderr.splitlines() if line.strip()]
+    assert error["level"] == "ERROR" and error["event"] == "error" and "no file matches" in error["message"]
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
