@@ -29,9 +29,11 @@ DEFAULT_CHUNK_EVENTS = 20_000
 # it is not part of the first line.
 UTF8_BOM = b"\xef\xbb\xbf"
 # What fastavro raises for bytes that are not a well-formed container file (bad header, truncated
-# block, wrong sync marker, bytes that do not decode as the writer schema).
+# block, wrong sync marker, bytes that do not decode as the writer schema). MemoryError too: a damaged
+# length prefix makes fastavro allocate that many bytes before it finds the file is shorter (found by
+# the corrupted-file property in tests/events/test_validate_fuzz.py: a header's schema length).
 _AVRO_DECODE_ERRORS = (EOFError, ValueError, IndexError, KeyError, OverflowError, struct.error, zlib.error,
-                       lzma.LZMAError, fastavro.schema.SchemaParseException)
+                       lzma.LZMAError, fastavro.schema.SchemaParseException, MemoryError)
 
 
 class ByteRange(NamedTuple):
