@@ -148,11 +148,24 @@ def generate_events(n_events: int, seed: int, dataset: str = SAMPLE_DATASET,
     broken = _broken_lines(rng, n_events, dataset, labels)
     expected = _expected_counts(n_votes, has_draft, has_delete, len(duplicates), len(conflicts), broken,
                                 n_items_with_votes=len(set(vote_item[~has_delete].tolist())))
-    for position, line in zip(rng.integers(0, len(stream) + 1, len(broken)), broken):
-        stream.insert(int(position), ("broken", line[1]))
+    stream = _inserted(stream, rng.integers(0, len(stream) + 1, len(broken)), [("broken", raw) for _, raw in broken])
     truth = {item_ids[i]: labels[true_label[i]] for i in range(n_items)}
     return {"stream": stream, "truth": truth, "expected": expected, "labels": list(labels),
             "dataset": dataset}
+
+
+def _inserted(items: list, positions: np.ndarray, extra: list) -> list:
+    """`items` with extra[i] placed before items[positions[i]] (at the end for len(items)), in one pass:
+    list.insert per line was quadratic, hours at 10M events."""
+    merged: list = []
+    start = 0
+    for index in np.argsort(positions, kind="stable"):
+        position = int(positions[index])
+        merged.extend(items[start:position])
+        merged.append(extra[index])
+        start = position
+    merged.extend(items[start:])
+    return merged
 
 
 def _broken_lines(rng: np.random.Generator, n_events: int, dataset: str,
