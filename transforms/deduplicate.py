@@ -18,6 +18,7 @@ from labelbeam.transforms import (
     stage_metrics,
 )
 from labelbeam.transforms.events import dead_letters as dl
+from labelbeam.transforms.events.labeling_time import LABELING_TIME, labeling_time
 from labelbeam.transforms.events.lifecycle import deduplicate, resolve_latest
 from labelbeam.transforms.events.record_batches import EVENT_SCHEMA, VOTE_SCHEMA, split_by_bucket
 from labelbeam.transforms.shuffle import group_batches
@@ -122,12 +123,14 @@ class ResolveLifecycleFn(beam.DoFn):
         yield pvalue.TaggedOutput(dl.COUNTS, counts)
         stage_metrics.count("lifecycle", counts)
         stage_metrics.observe("lifecycle", "table_votes", result.votes.num_rows)
+        yield pvalue.TaggedOutput(LABELING_TIME, labeling_time(events))
         if result.votes.num_rows:
             yield result.votes
 
 
 class ResolveLifecycle(beam.PTransform):
-    """Unique events -> {VOTES: pa.Table, COUNTS}: the standing vote of each annotator on each item.
+    """Unique events -> {VOTES: pa.Table, COUNTS, LABELING_TIME: per-annotator partials of every unique event's
+    duration (events/labeling_time.py)}: the standing vote of each annotator on each item.
 
     Each input table must hold every event of the items it contains, as DeduplicateEvents emits
     them; so does each output table, so per-item consensus needs no further shuffle.
@@ -135,4 +138,4 @@ class ResolveLifecycle(beam.PTransform):
 
     def expand(self, events):
         return events | "ResolveLatest" >> beam.ParDo(ResolveLifecycleFn()).with_output_types(pa.Table).with_outputs(
-            dl.COUNTS, main=VOTES)
+            dl.COUNTS, LABELING_TIME, main=VOTES)

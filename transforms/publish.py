@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -45,6 +46,12 @@ from labelbeam.transforms import (
 )
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.conservation import sum_counts
+from labelbeam.transforms.events.labeling_time import (
+    LABELING_TIME,
+    MS_PER_HOUR,
+    labeling_summary,
+    sum_labeling_time,
+)
 from labelbeam.transforms.inference import preferences as prefs
 from labelbeam.transforms.inference.annotator_stats import (
     key_id,
@@ -192,17 +199,45 @@ class SumAnnotatorStatsFn(beam.CombineFn):
         return sum_partial_stats(accumulator)
 
 
-def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes,
-                     key_source: str = "env") -> tuple[FileEntry, dict[str, Any]]:
-    """The annotators file (pseudonymized ids, votes, accuracy, agreement, gold accuracy, confusion)
-    and the manifest's description of it. An empty key is refused: it would make the pseudonyms an unkeyed
-    hash, which anyone who can guess the ids can reverse."""
+def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes, key_source: str = "env",
+                     time_per_annotator: pa.Table | None = None) -> tuple[FileEntry, dict[str, Any]]:
+    """The annotators file (pseudonymized ids, votes, accuracy, agreement, gold accuracy, confusion, and
+    with `time_per_annotator` their events and labeling hours) and the manifest's description of it. An
+    empty key is refused: it would make the pseudonyms an unkeyed hash, which anyone who can guess the ids
+    can reverse."""
     if not key:
         raise ValueError("annotators are never pseudonymized without a key")
     table, confusion_labels = summarize_annotators(partials, keyed_pseudonym(key))
+    if time_per_annotator is not None:
+        table = with_labeling_time(table, time_per_annotator, keyed_pseudonym(key))
     entry = write_file(version_dir, ANNOTATORS_FILE, parquet_bytes(table), table.num_rows)
     return entry, {"file": ANNOTATORS_FILE, "rows": table.num_rows, "confusion_labels": confusion_labels,
                    "pseudonym": "hmac-sha256", "keyed": True, "key_source": key_source, "key_id": key_id(key)}
+
+
+ANNOTATOR_TIME_FIELDS = (pa.field("events", pa.int64(), nullable=False),
+                         pa.field("labeling_hours", pa.float64(), nullable=False),
+                         pa.field("events_without_duration", pa.int64(), nullable=False))
+
+
+def with_labeling_time(table: pa.Table, time_per_annotator: pa.Table, pseudonym) -> pa.Table:
+    """The annotator table with each annotator's valid events and labeling hours. An annotator whose every
+    vote was withdrawn still did the work: they get a row with 0 votes."""
+    time_names = pa.array([pseudonym(name) for name in time_per_annotator.column("annotator_id").to_pylist()],
+                          pa.string())
+    missing = pc.invert(pc.is_in(time_names, value_set=table.column("annotator")))
+    extra_names = time_names.filter(missing)
+    extra = pa.table([extra_names if field.name == "annotator" else
+                      pa.array(np.zeros(len(extra_names), np.int64)) if not field.nullable else
+                      pa.nulls(len(extra_names), field.type) for field in table.schema], schema=table.schema)
+    table = pa.concat_tables([table, extra])
+    row = pc.index_in(table.column("annotator"), value_set=time_names)  # every row has a time row, or none
+    hours = pc.divide(time_per_annotator.column("duration_ms").cast(pa.float64()), float(MS_PER_HOUR))
+    columns = [pc.fill_null(pc.take(source, row), 0).cast(field.type) for source, field in zip(
+        (time_per_annotator.column("events"), hours, time_per_annotator.column("without_duration")),
+        ANNOTATOR_TIME_FIELDS)]
+    return pa.table([*table.columns, *columns], schema=pa.schema([*table.schema, *ANNOTATOR_TIME_FIELDS])
+                    ).sort_by("annotator")
 
 
 def read_annotators(version_dir: str, manifest: dict[str, Any]) -> pa.Table:
@@ -233,15 +268,16 @@ class WriteVersionFn(beam.DoFn):
 
     def process(self, parts: list[tuple[str, Any]]):
         by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: [],
-                                    PREFERENCES: []}
+                                    PREFERENCES: [], LABELING_TIME: []}
         for kind, value in parts:
             by_kind[kind].append(value)
         _, dead_letters = quarantine_dead_letters(self._quarantine_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
         labels = sorted_labels(by_kind[LABELS])
         counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
         summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
+        time_per_annotator = sum_labeling_time(by_kind[LABELING_TIME])
         annotators_entry, annotators = write_annotators(self._version_dir, by_kind[ANNOTATOR_STATS],
-                                                        self._pseudonym_key, self._key_source)
+                                                        self._pseudonym_key, self._key_source, time_per_annotator)
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard, self._manifest_base["schema"]) + \
             [annotators_entry]
         extra: dict[str, Any] = {}
@@ -257,6 +293,7 @@ class WriteVersionFn(beam.DoFn):
             "label_distribution": summary["label_distribution"],
             "agreement": summary["agreement"],
             "annotators": annotators,
+            "labeling_time": labeling_summary(time_per_annotator),
             "dead_letters": dead_letters,
             "consensus": {**self._manifest_base.get("consensus", {}), **vote_use(labels, counts)},
             **extra,
@@ -305,6 +342,8 @@ class PublishVersion(beam.PTransform):
                   inputs[DEAD_LETTERS] | "TagDeadLetters" >> beam.Map(lambda batch: (DEAD_LETTERS, batch)),
                   inputs[COUNTS] | "TagCounts" >> beam.Map(lambda counts: (COUNTS, counts)),
                   inputs[VOTE_LABELS] | "TagVoteLabels" >> beam.Map(lambda labels: (VOTE_LABELS, labels)))
+        if LABELING_TIME in inputs:
+            tagged += (inputs[LABELING_TIME] | "TagLabelingTime" >> beam.Map(lambda table: (LABELING_TIME, table)),)
         with_preferences = PREFERENCES in inputs
         if with_preferences:
             tagged += (inputs[PREFERENCES] | "TagPreferences" >> beam.Map(lambda table: (PREFERENCES, table)),)

@@ -362,3 +362,31 @@ def _json_or_none(line: str):
         return json.loads(line)
     except ValueError:
         return None
+
+
+def test_labeling_hours_equal_the_durations_of_every_valid_event(sample, first_build):
+    """Summed independently from the sample's files: unique event ids that are neither broken lines nor
+    id conflicts, superseded and deleted ones included."""
+    sample_dir, _ = sample
+    _, outcome = first_build
+    durations: dict[str, int | None] = {}
+    for path in sorted((sample_dir / "events").rglob("*")):
+        if path.suffix == ".avro":
+            with open(path, "rb") as stream:
+                rows = list(fastavro.reader(stream))
+        elif path.suffix == ".jsonl":
+            rows = [row for row in map(_json_or_none, path.read_text().splitlines()) if isinstance(row, dict)]
+        else:
+            continue
+        for row in rows:
+            event_id = row.get("event_id")
+            if isinstance(event_id, str) and event_id.startswith("evt-"):
+                durations[event_id] = row.get("duration_ms")
+    present = [d for d in durations.values() if d is not None and d >= 0]
+    section = outcome.manifest["labeling_time"]
+    assert section["events"] == len(durations) == outcome.manifest["counts"]["valid"]
+    assert section["duration_ms"] == sum(present) > 0
+    assert section["events_without_duration"] == len(durations) - len(present)
+    annotators = pq.read_table(outcome.version_dir + "/annotators/annotators-00000-of-00001.parquet")
+    assert sum(annotators.column("events").to_pylist()) == section["events"]
+    assert sum(annotators.column("labeling_hours").to_pylist()) == pytest.approx(section["duration_ms"] / 3.6e6)

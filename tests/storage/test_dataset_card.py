@@ -42,3 +42,12 @@ def test_card_has_no_clock_reading_so_rebuilds_write_the_same_bytes():
     card = dataset_card(MANIFEST)
     assert "2026-11-30T12:00" not in card
     assert dataset_card({**MANIFEST, "created_at": "2030-01-01T00:00:00+00:00"}) == card
+
+
+def test_card_credits_the_hours_of_labeling_work_when_the_manifest_has_them():
+    assert "hours labeling" not in dataset_card(MANIFEST)  # versions built before labeling time was recorded
+    timed = {**MANIFEST, "labeling_time": {"hours": 12.345, "duration_ms": 44_442_000, "events": 8,
+                                           "events_without_duration": 2}}
+    card = dataset_card(timed)
+    assert "They spent 12.3 hours labeling" in card and "all 8 valid events" in card
+    assert "2 events carried no duration" in card and "2.00 standing votes" in card

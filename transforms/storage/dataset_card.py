@@ -53,7 +53,16 @@ def dataset_card(manifest: dict[str, Any]) -> str:
               "kept in quarantine outside this version"]
     lines += ["", "## Who made these labels", "",
               f"{annotators.get('rows', 0)} annotators made the votes behind this version. Their work is the "
-              "dataset; please credit them. They appear only under keyed pseudonyms, in the annotators table.", ""]
+              "dataset; please credit them. They appear only under keyed pseudonyms, in the annotators table."]
+    time = manifest.get("labeling_time")
+    if time:
+        votes_per_item = f"{counts['votes'] / counts['items']:.2f}" if counts.get("items") else "no"
+        lines += ["", f"They spent {time['hours']:.1f} hours labeling: the summed `duration_ms` of all "
+                      f"{time['events']} valid events, revisions that were later replaced included "
+                      f"({time['events_without_duration']} events carried no duration and add nothing). Each item "
+                      f"has {votes_per_item} standing votes on average; hours per annotator are in the annotators "
+                      "table."]
+    lines.append("")
     lines += ["## How to load", "", "```python", "import pyarrow.dataset as ds",
               'labels = ds.dataset("labels/", format="parquet").to_table()  # paths relative to this folder',
               "```", "", "```python",
