@@ -66,6 +66,7 @@ from labelbeam.transforms.events.conservation import (
 from labelbeam.transforms.events.labeling_time import LABELING_TIME
 from labelbeam.transforms.events.parser import ValidationRules, resolve_cutoff
 from labelbeam.transforms.inference.annotator_stats import key_id, keyed_pseudonym
+from labelbeam.transforms.inference.version_agreement import AGREEMENT
 from labelbeam.transforms.methods.base import EM_BEAM, EM_IN_PROCESS, ConsensusMethod, MethodRequest
 from labelbeam.transforms.methods.csv_inputs import read_gold_csv, read_weights_csv
 from labelbeam.transforms.methods.registry import METHODS
@@ -107,7 +108,8 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     counts = (parsed[dl.COUNTS], unique[dl.COUNTS], standing[dl.COUNTS]) | "FlattenCounts" >> beam.Flatten()
     vote_labels = standing[VOTES] | "ListVoteLabels" >> beam.Map(distinct_vote_labels)
     parts = {"labels": consensus[LABELS], "annotator_stats": consensus[ANNOTATOR_STATS], "dead_letters": dead_letters,
-             "counts": counts, "vote_labels": vote_labels, LABELING_TIME: standing[LABELING_TIME]}
+             "counts": counts, "vote_labels": vote_labels, LABELING_TIME: standing[LABELING_TIME],
+             AGREEMENT: standing[AGREEMENT]}
     if PREFERENCES in consensus:  # bradley_terry: the prompt/chosen/rejected export
         parts["preferences"] = consensus[PREFERENCES]
     return parts | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key,

@@ -21,6 +21,7 @@ from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events.labeling_time import LABELING_TIME, labeling_time
 from labelbeam.transforms.events.lifecycle import deduplicate, resolve_latest
 from labelbeam.transforms.events.record_batches import EVENT_SCHEMA, VOTE_SCHEMA, split_by_bucket
+from labelbeam.transforms.inference.version_agreement import AGREEMENT, agreement_partial
 from labelbeam.transforms.shuffle import group_batches
 from labelbeam.transforms.storage.event_files import fetch_raw_events
 
@@ -124,13 +125,15 @@ class ResolveLifecycleFn(beam.DoFn):
         stage_metrics.count("lifecycle", counts)
         stage_metrics.observe("lifecycle", "table_votes", result.votes.num_rows)
         yield pvalue.TaggedOutput(LABELING_TIME, labeling_time(events))
+        yield pvalue.TaggedOutput(AGREEMENT, agreement_partial(result.votes))
         if result.votes.num_rows:
             yield result.votes
 
 
 class ResolveLifecycle(beam.PTransform):
     """Unique events -> {VOTES: pa.Table, COUNTS, LABELING_TIME: per-annotator partials of every unique event's
-    duration (events/labeling_time.py)}: the standing vote of each annotator on each item.
+    duration (events/labeling_time.py), AGREEMENT: agreement partials of the standing votes
+    (inference/version_agreement.py)}: the standing vote of each annotator on each item.
 
     Each input table must hold every event of the items it contains, as DeduplicateEvents emits
     them; so does each output table, so per-item consensus needs no further shuffle.
@@ -138,4 +141,4 @@ class ResolveLifecycle(beam.PTransform):
 
     def expand(self, events):
         return events | "ResolveLatest" >> beam.ParDo(ResolveLifecycleFn()).with_output_types(pa.Table).with_outputs(
-            dl.COUNTS, LABELING_TIME, main=VOTES)
+            dl.COUNTS, LABELING_TIME, AGREEMENT, main=VOTES)

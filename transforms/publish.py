@@ -59,6 +59,7 @@ from labelbeam.transforms.inference.annotator_stats import (
     sum_partial_stats,
     summarize_annotators,
 )
+from labelbeam.transforms.inference.version_agreement import AGREEMENT, version_agreement
 from labelbeam.transforms.methods.base import CONSENSUS_SCHEMA
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.table_files import (
@@ -268,7 +269,7 @@ class WriteVersionFn(beam.DoFn):
 
     def process(self, parts: list[tuple[str, Any]]):
         by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: [],
-                                    PREFERENCES: [], LABELING_TIME: []}
+                                    PREFERENCES: [], LABELING_TIME: [], AGREEMENT: []}
         for kind, value in parts:
             by_kind[kind].append(value)
         _, dead_letters = quarantine_dead_letters(self._quarantine_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
@@ -291,7 +292,9 @@ class WriteVersionFn(beam.DoFn):
             "labels": summary["labels"],
             "status": summary["status"],
             "label_distribution": summary["label_distribution"],
-            "agreement": summary["agreement"],
+            # the mean share of agreeing vote pairs, then (with the lifecycle's partials) alpha, kappa, entropy
+            "agreement": {**summary["agreement"], **(version_agreement(by_kind[AGREEMENT])
+                                                     if by_kind[AGREEMENT] else {})},
             "annotators": annotators,
             "labeling_time": labeling_summary(time_per_annotator),
             "dead_letters": dead_letters,
@@ -344,6 +347,8 @@ class PublishVersion(beam.PTransform):
                   inputs[VOTE_LABELS] | "TagVoteLabels" >> beam.Map(lambda labels: (VOTE_LABELS, labels)))
         if LABELING_TIME in inputs:
             tagged += (inputs[LABELING_TIME] | "TagLabelingTime" >> beam.Map(lambda table: (LABELING_TIME, table)),)
+        if AGREEMENT in inputs:
+            tagged += (inputs[AGREEMENT] | "TagAgreement" >> beam.Map(lambda partial: (AGREEMENT, partial)),)
         with_preferences = PREFERENCES in inputs
         if with_preferences:
             tagged += (inputs[PREFERENCES] | "TagPreferences" >> beam.Map(lambda table: (PREFERENCES, table)),)

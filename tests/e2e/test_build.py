@@ -390,3 +390,13 @@ def test_labeling_hours_equal_the_durations_of_every_valid_event(sample, first_b
     annotators = pq.read_table(outcome.version_dir + "/annotators/annotators-00000-of-00001.parquet")
     assert sum(annotators.column("events").to_pylist()) == section["events"]
     assert sum(annotators.column("labeling_hours").to_pylist()) == pytest.approx(section["duration_ms"] / 3.6e6)
+
+
+def test_the_manifest_reports_krippendorffs_alpha_and_vote_entropy_of_the_standing_votes(first_build):
+    _, outcome = first_build
+    agreement = outcome.manifest["agreement"]
+    assert 0 < agreement["krippendorff_alpha"] < agreement["mean"] < 1  # chance-corrected, so below raw agreement
+    assert agreement["pairable_votes"] <= outcome.manifest["counts"]["votes"]
+    assert agreement["fleiss_kappa"] is None and agreement["fleiss_kappa_undefined"]  # items have 1..n votes
+    assert agreement["krippendorff_alpha_interval"] is None  # the sample has no scores
+    assert 0 < agreement["vote_entropy_bits_mean"] < 2  # four labels: at most 2 bits

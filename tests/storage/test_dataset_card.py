@@ -49,5 +49,9 @@ def test_card_credits_the_hours_of_labeling_work_when_the_manifest_has_them():
     timed = {**MANIFEST, "labeling_time": {"hours": 12.345, "duration_ms": 44_442_000, "events": 8,
                                            "events_without_duration": 2}}
     card = dataset_card(timed)
-    assert "They spent 12.3 hours labeling" in card and "all 8 valid events" in card
+    assert "They spent 12.3 hours labeling" in card
+    assert "Krippendorff" not in card
+    alpha = dataset_card({**MANIFEST, "agreement": {"mean": 0.75, "items": 2, "krippendorff_alpha": 0.41234,
+                                                    "pairable_votes": 6}})
+    assert "Krippendorff's alpha (nominal, chance-corrected): 0.4123 over 6 pairable votes" in alpha and "all 8 valid events" in card
     assert "2 events carried no duration" in card and "2.00 standing votes" in card

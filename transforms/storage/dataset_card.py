@@ -44,6 +44,9 @@ def dataset_card(manifest: dict[str, Any]) -> str:
     if agreement.get("items"):
         lines += ["", f"Mean per-item agreement (share of agreeing ordered pairs of votes): "
                       f"{agreement['mean']:.4f} over {agreement['items']} items with two or more votes."]
+    if agreement.get("krippendorff_alpha") is not None:
+        lines += ["", f"Krippendorff's alpha (nominal, chance-corrected): {agreement['krippendorff_alpha']:.4f} over "
+                      f"{agreement['pairable_votes']} pairable votes."]
     lines += ["", "## Method and provenance", "", f"- method: `{params['method']}`; parameters: "
               f"`{json.dumps(params, sort_keys=True)}`",
               f"- inputs: {len(manifest['inputs'])} files, {sum(i['bytes'] for i in manifest['inputs'])} bytes "

@@ -1,0 +1,102 @@
+"""A version's agreement statistics from its standing votes, as additive per-bucket partials.
+
+Each item bucket's votes give one `AgreementPartial` (its class indexes named by its own sorted labels);
+`version_agreement` aligns the partials on the union of the labels and sums them into the manifest's
+`agreement` section: Krippendorff's alpha (nominal over single labels, interval over scores), Fleiss'
+kappa where every item has the same number of votes, and the mean per-item vote entropy. The sums are
+exact (agreement.py), and the entropy mean is an fsum, so any bucketing and order give the same bits.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from labelbeam.transforms.arrays.factorize import factorize_sorted
+from labelbeam.transforms.inference.agreement import (
+    Coincidences,
+    FleissStatistics,
+    IntervalStatistics,
+    alpha_from_coincidences,
+    class_counts,
+    coincidences,
+    fleiss_kappa,
+    fleiss_statistics,
+    interval_alpha,
+    interval_statistics,
+    sum_interval_statistics,
+    vote_entropy,
+)
+
+AGREEMENT = "agreement"  # the tag of the per-bucket partials in the build's graph
+
+
+class AgreementPartial(NamedTuple):
+    labels: tuple[str, ...]         # the class names of the partial's indexes, sorted
+    coincidences: Coincidences      # single-label votes
+    fleiss: FleissStatistics
+    interval: IntervalStatistics    # score votes
+    entropies: np.ndarray           # bits, one per item with a single-label vote
+
+
+def agreement_partial(votes: pa.Table) -> AgreementPartial:
+    """The partial of one bucket's standing votes (item_id, label, score columns), all votes of its items."""
+    single = votes.filter(pc.is_valid(votes.column("label")))
+    item, _ = factorize_sorted(single.column("item_id"))
+    label, names = factorize_sorted(single.column("label"))
+    n_classes = len(names)
+    scored = votes.filter(pc.is_valid(votes.column("score")))
+    score_item, _ = factorize_sorted(scored.column("item_id"))
+    counts = class_counts(item, label, int(item.max()) + 1 if len(item) else 0, n_classes)
+    return AgreementPartial(tuple(names.to_pylist()), coincidences(item, label, n_classes),
+                            fleiss_statistics(item, label, n_classes),
+                            interval_statistics(score_item, scored.column("score").to_numpy()),
+                            vote_entropy(counts) if len(counts) else np.zeros(0))
+
+
+def _widened(partial: AgreementPartial, position: dict[str, int], n_classes: int) -> tuple[Coincidences,
+                                                                                          FleissStatistics]:
+    """The partial's class statistics in the version's class order."""
+    where = np.array([position[name] for name in partial.labels], dtype=np.int64)
+    units = np.zeros((n_classes, n_classes), dtype=np.int64)
+    units[np.ix_(where, where)] = partial.coincidences.units
+    pairable = np.zeros(n_classes, dtype=np.int64)
+    pairable[where] = partial.coincidences.pairable
+    totals = np.zeros(n_classes, dtype=np.int64)
+    totals[where] = partial.fleiss.class_totals
+    fleiss = partial.fleiss
+    return Coincidences(units, pairable), FleissStatistics(fleiss.items, fleiss.sum_squares, totals,
+                                                           fleiss.min_votes, fleiss.max_votes)
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 6)
+
+
+def version_agreement(partials: Iterable[AgreementPartial]) -> dict[str, Any]:
+    """The manifest's agreement statistics; a statistic that the votes do not define is null."""
+    partials = list(partials)
+    labels = sorted(set().union(*(partial.labels for partial in partials)))
+    position = {name: index for index, name in enumerate(labels)}
+    n_classes = len(labels)
+    total_coincidences = Coincidences(np.zeros((n_classes, n_classes), np.int64), np.zeros(n_classes, np.int64))
+    total_fleiss = FleissStatistics(0, 0, np.zeros(n_classes, np.int64), 0, 0)
+    for partial in partials:
+        part_coincidences, part_fleiss = _widened(partial, position, n_classes)
+        total_coincidences = total_coincidences + part_coincidences
+        total_fleiss = total_fleiss + part_fleiss
+    kappa = fleiss_kappa(total_fleiss)
+    interval = sum_interval_statistics(partial.interval for partial in partials)
+    entropies = np.concatenate([partial.entropies for partial in partials]) if partials else np.zeros(0)
+    return {
+        "krippendorff_alpha": _number(alpha_from_coincidences(total_coincidences)) if n_classes else None,
+        "pairable_votes": int(total_coincidences.pairable.sum()),
+        "krippendorff_alpha_interval": _number(interval_alpha(interval)) if interval.n else None,
+        "fleiss_kappa": _number(kappa.kappa) if kappa.kappa is not None else None,
+        "fleiss_kappa_undefined": kappa.reason,
+        "vote_entropy_bits_mean": round(math.fsum(entropies) / len(entropies), 6) if len(entropies) else None,
+    }
