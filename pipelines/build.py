@@ -230,6 +230,10 @@ APP_FLAGS = ("--input", "--output", "--dataset", "--labels", "--method", "--weig
 def reject_unknown_flags(beam_args: list[str]) -> None:
     """Beam ignores flags it does not know, with only a log line: make a typo a usage error instead."""
     options = PipelineOptions(beam_args)
+    # A runner's own options exist once its module is imported: the Dask runner's (--dask_client_address...)
+    # are declared in Beam's dask_runner module, which nothing has imported yet.
+    if options.view_as(StandardOptions).runner in DASK_RUNNERS and importlib.util.find_spec("distributed"):
+        importlib.import_module("apache_beam.runners.dask.dask_runner")
     beam_logger = logging.getLogger("apache_beam.options.pipeline_options")
     level = beam_logger.level
     beam_logger.setLevel(logging.ERROR)  # its "Discarding unparseable args" line: we say it better below

@@ -87,3 +87,14 @@ def test_a_shuffle_dir_that_cannot_hold_a_directory_is_a_usage_error(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert str(missing) in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "sample" / "versions" / "1").exists()
+
+
+def test_the_dask_runners_own_options_are_known_flags_not_typos():
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed (it comes with the test extra)")
+    from labelbeam.pipelines.build import reject_unknown_flags
+    from labelbeam.pipelines.errors import UserError
+    reject_unknown_flags(["--runner", "labelbeam.pipelines.dask_runner.DaskRunner",
+                          "--dask_client_address", "127.0.0.1:8786"])
+    with pytest.raises(UserError, match="unknown option --dask_client_adress"):
+        reject_unknown_flags(["--runner", "labelbeam.pipelines.dask_runner.DaskRunner",
+                              "--dask_client_adress", "127.0.0.1:8786"])
