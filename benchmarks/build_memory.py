@@ -30,7 +30,9 @@ from build_throughput import (  # noqa: E402 - the benchmarks directory is not a
     ensure_sample,
     format_bytes,
     format_table,
+    result_json,
     run_labelbeam,
+    write_json,
 )
 
 GIB = 1024 ** 3
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-gib", type=float, default=4.0)
     parser.add_argument("--beam-arg", action="append", default=[], help="passed to every build, e.g. "
                         "--beam-arg=--num_buckets=32")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the key figures to PATH as JSON")
     args = parser.parse_args(argv)
     sizes = sorted(set(args.sizes))
     runner_sizes = set(args.runner_shuffle_at if args.runner_shuffle_at is not None else sizes[:1])
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [result for _, _, result, _ in runs if not result.ok]
     for result in failed:
         print(f"FAIL {result.name}: {result.error}", file=sys.stderr)
+    write_json(args.json, {"ok": not failed, "max_rss_gib": args.max_rss_gib,
+                           "runs": [{"shuffle": shuffle, "size": size, "events": read, **result_json(result, read)}
+                                    for shuffle, size, result, read in runs]})
     return 1 if failed else 0
 
 

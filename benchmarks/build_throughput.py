@@ -87,6 +87,22 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
+def result_json(run: RunResult, n_events: int | None = None) -> dict[str, Any]:
+    """The key figures of one run, for --json (benchmarks/run_all.py reads them)."""
+    figures: dict[str, Any] = {"ok": run.ok, "seconds": run.seconds, "peak_rss_bytes": run.peak_rss_bytes,
+                               "largest_process_rss_bytes": run.largest_process_rss_bytes, "counts": run.counts,
+                               "error": run.error}
+    if n_events is not None and run.ok:
+        figures["events_per_s"] = n_events / run.seconds
+    return figures
+
+
+def write_json(path: Path | None, figures: dict[str, Any]) -> None:
+    """--json PATH: the key figures of a benchmark run as one JSON object (nothing without --json)."""
+    if path is not None:
+        path.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def counts_mismatches(actual: dict[str, int], expected: dict[str, int]) -> list[str]:
     return [f"{key}: got {actual.get(key)!r}, expected {expected[key]!r}"
             for key in COUNT_KEYS if actual.get(key) != expected[key]]
@@ -629,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-events-per-s", type=float, default=100_000,
                         help="report whether labelbeam reaches this rate (never fails the run)")
     parser.add_argument("--skip-baseline", action="store_true", help="time labelbeam only")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the key figures to PATH as JSON")
     return parser
 
 
@@ -685,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
                   "checked): " + "; ".join(differences))
     elif baseline.error != SKIPPED:
         print(f"note: {baseline.error}")
+    write_json(args.json, {"ok": status == 0, "events": expected["read"],
+                           "target_events_per_s": args.target_events_per_s,
+                           "labelbeam": result_json(labelbeam, expected["read"]),
+                           "baseline": None if baseline.error == SKIPPED else result_json(baseline, expected["read"])})
     return status
 
 

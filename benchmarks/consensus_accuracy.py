@@ -417,6 +417,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              f"else {FALLBACK_ROOT})")
     parser.add_argument("--datasets", nargs="+", metavar="NAME",
                         help="dataset folder names to run (default: every folder with a SOURCE.json)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the key figures to PATH as JSON")
     return parser.parse_args(argv)
 
 
@@ -440,6 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds[dataset.name] = dataset.kind
         results[dataset.name] = cells
     print_report(kinds, results)
+    if args.json:
+        datasets = {name: {"kind": kinds[name], "methods": {cell.method: {"score": cell.score, "seconds": cell.seconds,
+                                                                          "note": cell.note} for cell in cells}}
+                    for name, cells in results.items()}
+        args.json.write_text(json.dumps({"ok": not unreadable and bool(results), "unreadable": unreadable,
+                                         "datasets": datasets}, indent=2, sort_keys=True), encoding="utf-8")
     return 1 if unreadable or not results else 0
 
 

@@ -17,6 +17,7 @@ All three run at most 100 EM iterations with their own stopping rules.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=1_000_000)
     parser.add_argument("--methods", default="inprocess,beam,crowdkit")
+    parser.add_argument("--json", metavar="PATH", help="also write the key figures to PATH as JSON")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "NPZ"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -158,16 +160,25 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.answers, path)
         print(f"{args.answers:,} answers, {args.answers // ANSWERS_PER_ITEM:,} items, {N_ANNOTATORS} annotators")
         print(f"{'method':<10} {'seconds':>8} {'peak RSS':>10} {'accuracy':>9}")
+        figures = {}   # method -> key figures, for --json
         for method in args.methods.split(","):
             process = subprocess.Popen([sys.executable, __file__, "--child", method, path],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             _, status, usage = os.wait4(process.pid, 0)
             out, err = process.stdout.read(), process.stderr.read()
             if status != 0:
-                print(f"{method:<10} failed: {err.strip().splitlines()[-1] if err.strip() else status}")
+                reason = err.strip().splitlines()[-1] if err.strip() else str(status)
+                print(f"{method:<10} failed: {reason}")
+                figures[method] = {"ok": False, "error": reason}
                 continue
             seconds, accuracy = out.split()
             print(f"{method:<10} {float(seconds):>8.2f} {usage.ru_maxrss / 2**20:>8.2f} GiB {float(accuracy):>9.4f}")
+            figures[method] = {"ok": True, "seconds": float(seconds), "peak_rss_bytes": usage.ru_maxrss * 1024,
+                               "accuracy": float(accuracy)}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as stream:
+            json.dump({"ok": all(method["ok"] for method in figures.values()), "answers": args.answers,
+                       "methods": figures}, stream, indent=2, sort_keys=True)
     return 0
 
 

@@ -1,11 +1,11 @@
 """The parse/validate property tests at scale: a fixed-seed run of many cases, not the suite's 200.
 
-    python benchmarks/fuzz_parse.py                     # 100,000 cases over 9 properties (~7 min on 2 cores)
+    python benchmarks/fuzz_parse.py                     # 100,000 cases over 10 properties (~7 min on 2 cores)
     python benchmarks/fuzz_parse.py --cases 5000        # quick
 
 Runs every property of tests/events/test_validate_fuzz.py (random bytes, truncated and mutated JSON,
 wrong types, arbitrary JSON documents, decoded Avro records, unknown fields, empty labels, BOMs, whole
-chunks: no crash, every line in exactly one output) with `derandomize=True`, so a run is repeatable and
+chunks, corrupted Avro files: no crash, every line in exactly one output or the file refused by name) with `derandomize=True`, so a run is repeatable and
 its failures reproduce. The strategies live with the tests, once. Prints cases and seconds per property;
 exits 1 on the first falsified property, with Hypothesis's minimal example.
 """
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=100_000,
                         help="examples in all, shared evenly by the properties (default: 100000)")
     args = parser.parse_args(argv)
-    properties_count = 9  # checked below, once the module is imported
+    properties_count = 10  # checked below, once the module is imported
     per_property = -(-args.cases // properties_count)
     # The properties read their case count when imported (tests/events/test_validate_fuzz.py, FUZZ).
     os.environ["LABELBEAM_FUZZ_CASES"] = str(per_property)

@@ -389,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for `labelbeam ingest` (repeatable)")
     parser.add_argument("--skip-baseline", action="store_true", help="time labelbeam only")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the key figures to PATH as JSON")
     return parser
 
 
@@ -432,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     if status == 0:
         print("OK: every labelbeam run reported read = valid + invalid + duplicates with the expected counts, "
               "and its log files hold the valid rows in the expected hour partitions")
+    bt.write_json(args.json, {"ok": status == 0, "runs": [
+        {"name": run.name, "input": run.input.name, "events": run.input.events, "span_hours": run.input.span_hours,
+         "ttl_hours": run.ttl_hours, "problems": run.problems, **bt.result_json(run.result, run.input.events)}
+        for run in runs]})
     return status
 
 

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-hour", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path(DEFAULT_WORKDIR))
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the key figures to PATH as JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ttl-hours", type=float, default=24.0, help=argparse.SUPPRESS)
     parser.add_argument("--staged", help=argparse.SUPPRESS)
@@ -174,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peak RSS ratio ttl 24 h / ttl 1 h (baseline): {peak[24.0] / peak[1.0]:.2f}x")
     for problem in problems:
         print(f"PROBLEM: {problem}")
+    figures = [{"ttl_hours": ttl, "seconds": seconds, "events_per_s": expected["read"] / seconds,
+                "peak_rss_bytes": max(record["rss"] for record in records),
+                "rss_by_hour": {record["hour"]: record["rss"] for record in records}}
+               for ttl, (records, _, seconds) in runs.items()]
+    it.bt.write_json(args.json, {"ok": not problems, "problems": problems, "hours": args.hours,
+                                 "events_per_hour": args.events_per_hour, "lines": expected["read"], "runs": figures})
     return 1 if problems else 0
 
 
