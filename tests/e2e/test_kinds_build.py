@@ -111,7 +111,11 @@ def test_rating_builds_mean_in_buckets_and_bias_corrected(tmp_path):
     check_counts(corrected, events, votes=7, items=4)
     assert corrected.manifest["params"]["bias_prior"] == 2.0
     annotators = annotators_of(corrected)
-    assert len(annotators) == 3 and all(row["bias"] is not None and row["noise_scale"] > 0 for row in annotators)
+    voting = [row for row in annotators if row["votes"]]
+    assert len(voting) == 3 and all(row["bias"] is not None and row["noise_scale"] > 0 for row in voting)
+    # "quitter" withdrew their only vote: no vote, no bias, but the work is credited.
+    [quitter] = [row for row in annotators if not row["votes"]]
+    assert quitter["events"] == 2 and quitter["bias"] is None and len(annotators) == 4
     assert all(row["item_id"] == "i4" or row["score"] is not None for row in rows_of(corrected).values())
 
 

@@ -107,16 +107,22 @@ def test_setup_file_sdist_installs_into_a_fresh_venv_and_builds_from_there(tmp_p
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1")
     site = pathlib.Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                        check=True, capture_output=True, text=True, env=env).stdout.strip())
-    # The dependencies (apache-beam, pyarrow, ..., and pip itself) come from this venv instead of PyPI:
-    # plain lines of a .pth are appended to sys.path as they are, not processed as site directories, so
-    # this venv's own .pth files (the editable install's finder among them) are not run there.
-    here = dict.fromkeys(sysconfig.get_path(name) for name in ("purelib", "platlib"))
-    (site / "zz-test-dependencies.pth").write_text("".join(f"{path}\n" for path in here))
+    # The dependencies (apache-beam, pyarrow, ..., and pip itself) come from this venv instead of PyPI,
+    # through a folder of links to everything in its site-packages except labelbeam itself (installed
+    # there in CI, editable in development) and .pth files (the editable install's finder). A plain .pth
+    # line appends that folder to sys.path as it is, not as a site directory.
+    dependencies = tmp_path / "test-venv-dependencies"
+    dependencies.mkdir()
+    for directory in dict.fromkeys(sysconfig.get_path(name) for name in ("purelib", "platlib")):
+        for entry in pathlib.Path(directory).iterdir():
+            own = entry.name == "labelbeam" or entry.name.startswith(("labelbeam-", "__editable__"))
+            if not own and entry.suffix != ".pth" and not (dependencies / entry.name).exists():
+                (dependencies / entry.name).symlink_to(entry)
+    (site / "zz-test-dependencies.pth").write_text(f"{dependencies}\n")
 
     # The worker's `pip install workflow.tar.gz`, with an isolated build (setuptools and wheel from the
-    # package index, as on a worker). --no-deps: the dependencies are the ones above. --ignore-installed:
-    # pip sees the editable labelbeam through the appended path and would otherwise try to uninstall it.
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(workflow)],
+    # package index, as on a worker). --no-deps: the dependencies are the ones above.
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(workflow)],
                    check=True, capture_output=True, env=env, cwd=tmp_path)
     assert python_sources(site / "labelbeam") == {f"{directory}/{name}": content for directory in SOURCE_DIRS
                                                   for name, content in python_sources(source / directory).items()}
@@ -133,7 +139,7 @@ def test_setup_file_sdist_installs_into_a_fresh_venv_and_builds_from_there(tmp_p
     assert seen["cli"] == str(site / "labelbeam" / "pipelines" / "cli.py")
     assert seen["editable"] == []
     assert not any(entry.startswith(str(REPO)) for entry in seen["path"])
-    assert pathlib.Path(seen["beam"]).is_relative_to(sysconfig.get_path("purelib"))
+    assert pathlib.Path(seen["beam"]).is_relative_to(dependencies)
 
     cli = [python, "-m", "labelbeam.pipelines.cli"]
     subprocess.run(cli + ["generate", "--output", "S", "--events", "500", "--seed", "1"],
