@@ -229,7 +229,7 @@ def with_labeling_time(table: pa.Table, time_per_annotator: pa.Table, pseudonym)
     missing = pc.invert(pc.is_in(time_names, value_set=table.column("annotator")))
     extra_names = time_names.filter(missing)
     extra = pa.table([extra_names if field.name == "annotator" else
-                      pa.array(np.zeros(len(extra_names), np.int64)) if not field.nullable else
+                      pa.array(np.zeros(len(extra_names), np.int64)).cast(field.type) if not field.nullable else
                       pa.nulls(len(extra_names), field.type) for field in table.schema], schema=table.schema)
     table = pa.concat_tables([table, extra])
     row = pc.index_in(table.column("annotator"), value_set=time_names)  # every row has a time row, or none

@@ -400,3 +400,16 @@ def test_the_manifest_reports_krippendorffs_alpha_and_vote_entropy_of_the_standi
     assert agreement["fleiss_kappa"] is None and agreement["fleiss_kappa_undefined"]  # items have 1..n votes
     assert agreement["krippendorff_alpha_interval"] is None  # the sample has no scores
     assert 0 < agreement["vote_entropy_bits_mean"] < 2  # four labels: at most 2 bits
+
+
+def test_the_annotator_table_names_its_confusion_order_and_brackets_accuracy_with_intervals(first_build):
+    _, outcome = first_build
+    rows = pq.read_table(outcome.version_dir + "/annotators/annotators-00000-of-00001.parquet").to_pylist()
+    voting = [row for row in rows if row["votes"]]
+    assert voting and all(row["confusion_labels"] == outcome.manifest["annotators"]["confusion_labels"]
+                          for row in voting)
+    for row in voting:
+        assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+        assert row["gold_accuracy_low"] is None  # the sample has no gold
+    flagged = [row for row in voting if row["low_accuracy"]]
+    assert len(flagged) < len(voting) / 2  # below the median with evidence: a minority by construction

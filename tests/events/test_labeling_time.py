@@ -42,7 +42,10 @@ def test_the_annotator_table_gains_time_columns_and_a_row_for_work_whose_votes_w
     from labelbeam.transforms.publish import with_labeling_time
     stats = pa.table({"annotator": ["pa", "pb"], "votes": [2, 1], "accuracy": [1.0, None],
                       "agreement": [0.5, 1.0], "gold_votes": [0, 0], "gold_accuracy": [None, None],
-                      "confusion": [[[1.0]], None], "bias": [None, None], "noise_scale": [None, None]},
+                      "confusion": [[[1.0]], None], "bias": [None, None], "noise_scale": [None, None],
+                      "confusion_labels": [["cat"], ["cat"]], "accuracy_low": [0.3, None],
+                      "accuracy_high": [1.0, None], "gold_accuracy_low": [None, None],
+                      "gold_accuracy_high": [None, None], "low_accuracy": [False, False]},
                      schema=ANNOTATOR_SCHEMA)
     table = with_labeling_time(stats, labeling_time(EVENTS), lambda name: "p" + name)
     rows = {row["annotator"]: row for row in table.to_pylist()}

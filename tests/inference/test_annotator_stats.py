@@ -98,3 +98,27 @@ def test_pseudonyms_are_keyed_stable_and_distinct():
     assert one("alice") != other("alice")
     assert "alice" not in one("alice") and len(one("alice")) == 21
     assert key_id(b"k1") != key_id(b"k2") and b"k1".hex() not in key_id(b"k1")
+
+
+def test_wilson_interval_matches_a_worked_value_and_stays_in_the_unit_interval():
+    import numpy as np
+
+    from labelbeam.transforms.inference.annotator_stats import wilson_interval
+    # 8 of 10 at 95%: (0.4902, 0.9433) (Wilson 1927; e.g. Newcombe 1998, Table I, method 3).
+    low, high = wilson_interval(np.array([8.0, 0.0, 5.0, 3.0]), np.array([10.0, 0.0, 5.0, 1000.0]))
+    assert round(low[0], 4) == 0.4902 and round(high[0], 4) == 0.9433
+    assert np.isnan(low[1]) and np.isnan(high[1])          # no trials, no interval
+    assert high[2] == 1.0 and 0.5 < low[2] < 0.6             # all right on 5: high, but not certain
+    assert high[3] - low[3] < 0.01                          # 1,000 trials: narrow
+
+
+def test_only_annotators_low_with_enough_evidence_are_flagged():
+    import numpy as np
+
+    from labelbeam.transforms.inference.annotator_stats import low_accuracy_flags, wilson_interval
+    correct, votes = np.array([90.0, 85.0, 80.0, 30.0, 1.0]), np.array([100.0, 100.0, 100.0, 100.0, 2.0])
+    _, high = wilson_interval(correct, votes)
+    flags = low_accuracy_flags(correct / votes, high)
+    # 30 of 100 is flagged; 1 of 2 is a low share too, but on thin data, so it is not.
+    assert flags.tolist() == [False, False, False, True, False]
+    assert not low_accuracy_flags(np.array([0.1]), np.array([0.2])).any()  # no peers: no median to fall below

@@ -70,7 +70,43 @@ ANNOTATOR_SCHEMA = pa.schema([
     pa.field("confusion", pa.list_(pa.list_(pa.float64()))),
     pa.field("bias", pa.float64()),
     pa.field("noise_scale", pa.float64()),
+    # The class order of `confusion`'s rows and columns, in every row, so the table explains itself.
+    pa.field("confusion_labels", pa.list_(pa.string())),
+    # 95% Wilson intervals: on the model's accuracy (its expected correct share of the annotator's votes)
+    # and on gold accuracy; null without votes or gold.
+    pa.field("accuracy_low", pa.float64()),
+    pa.field("accuracy_high", pa.float64()),
+    pa.field("gold_accuracy_low", pa.float64()),
+    pa.field("gold_accuracy_high", pa.float64()),
+    # True when even the interval's upper end (gold's when the annotator answered gold items) is below the
+    # median annotator's accuracy: low with enough evidence to route their work, not on thin data.
+    pa.field("low_accuracy", pa.bool_(), nullable=False),
 ])
+WILSON_Z = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95%
+
+
+def wilson_interval(successes: np.ndarray, trials: np.ndarray, z: float = WILSON_Z) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the Wilson score interval for successes out of trials (soft counts allowed); NaN where
+    trials is 0. Unlike the normal approximation it stays inside [0, 1] and is sensible for few trials."""
+    successes, trials = np.asarray(successes, np.float64), np.asarray(trials, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = successes / trials
+        denominator = 1 + z * z / trials
+        center = (share + z * z / (2 * trials)) / denominator
+        half = z * np.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / denominator
+    empty = ~(trials > 0)
+    low, high = np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
+    low[empty], high[empty] = np.nan, np.nan
+    return low, high
+
+
+def low_accuracy_flags(accuracy: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """True where the upper end of an annotator's interval is below the median annotator's accuracy."""
+    known = accuracy[~np.isnan(accuracy)]
+    if len(known) < 2:  # no peers to compare with
+        return np.zeros(len(accuracy), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(upper, nan=np.inf) < np.median(known)
 
 
 def partial_annotator_stats(annotator_ids: pa.Array, answer_annotator: np.ndarray, answer_item: np.ndarray,
@@ -203,6 +239,10 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
         gold_accuracy = gold[:, diagonal, diagonal].sum(axis=1) / gold_votes
         row_mass = expected.sum(axis=2, keepdims=True)
         confusion = expected / row_mass
+    accuracy_low, accuracy_high = wilson_interval(expected[:, diagonal, diagonal].sum(axis=1),
+                                                  expected.sum(axis=(1, 2)))
+    gold_low, gold_high = wilson_interval(gold[:, diagonal, diagonal].sum(axis=1), gold_votes)
+    low_accuracy = low_accuracy_flags(accuracy, np.where(gold_votes > 0, gold_high, accuracy_high))
     # confusion as list<list<double>>, built from flat arrays: a row without mass is null.
     rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * n_labels ** 2 + 1, n_labels, dtype=np.int32)),
                                     pa.array(confusion.ravel()), mask=pa.array(row_mass.ravel() <= 0))
@@ -219,7 +259,10 @@ def summarize_annotators(partials: list[pa.Table], pseudonym: Callable[[str], st
     table = pa.table([pa.array(names, pa.string()), pa.array(votes.astype(np.int64)), nullable(accuracy),
                       nullable(agreement), pa.array(gold_votes.astype(np.int64)), nullable(gold_accuracy),
                       confusion_rows.cast(ANNOTATOR_SCHEMA.field("confusion").type),
-                      nullable(per_annotator("bias")), nullable(per_annotator("noise_scale"))],
+                      nullable(per_annotator("bias")), nullable(per_annotator("noise_scale")),
+                      pa.array([label_names.to_pylist()] * n, pa.list_(pa.string())),
+                      nullable(accuracy_low), nullable(accuracy_high), nullable(gold_low), nullable(gold_high),
+                      pa.array(low_accuracy)],
                      schema=ANNOTATOR_SCHEMA)
     return table.sort_by("annotator"), label_names.to_pylist()
 
