@@ -35,6 +35,7 @@ setup(
         "numpy>=1.24",
         "orjson>=3.9",
         "tqdm>=4.60",
+        "plotly>=5.15",  # `labelbeam report`: plots with their JavaScript inlined, so the page works offline
     ],
     extras_require={
         "gcp": [f"apache-beam[gcp]{BEAM_VERSIONS}", "google-cloud-storage>=2.10"],

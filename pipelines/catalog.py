@@ -54,17 +54,23 @@ def run_versions(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
-def run_show(args: argparse.Namespace, beam_args: list[str]) -> int:
-    dataset = check_dataset_name(args.dataset)
-    versions = _published(args.root, dataset)
-    version = args.version if args.version is not None else _latest(args.root, dataset)
+def resolve_version(root: str, dataset: str, version: int | None) -> tuple[str, int, dict]:
+    """(dataset, version, manifest) of a published version, `_latest`'s when version is None; else a UserError."""
+    dataset = check_dataset_name(dataset)
+    versions = _published(root, dataset)
+    version = version if version is not None else _latest(root, dataset)
     if version not in versions:
         raise UserError(f"dataset {dataset!r} has no published version {version}; "
                         f"published: {', '.join(map(str, versions))}")
     try:
-        manifest = version_store.read_manifest(args.root, dataset, version)
+        manifest = version_store.read_manifest(root, dataset, version)
     except version_store.BrokenManifest as err:
         raise UserError(f"dataset {dataset!r} version {version} is broken: {err}") from None
+    return dataset, version, manifest
+
+
+def run_show(args: argparse.Namespace, beam_args: list[str]) -> int:
+    _, _, manifest = resolve_version(args.root, args.dataset, args.version)
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return 0

@@ -115,9 +115,13 @@ def add_root_arguments(parser: argparse.ArgumentParser) -> None:
     catalog.add_catalog_arguments(parser, with_version=False)
 
 
-def read_labels(root: str, dataset: str, version: int, manifest: dict[str, Any]) -> pa.Table:
-    """The version's consensus rows (item_id, label, confidence, status) from the labels Parquet shards its
-    manifest lists (`labels/labels-*.parquet`; older versions kept them at the version's top level)."""
+LABEL_COLUMNS = ("item_id", "label", "confidence", "status")
+
+
+def read_labels(root: str, dataset: str, version: int, manifest: dict[str, Any],
+                columns: tuple[str, ...] = LABEL_COLUMNS) -> pa.Table:
+    """The version's consensus rows (`columns`) from the labels Parquet shards its manifest lists
+    (`labels/labels-*.parquet`; older versions kept them at the version's top level)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -136,10 +140,10 @@ def read_labels(root: str, dataset: str, version: int, manifest: dict[str, Any])
             table = pq.read_table(io.BytesIO(data))
         except (OSError, StoreError, pa.ArrowException) as err:
             raise UserError(f"cannot read {path}: {err}; `labelbeam verify` checks the version's files") from None
-        missing = {"item_id", "label", "confidence", "status"} - set(table.column_names)
+        missing = set(columns) - set(table.column_names)
         if missing:
             raise UserError(f"{path} has no {', '.join(sorted(missing))} column")
-        tables.append(table.select(["item_id", "label", "confidence", "status"]))
+        tables.append(table.select(list(columns)))
     return pa.concat_tables(tables, promote_options="permissive").sort_by("item_id")
 
 
