@@ -59,7 +59,7 @@ from labelbeam.transforms.inference.annotator_stats import (
     sum_partial_stats,
     summarize_annotators,
 )
-from labelbeam.transforms.inference.version_agreement import AGREEMENT, version_agreement
+from labelbeam.transforms.inference.version_agreement import AGREEMENT, sum_annotator_pairs, version_agreement
 from labelbeam.transforms.methods.base import CONSENSUS_SCHEMA
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.table_files import (
@@ -201,7 +201,8 @@ class SumAnnotatorStatsFn(beam.CombineFn):
 
 
 def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes, key_source: str = "env",
-                     time_per_annotator: pa.Table | None = None) -> tuple[FileEntry, dict[str, Any]]:
+                     time_per_annotator: pa.Table | None = None,
+                     pairs: pa.Table | None = None) -> tuple[FileEntry, dict[str, Any]]:
     """The annotators file (pseudonymized ids, votes, accuracy, agreement, gold accuracy, confusion, and
     with `time_per_annotator` their events and labeling hours) and the manifest's description of it. An
     empty key is refused: it would make the pseudonyms an unkeyed hash, which anyone who can guess the ids
@@ -210,7 +211,7 @@ def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes, key
         raise ValueError("annotators are never pseudonymized without a key")
     table, confusion_labels = summarize_annotators(partials, keyed_pseudonym(key))
     if time_per_annotator is not None:
-        table = with_labeling_time(table, time_per_annotator, keyed_pseudonym(key))
+        table = with_labeling_time(table, time_per_annotator, keyed_pseudonym(key), pairs)
     entry = write_file(version_dir, ANNOTATORS_FILE, parquet_bytes(table), table.num_rows)
     return entry, {"file": ANNOTATORS_FILE, "rows": table.num_rows, "confusion_labels": confusion_labels,
                    "pseudonym": "hmac-sha256", "keyed": True, "key_source": key_source, "key_id": key_id(key)}
@@ -219,11 +220,15 @@ def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes, key
 ANNOTATOR_TIME_FIELDS = (pa.field("events", pa.int64(), nullable=False),
                          pa.field("labeling_hours", pa.float64(), nullable=False),
                          pa.field("events_without_duration", pa.int64(), nullable=False))
+# Pairwise agreement: of the other votes on the items an annotator labelled, the share with the same label.
+ANNOTATOR_PAIR_FIELDS = (pa.field("pairs", pa.int64(), nullable=False), pa.field("pair_agreement", pa.float64()))
 
 
-def with_labeling_time(table: pa.Table, time_per_annotator: pa.Table, pseudonym) -> pa.Table:
-    """The annotator table with each annotator's valid events and labeling hours. An annotator whose every
-    vote was withdrawn still did the work: they get a row with 0 votes."""
+def with_labeling_time(table: pa.Table, time_per_annotator: pa.Table, pseudonym,
+                       pairs: pa.Table | None = None) -> pa.Table:
+    """The annotator table with each annotator's valid events and labeling hours (and with `pairs`, their
+    pairwise agreement). An annotator whose every vote was withdrawn still did the work: they get a row with
+    0 votes."""
     time_names = pa.array([pseudonym(name) for name in time_per_annotator.column("annotator_id").to_pylist()],
                           pa.string())
     missing = pc.invert(pc.is_in(time_names, value_set=table.column("annotator")))
@@ -237,8 +242,17 @@ def with_labeling_time(table: pa.Table, time_per_annotator: pa.Table, pseudonym)
     columns = [pc.fill_null(pc.take(source, row), 0).cast(field.type) for source, field in zip(
         (time_per_annotator.column("events"), hours, time_per_annotator.column("without_duration")),
         ANNOTATOR_TIME_FIELDS)]
-    return pa.table([*table.columns, *columns], schema=pa.schema([*table.schema, *ANNOTATOR_TIME_FIELDS])
-                    ).sort_by("annotator")
+    fields = list(ANNOTATOR_TIME_FIELDS)
+    if pairs is not None:
+        pair_row = pc.index_in(time_names, value_set=pa.array(
+            [pseudonym(name) for name in pairs.column("annotator_id").to_pylist()], pa.string()))
+        shared = pc.fill_null(pc.take(pairs.column("pairs"), pair_row), 0)
+        agreed = pc.fill_null(pc.take(pairs.column("agreed_pairs"), pair_row), 0)
+        share = pc.if_else(pc.greater(shared, 0), pc.divide(agreed.cast(pa.float64()), shared.cast(pa.float64())),
+                           pa.scalar(None, pa.float64()))
+        columns += [pc.fill_null(pc.take(shared, row), 0).cast(pa.int64()), pc.take(share, row)]
+        fields += ANNOTATOR_PAIR_FIELDS
+    return pa.table([*table.columns, *columns], schema=pa.schema([*table.schema, *fields])).sort_by("annotator")
 
 
 def read_annotators(version_dir: str, manifest: dict[str, Any]) -> pa.Table:
@@ -277,8 +291,10 @@ class WriteVersionFn(beam.DoFn):
         counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
         summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
         time_per_annotator = sum_labeling_time(by_kind[LABELING_TIME])
+        pairs = sum_annotator_pairs([partial.annotator_pairs for partial in by_kind[AGREEMENT]])
         annotators_entry, annotators = write_annotators(self._version_dir, by_kind[ANNOTATOR_STATS],
-                                                        self._pseudonym_key, self._key_source, time_per_annotator)
+                                                        self._pseudonym_key, self._key_source, time_per_annotator,
+                                                        pairs)
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard, self._manifest_base["schema"]) + \
             [annotators_entry]
         extra: dict[str, Any] = {}

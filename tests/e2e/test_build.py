@@ -413,3 +413,7 @@ def test_the_annotator_table_names_its_confusion_order_and_brackets_accuracy_wit
         assert row["gold_accuracy_low"] is None  # the sample has no gold
     flagged = [row for row in voting if row["low_accuracy"]]
     assert len(flagged) < len(voting) / 2  # below the median with evidence: a minority by construction
+    # Pairwise agreement: every ordered pair of votes on an item is counted once, from its first vote's side.
+    labels = pq.read_table(outcome.version_dir + "/labels/labels-00000-of-00001.parquet").to_pylist()
+    assert sum(row["pairs"] for row in rows) == sum(row["num_votes"] * (row["num_votes"] - 1) for row in labels)
+    assert all(0 <= row["pair_agreement"] <= 1 for row in voting if row["pairs"])

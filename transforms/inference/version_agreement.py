@@ -33,6 +33,29 @@ from labelbeam.transforms.inference.agreement import (
 )
 
 AGREEMENT = "agreement"  # the tag of the per-bucket partials in the build's graph
+PAIR_SCHEMA = pa.schema([pa.field("annotator_id", pa.string(), nullable=False),
+                         pa.field("pairs", pa.int64(), nullable=False),
+                         pa.field("agreed_pairs", pa.int64(), nullable=False)])
+
+
+def annotator_pairs(annotator: pa.Array, item: np.ndarray, label: np.ndarray) -> pa.Table:
+    """Per annotator: the other votes on the items they labelled (pairs), and how many of those gave the same
+    label (agreed_pairs). Additive over item buckets; agreed / pairs is the annotator's pairwise agreement."""
+    if len(item) == 0:
+        return PAIR_SCHEMA.empty_table()
+    n_classes = int(label.max()) + 1
+    per_item = np.bincount(item)
+    per_item_label = np.bincount(item * n_classes + label)
+    table = pa.table({"annotator_id": annotator, "pairs": per_item[item] - 1,
+                      "agreed_pairs": per_item_label[item * n_classes + label] - 1})
+    return sum_annotator_pairs([table])
+
+
+def sum_annotator_pairs(parts: list[pa.Table]) -> pa.Table:
+    table = pa.concat_tables(parts) if parts else PAIR_SCHEMA.empty_table()
+    sums = table.group_by("annotator_id").aggregate([("pairs", "sum"), ("agreed_pairs", "sum")])
+    return pa.table([sums.column("annotator_id"), sums.column("pairs_sum").cast(pa.int64()),
+                     sums.column("agreed_pairs_sum").cast(pa.int64())], schema=PAIR_SCHEMA).sort_by("annotator_id")
 
 
 class AgreementPartial(NamedTuple):
@@ -41,6 +64,7 @@ class AgreementPartial(NamedTuple):
     fleiss: FleissStatistics
     interval: IntervalStatistics    # score votes
     entropies: np.ndarray           # bits, one per item with a single-label vote
+    annotator_pairs: pa.Table       # PAIR_SCHEMA: per annotator, vote pairs shared with others and agreed on
 
 
 def agreement_partial(votes: pa.Table) -> AgreementPartial:
@@ -55,7 +79,8 @@ def agreement_partial(votes: pa.Table) -> AgreementPartial:
     return AgreementPartial(tuple(names.to_pylist()), coincidences(item, label, n_classes),
                             fleiss_statistics(item, label, n_classes),
                             interval_statistics(score_item, scored.column("score").to_numpy()),
-                            vote_entropy(counts) if len(counts) else np.zeros(0))
+                            vote_entropy(counts) if len(counts) else np.zeros(0),
+                            annotator_pairs(single.column("annotator_id"), item, label))
 
 
 def _widened(partial: AgreementPartial, position: dict[str, int], n_classes: int) -> tuple[Coincidences,
