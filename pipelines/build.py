@@ -68,7 +68,7 @@ from labelbeam.transforms.events.parser import ValidationRules, resolve_cutoff
 from labelbeam.transforms.inference.annotator_stats import key_id, keyed_pseudonym
 from labelbeam.transforms.inference.version_agreement import AGREEMENT
 from labelbeam.transforms.methods.base import EM_BEAM, EM_IN_PROCESS, ConsensusMethod, MethodRequest
-from labelbeam.transforms.methods.csv_inputs import read_gold_csv, read_weights_csv
+from labelbeam.transforms.methods.csv_inputs import read_credit_names_csv, read_gold_csv, read_weights_csv
 from labelbeam.transforms.methods.registry import METHODS
 from labelbeam.transforms.methods.single_label import weights_from_skills
 from labelbeam.transforms.publish import PublishVersion, distinct_vote_labels, read_annotators
@@ -95,7 +95,7 @@ class BuildOutcome:
 
 def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_base: dict[str, Any],
                    tuning, rows_per_shard: int, pseudonym_key: bytes, key_source: str, progress_run: str | None = None,
-                   shuffle_dir: str | None = None):
+                   shuffle_dir: str | None = None, credit_names: dict[str, str] | None = None):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest.
 
     With `shuffle_dir`, events are grouped by bucket through files there instead of the runner's memory."""
@@ -113,7 +113,7 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
     if PREFERENCES in consensus:  # bradley_terry: the prompt/chosen/rejected export
         parts["preferences"] = consensus[PREFERENCES]
     return parts | "PublishVersion" >> PublishVersion(version_dir, manifest_base, rows_per_shard, pseudonym_key,
-                                                      key_source)
+                                                      key_source, credit_names)
 
 
 def _read_csv_option(flag: str, path: str, parse):
@@ -223,8 +223,8 @@ def make_method(config: BuildConfig, runner: str | None = None, key: bytes = b""
         raise UserError(str(err)) from None
 
 
-APP_FLAGS = ("--input", "--output", "--dataset", "--labels", "--method", "--weights", "--gold", "--min-votes",
-             "--force", "--em", "--skills-from", "--as-of", "--max-invalid-share")
+APP_FLAGS = ("--input", "--output", "--dataset", "--labels", "--method", "--weights", "--credit-names", "--gold",
+             "--min-votes", "--force", "--em", "--skills-from", "--as-of", "--max-invalid-share")
 
 
 def reject_unknown_flags(beam_args: list[str]) -> None:
@@ -287,6 +287,7 @@ class BuildPlan:
     params: dict[str, Any]
     pseudonym_key: bytes
     now: dt.datetime
+    credit_names: dict[str, str] | None = None  # annotator_id -> name, of those who opted in
 
 
 def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | None = None) -> BuildPlan:
@@ -323,10 +324,14 @@ def plan_build(config: BuildConfig, beam_args: list[str], now: dt.datetime | Non
                                                 ValidationRules.day_cutoff(now), labels)
     except ValueError as err:
         raise UserError(f"{'--as-of' if config.as_of else 'event_time_cutoff'}: {err}") from None
+    credit_names = _read_csv_option("--credit-names", config.credit_names_path, read_credit_names_csv) \
+        if config.credit_names_path else None
     params = {**method.params(), "labels": list(config.labels) if config.labels else None,
               "rows_per_shard": config.rows_per_shard, "event_time_cutoff": rules.event_time_cutoff,
               "as_of": rules.event_time_cutoff if config.as_of else None}
-    return BuildPlan(config, options, tuning, method, rules, params, key, now)
+    if credit_names is not None:  # other names are another publication: a digest, never the ids
+        params["credit_names_sha256"] = hashlib.sha256(json.dumps(credit_names, sort_keys=True).encode()).hexdigest()
+    return BuildPlan(config, options, tuning, method, rules, params, key, now, credit_names)
 
 
 def execute_plan(plan: BuildPlan) -> BuildOutcome:
@@ -384,7 +389,7 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
                 ReadProgress(len(plan_ranges(files, plan.tuning.range_bytes)), enabled=local) as progress_run:
             pipeline = beam.Pipeline(options=plan.options)
             build_pipeline(pipeline, files, plan.rules, method, version_dir, manifest_base, plan.tuning,
-                           config.rows_per_shard, key, key_source, progress_run, shuffle_dir)
+                           config.rows_per_shard, key, key_source, progress_run, shuffle_dir, plan.credit_names)
             result = pipeline.run()
             result.wait_until_finish()
         manifest = checked_candidate(root, dataset, version, config,
@@ -442,7 +447,8 @@ def published_twin(root: str, dataset: str, version: int, digest: str) -> int | 
 def side_inputs(config: BuildConfig) -> dict[str, Any]:
     """The CSV files and the version whose skills a build used, with the files' sha256."""
     found: dict[str, Any] = {}
-    for name, path in (("gold", config.gold_path), ("weights", config.weights_path)):
+    for name, path in (("gold", config.gold_path), ("weights", config.weights_path),
+                       ("credit_names", config.credit_names_path)):
         if path:
             with open(path, "rb") as stream:
                 found[name] = {"path": os.path.abspath(path), "sha256": hashlib.sha256(stream.read()).hexdigest()}
@@ -577,7 +583,7 @@ def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
             "rows_per_shard": args.rows_per_shard, "force": args.force, "em": args.em,
             "skills_from": args.skills_from, "max_invalid_share": args.max_invalid_share, "as_of": args.as_of,
             "max_reason_shares": parse_reason_shares(args.max_dead_letter_share), "min_agreement": args.min_agreement,
-            "max_label_drift": args.max_label_drift}
+            "max_label_drift": args.max_label_drift, "credit_names_path": args.credit_names}
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:

@@ -91,6 +91,7 @@ class BuildConfig:
     max_reason_shares: tuple[tuple[str, float], ...] = ()
     min_agreement: float | None = None
     max_label_drift: float | None = None
+    credit_names_path: str | None = None  # annotator_id,name of annotators who opted in to credit by name
 
     def __post_init__(self):
         check_dataset_name(self.dataset)
@@ -114,6 +115,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                              "preferences: bradley_terry (label = chosen response, metadata.rejected = the other; "
                              "also writes preferences-00000-of-00001.jsonl for DPO) (default: mv)")
     parser.add_argument("--weights", metavar="CSV", help="annotator_id,weight rows for --method wmv")
+    parser.add_argument("--credit-names", metavar="CSV",
+                        help="annotator_id,name rows of annotators who chose to be credited by name: the card lists "
+                             "the names of those who contributed, never linked to their pseudonyms. Nobody is "
+                             "named without it")
     parser.add_argument("--skills-from", metavar="VERSION",
                         help="for --method wmv: weigh each annotator by the accuracy a previous version of this "
                              "dataset estimated (a version number or 'latest'; needs the same "

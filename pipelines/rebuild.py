@@ -26,7 +26,7 @@ from labelbeam.transforms.storage.stores import join
 def config_from_manifest(manifest: dict[str, Any], output: str) -> BuildConfig:
     """The BuildConfig that recorded build ran with, writing to `output`."""
     params, side = manifest["params"], manifest.get("side_inputs", {})
-    for name in ("gold", "weights"):
+    for name in ("gold", "weights", "credit_names"):
         if name in side:
             _check_unchanged(side[name]["path"], side[name]["sha256"], f"--{name}")
     skills = side.get("skills_from")
@@ -35,6 +35,7 @@ def config_from_manifest(manifest: dict[str, Any], output: str) -> BuildConfig:
         labels=tuple(params["labels"]) if manifest.get("labels_source") == "given" and params.get("labels") else None,
         method=params["method"], weights_path=side.get("weights", {}).get("path"),
         gold_path=side.get("gold", {}).get("path"), min_votes=params["min_votes"],
+        credit_names_path=side.get("credit_names", {}).get("path"),
         rows_per_shard=params["rows_per_shard"], force=True, em=params.get("em", "auto"),
         skills_from=str(skills["version"]) if skills else None,
         skills_root=skills["root"] if skills else None,

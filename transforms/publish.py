@@ -271,7 +271,7 @@ class WriteVersionFn(beam.DoFn):
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int, pseudonym_key: bytes,
-                 with_preferences: bool, key_source: str):
+                 with_preferences: bool, key_source: str, credit_names: dict[str, str] | None = None):
         super().__init__()
         self._version_dir = version_dir
         self._quarantine_dir = quarantine_dir_of(version_dir)
@@ -280,6 +280,7 @@ class WriteVersionFn(beam.DoFn):
         self._pseudonym_key = pseudonym_key
         self._with_preferences = with_preferences
         self._key_source = key_source
+        self._credit_names = credit_names
 
     def process(self, parts: list[tuple[str, Any]]):
         by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: [],
@@ -295,6 +296,10 @@ class WriteVersionFn(beam.DoFn):
         annotators_entry, annotators = write_annotators(self._version_dir, by_kind[ANNOTATOR_STATS],
                                                         self._pseudonym_key, self._key_source, time_per_annotator,
                                                         pairs)
+        if self._credit_names is not None:  # opted-in names of this version's contributors, never linked to rows
+            contributors = set(time_per_annotator.column("annotator_id").to_pylist())
+            annotators["credited_names"] = sorted({name for annotator, name in self._credit_names.items()
+                                                   if annotator in contributors})
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard, self._manifest_base["schema"]) + \
             [annotators_entry]
         extra: dict[str, Any] = {}
@@ -338,7 +343,7 @@ class PublishVersion(beam.PTransform):
     """
 
     def __init__(self, version_dir: str, manifest_base: dict[str, Any], rows_per_shard: int,
-                 pseudonym_key: bytes, key_source: str):
+                 pseudonym_key: bytes, key_source: str, credit_names: dict[str, str] | None = None):
         super().__init__()
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
@@ -352,6 +357,7 @@ class PublishVersion(beam.PTransform):
         self._rows_per_shard = rows_per_shard
         self._pseudonym_key = pseudonym_key
         self._key_source = key_source
+        self._credit_names = credit_names
 
     def expand(self, inputs):
         tagged = (inputs[LABELS] | "TagLabels" >> beam.Map(lambda table: (LABELS, table)),
@@ -373,4 +379,4 @@ class PublishVersion(beam.PTransform):
                 | "GatherParts" >> beam.combiners.ToList()
                 | "WriteVersion" >> beam.ParDo(
                     WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard,
-                                   self._pseudonym_key, with_preferences, self._key_source)))
+                                   self._pseudonym_key, with_preferences, self._key_source, self._credit_names)))

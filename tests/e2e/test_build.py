@@ -417,3 +417,28 @@ def test_the_annotator_table_names_its_confusion_order_and_brackets_accuracy_wit
     labels = pq.read_table(outcome.version_dir + "/labels/labels-00000-of-00001.parquet").to_pylist()
     assert sum(row["pairs"] for row in rows) == sum(row["num_votes"] * (row["num_votes"] - 1) for row in labels)
     assert all(0 <= row["pair_agreement"] <= 1 for row in voting if row["pairs"])
+
+
+def test_opted_in_annotators_are_credited_by_name_in_the_card_and_nobody_else(sample, tmp_path):
+    sample_dir, description = sample
+    credit = tmp_path / "credit.csv"
+    credit.write_text("annotator_id,name\nannotator-00001,Ada Lovelace\nannotator-00002,Grace Hopper\n"
+                      "someone-who-did-not-label,Not Here\n")
+    config = config_for(sample_dir, description, tmp_path / "out", credit_names_path=str(credit))
+    outcome = run_build(config, BEAM_ARGS)
+    manifest, card = outcome.manifest, (pathlib.Path(outcome.version_dir) / "README.md").read_text()
+    assert manifest["annotators"]["credited_names"] == ["Ada Lovelace", "Grace Hopper"]
+    assert "Credited by name, at their own request: Ada Lovelace, Grace Hopper." in card
+    assert "Not Here" not in card
+    published = json.dumps(manifest) + card
+    assert "annotator-00001" not in published and "annotator-00002" not in published
+    assert manifest["params"]["credit_names_sha256"]  # other names make another publication
+    plain = run_build(config_for(sample_dir, description, tmp_path / "plain"), BEAM_ARGS)
+    assert "credited_names" not in plain.manifest["annotators"] and "Credited by name" not in \
+        (pathlib.Path(plain.version_dir) / "README.md").read_text()
+
+
+def test_a_credit_names_file_with_a_nameless_row_is_a_usage_error(tmp_path):
+    (tmp_path / "credit.csv").write_text("annotator-00001,\n")
+    result = labelbeam("build", "--credit-names", str(tmp_path / "credit.csv"), cwd=tmp_path)
+    assert result.returncode == 2 and "credit names line 1" in result.stderr and "Traceback" not in result.stderr

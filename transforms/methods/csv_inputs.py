@@ -20,6 +20,20 @@ def read_weights_csv(text: str) -> dict[str, float]:
     return weights
 
 
+def read_credit_names_csv(text: str) -> dict[str, str]:
+    """annotator_id,name rows (header optional) of annotators who asked to be credited by name."""
+    names: dict[str, str] = {}
+    for line_number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or (line_number == 1 and row[:2] == ["annotator_id", "name"]):
+            continue
+        if len(row) != 2 or not row[0] or not row[1].strip():
+            raise ValueError(f"credit names line {line_number}: expected annotator_id,name, got {row}")
+        if names.get(row[0], row[1].strip()) != row[1].strip():
+            raise ValueError(f"credit names line {line_number}: {row[0]!r} has two names")
+        names[row[0]] = row[1].strip()
+    return names
+
+
 def read_gold_csv(text: str) -> dict[str, str]:
     """item_id,label rows (header optional) -> {item_id: label}."""
     gold = {}

@@ -57,6 +57,8 @@ def dataset_card(manifest: dict[str, Any]) -> str:
     lines += ["", "## Who made these labels", "",
               f"{annotators.get('rows', 0)} annotators made the votes behind this version. Their work is the "
               "dataset; please credit them. They appear only under keyed pseudonyms, in the annotators table."]
+    if annotators.get("credited_names"):
+        lines += ["", "Credited by name, at their own request: " + ", ".join(annotators["credited_names"]) + "."]
     time = manifest.get("labeling_time")
     if time:
         votes_per_item = f"{counts['votes'] / counts['items']:.2f}" if counts.get("items") else "no"
