@@ -13,9 +13,12 @@ import html
 import os
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from labelbeam.pipelines import catalog, inspect
 from labelbeam.pipelines.errors import UserError
-from labelbeam.transforms.storage import version_store
+from labelbeam.transforms.storage import stores, version_store
 
 TOP_ANNOTATORS = 3        # confusion matrices shown
 ITEMS_LISTED = 25         # items that need more votes, least confident first
@@ -141,12 +144,22 @@ def render(manifest: dict[str, Any], labels, annotators: list[dict[str, Any]],
     return "\n".join(parts)
 
 
-def run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from labelbeam.transforms.publish import read_annotators
+def read_annotator_rows(root: str, dataset: str, version: int, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The version's annotator table as rows (through the stores, without importing Beam)."""
+    path = stores.join(version_store.version_dir(root, dataset, version), manifest["annotators"]["file"])
+    try:
+        data = version_store.read_bytes(path)
+        if data is None:
+            raise FileNotFoundError("no such file")
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
+    except (OSError, stores.StoreError, pa.ArrowException) as err:
+        raise UserError(f"cannot read {path}: {err}; `labelbeam verify` checks the version's files") from None
 
+
+def run(args: argparse.Namespace, beam_args: list[str]) -> int:
     dataset, version, manifest = catalog.resolve_version(args.root, args.dataset, args.version)
     labels = inspect.read_labels(args.root, dataset, version, manifest, (*inspect.LABEL_COLUMNS, "num_votes"))
-    annotators = read_annotators(version_store.version_dir(args.root, dataset, version), manifest).to_pylist()
+    annotators = read_annotator_rows(args.root, dataset, version, manifest)
     history = []
     for number in version_store.version_numbers(args.root, dataset):
         if number <= version:
