@@ -59,7 +59,12 @@ from labelbeam.transforms.inference.annotator_stats import (
     sum_partial_stats,
     summarize_annotators,
 )
-from labelbeam.transforms.inference.version_agreement import AGREEMENT, sum_annotator_pairs, version_agreement
+from labelbeam.transforms.inference.version_agreement import (
+    AGREEMENT,
+    item_agreement,
+    sum_annotator_pairs,
+    version_agreement,
+)
 from labelbeam.transforms.methods.base import CONSENSUS_SCHEMA
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.table_files import (
@@ -158,6 +163,7 @@ LABELS, ANNOTATOR_STATS, DEAD_LETTERS, COUNTS, VOTE_LABELS, PREFERENCES = (
     "labels", "annotator_stats", "dead_letters", "counts", "vote_labels", "preferences")
 ANNOTATORS_FILE = f"{version_store.ANNOTATORS_TABLE}/annotators-00000-of-00001.parquet"
 PREFERENCES_FILE = f"{version_store.PREFERENCES_TABLE}/preferences-00000-of-00001.jsonl"
+ITEM_AGREEMENT_FILE = f"{version_store.ITEM_AGREEMENT_TABLE}/items-00000-of-00001.parquet"
 KEY_SOURCES = ("env", "root-key-file")
 
 
@@ -302,6 +308,9 @@ class WriteVersionFn(beam.DoFn):
                                                    if annotator in contributors})
         files = write_label_shards(self._version_dir, labels, self._rows_per_shard, self._manifest_base["schema"]) + \
             [annotators_entry]
+        if by_kind[AGREEMENT]:
+            items = item_agreement(by_kind[AGREEMENT], labels)
+            files.append(write_file(self._version_dir, ITEM_AGREEMENT_FILE, parquet_bytes(items), items.num_rows))
         extra: dict[str, Any] = {}
         if self._with_preferences:
             preferences_entry, extra["preferences"] = write_preferences(self._version_dir, by_kind[PREFERENCES])

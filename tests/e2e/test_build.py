@@ -442,3 +442,18 @@ def test_a_credit_names_file_with_a_nameless_row_is_a_usage_error(tmp_path):
     (tmp_path / "credit.csv").write_text("annotator-00001,\n")
     result = labelbeam("build", "--credit-names", str(tmp_path / "credit.csv"), cwd=tmp_path)
     assert result.returncode == 2 and "credit names line 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_item_agreement_table_gives_each_items_votes_entropy_and_whether_the_consensus_is_unsure(first_build):
+    _, outcome = first_build
+    items = pq.read_table(outcome.version_dir + "/item_agreement/items-00000-of-00001.parquet").to_pylist()
+    labels = {row["item_id"]: row for row in
+              pq.read_table(outcome.version_dir + "/labels/labels-00000-of-00001.parquet").to_pylist()}
+    assert [row["item_id"] for row in items] == sorted(labels)  # every item of the sample has single labels
+    assert all(row["votes"] == labels[row["item_id"]]["num_votes"] for row in items)
+    mean = sum(row["vote_entropy_bits"] for row in items) / len(items)
+    assert mean == pytest.approx(outcome.manifest["agreement"]["vote_entropy_bits_mean"], abs=1e-6)
+    for row in items:
+        consensus = labels[row["item_id"]]
+        assert row["unsure"] == (consensus["status"] != "ok" or consensus["confidence"] < 0.5)
+        assert (row["vote_entropy_bits"] == 0) == (consensus["agreement"] == 1.0 or row["votes"] == 1)

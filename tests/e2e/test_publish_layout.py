@@ -162,7 +162,7 @@ def test_each_table_sits_in_its_own_folder_and_the_manifest_is_at_the_version_ro
     version_dir = pathlib.Path(outcome.version_dir)
     # The store's own .claim marker is a dot file, which pyarrow, pandas and DuckDB skip.
     assert sorted(path.name for path in version_dir.iterdir() if path.name != version_store.CLAIM) == [
-        "README.md", "annotators", "labels", "labels_avro", "manifest.json"]
+        "README.md", "annotators", "item_agreement", "labels", "labels_avro", "manifest.json"]
     assert {path.suffix for path in (version_dir / "labels").iterdir()} == {".parquet"}
     assert {path.suffix for path in (version_dir / "labels_avro").iterdir()} == {".avro"}
     assert [path.name for path in (version_dir / "annotators").iterdir()] == ["annotators-00000-of-00001.parquet"]

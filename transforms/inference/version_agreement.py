@@ -33,6 +33,9 @@ from labelbeam.transforms.inference.agreement import (
 )
 
 AGREEMENT = "agreement"  # the tag of the per-bucket partials in the build's graph
+ITEM_SCHEMA = pa.schema([pa.field("item_id", pa.string(), nullable=False),
+                         pa.field("votes", pa.int64(), nullable=False),
+                         pa.field("vote_entropy_bits", pa.float64(), nullable=False)])
 PAIR_SCHEMA = pa.schema([pa.field("annotator_id", pa.string(), nullable=False),
                          pa.field("pairs", pa.int64(), nullable=False),
                          pa.field("agreed_pairs", pa.int64(), nullable=False)])
@@ -63,14 +66,14 @@ class AgreementPartial(NamedTuple):
     coincidences: Coincidences      # single-label votes
     fleiss: FleissStatistics
     interval: IntervalStatistics    # score votes
-    entropies: np.ndarray           # bits, one per item with a single-label vote
+    items: pa.Table                 # ITEM_SCHEMA: per item with a single-label vote, its votes and entropy
     annotator_pairs: pa.Table       # PAIR_SCHEMA: per annotator, vote pairs shared with others and agreed on
 
 
 def agreement_partial(votes: pa.Table) -> AgreementPartial:
     """The partial of one bucket's standing votes (item_id, label, score columns), all votes of its items."""
     single = votes.filter(pc.is_valid(votes.column("label")))
-    item, _ = factorize_sorted(single.column("item_id"))
+    item, item_ids = factorize_sorted(single.column("item_id"))
     label, names = factorize_sorted(single.column("label"))
     n_classes = len(names)
     scored = votes.filter(pc.is_valid(votes.column("score")))
@@ -79,8 +82,21 @@ def agreement_partial(votes: pa.Table) -> AgreementPartial:
     return AgreementPartial(tuple(names.to_pylist()), coincidences(item, label, n_classes),
                             fleiss_statistics(item, label, n_classes),
                             interval_statistics(score_item, scored.column("score").to_numpy()),
-                            vote_entropy(counts) if len(counts) else np.zeros(0),
+                            pa.table([item_ids, pa.array(counts.sum(axis=1), pa.int64()),
+                                      pa.array(vote_entropy(counts) if len(counts) else np.zeros(0), pa.float64())],
+                                     schema=ITEM_SCHEMA),
                             annotator_pairs(single.column("annotator_id"), item, label))
+
+
+def item_agreement(partials: Iterable[AgreementPartial], labels: pa.Table) -> pa.Table:
+    """The item agreement table: per item with a single-label vote, its votes, vote entropy in bits, and
+    `unsure`: the consensus is not settled (status other than ok) or its confidence is below one half."""
+    items = pa.concat_tables([partial.items for partial in partials]) if partials else ITEM_SCHEMA.empty_table()
+    items = items.sort_by("item_id")
+    row = pc.index_in(items.column("item_id"), value_set=labels.column("item_id"))
+    confidence, status = pc.take(labels.column("confidence"), row), pc.take(labels.column("status"), row)
+    unsure = pc.or_(pc.fill_null(pc.not_equal(status, "ok"), True), pc.fill_null(pc.less(confidence, 0.5), True))
+    return items.append_column(pa.field("unsure", pa.bool_(), nullable=False), unsure)
 
 
 def _widened(partial: AgreementPartial, position: dict[str, int], n_classes: int) -> tuple[Coincidences,
@@ -116,7 +132,8 @@ def version_agreement(partials: Iterable[AgreementPartial]) -> dict[str, Any]:
         total_fleiss = total_fleiss + part_fleiss
     kappa = fleiss_kappa(total_fleiss)
     interval = sum_interval_statistics(partial.interval for partial in partials)
-    entropies = np.concatenate([partial.entropies for partial in partials]) if partials else np.zeros(0)
+    entropies = np.concatenate([partial.items.column("vote_entropy_bits").to_numpy() for partial in partials]) \
+        if partials else np.zeros(0)
     return {
         "krippendorff_alpha": _number(alpha_from_coincidences(total_coincidences)) if n_classes else None,
         "pairable_votes": int(total_coincidences.pairable.sum()),

@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 CARD_FILE = "README.md"
-TABLE_GLOBS = {"labels": "labels/*.parquet", "annotators": "annotators/*.parquet"}
+TABLE_GLOBS = {"labels": "labels/*.parquet", "annotators": "annotators/*.parquet",
+               "item_agreement": "item_agreement/*.parquet"}
 
 
 def _yaml_string(value: str) -> str:

@@ -34,6 +34,7 @@ LABELS_TABLE = "labels"
 LABELS_AVRO_TABLE = "labels_avro"
 ANNOTATORS_TABLE = "annotators"
 PREFERENCES_TABLE = "preferences"
+ITEM_AGREEMENT_TABLE = "item_agreement"
 _NUMBER = re.compile(r"[1-9][0-9]*")
 
 __all__ = ["AlreadyExists", "StoreError"]  # re-exported: callers catch version_store.StoreError
