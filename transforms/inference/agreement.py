@@ -34,6 +34,8 @@ Limits: int64 coincidences hold fewer than 2**32 pairable values; interval sums 
 """
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -257,15 +259,17 @@ def coincidences(item, label, n_classes: int) -> Coincidences:
     return Coincidences(units.reshape(n_classes, n_classes) + upper + upper.T, pairable)
 
 
-def sum_coincidences(parts: Iterable[Coincidences]) -> Coincidences:
-    """Coincidences of the union of disjoint item sets: the exact sum of their partials."""
+def _sum_partials(parts: Iterable, what: str):
+    """The exact sum of the partials of disjoint item sets (their `+`); at least one is needed."""
     parts = list(parts)
     if not parts:
-        raise ValueError("no coincidences to sum")
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
+        raise ValueError(f"no {what} to sum")
+    return functools.reduce(operator.add, parts)
+
+
+def sum_coincidences(parts: Iterable[Coincidences]) -> Coincidences:
+    """Coincidences of the union of disjoint item sets: the exact sum of their partials."""
+    return _sum_partials(parts, "coincidences")
 
 
 def _squared_distances(metric: str, pairable: np.ndarray, values: np.ndarray | None) -> np.ndarray:
@@ -443,13 +447,7 @@ def fleiss_statistics(item, label, n_classes: int) -> FleissStatistics:
 
 def sum_fleiss_statistics(parts: Iterable[FleissStatistics]) -> FleissStatistics:
     """Statistics of the union of disjoint item sets: the exact sum of their partials."""
-    parts = list(parts)
-    if not parts:
-        raise ValueError("no Fleiss statistics to sum")
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
+    return _sum_partials(parts, "Fleiss statistics")
 
 
 def fleiss_kappa(statistics: FleissStatistics) -> FleissKappa:
