@@ -288,7 +288,7 @@ class WriteVersionFn(beam.DoFn):
         self._key_source = key_source
         self._credit_names = credit_names
 
-    def process(self, parts: list[tuple[str, Any]]):
+    def process(self, _, parts: Iterable[tuple[str, Any]]):
         by_kind: dict[str, list] = {LABELS: [], ANNOTATOR_STATS: [], DEAD_LETTERS: [], COUNTS: [], VOTE_LABELS: [],
                                     PREFERENCES: [], LABELING_TIME: [], AGREEMENT: []}
         for kind, value in parts:
@@ -383,9 +383,12 @@ class PublishVersion(beam.PTransform):
         with_preferences = PREFERENCES in inputs
         if with_preferences:
             tagged += (inputs[PREFERENCES] | "TagPreferences" >> beam.Map(lambda table: (PREFERENCES, table)),)
-        return (tagged
-                | "FlattenParts" >> beam.Flatten()
-                | "GatherParts" >> beam.combiners.ToList()
+        parts = tagged | "FlattenParts" >> beam.Flatten()
+        # The parts reach the one writer as a side input: a combine (ToList) would encode and decode the
+        # whole version once more as its accumulator, the publish step's largest cost in memory.
+        return (parts.pipeline
+                | "WriteOnce" >> beam.Create([None])
                 | "WriteVersion" >> beam.ParDo(
                     WriteVersionFn(self._version_dir, self._manifest_base, self._rows_per_shard,
-                                   self._pseudonym_key, with_preferences, self._key_source, self._credit_names)))
+                                   self._pseudonym_key, with_preferences, self._key_source, self._credit_names),
+                    beam.pvalue.AsIter(parts)))
