@@ -12,7 +12,7 @@ import sys
 from labelbeam.pipelines.errors import guarded  # before anything imports apache_beam (hide_apitools_warning)
 
 # isort: split
-from labelbeam.pipelines import catalog, generate, inspect, report
+from labelbeam.pipelines import catalog, generate, inspect, pull, report
 from labelbeam.pipelines.errors import EXIT_CODES_HELP
 from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments, add_ingest_arguments, add_rebuild_arguments
 
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd = commands.add_parser("report", help="write one HTML page on a version's label quality and labelers")
     report.add_report_arguments(report_cmd)
     report_cmd.set_defaults(command=lambda args, _: report.run(args, []))
+
+    pull_cmd = commands.add_parser("pull", help="write a labeling tool's annotations as event files (label-studio); "
+                                   "again: what changed")
+    pull.add_pull_arguments(pull_cmd)
+    pull_cmd.set_defaults(command=lambda args, _: pull.run(args))
 
     rebuild_cmd = commands.add_parser("rebuild", help="recompute a version from its manifest and prove its files "
                                       "byte-identical (exit 4 if not)",

@@ -35,6 +35,10 @@ SUPPORTED_CONTROLS = ("Choices", "Rating")
 REVISION_EPOCH_S = 1_546_300_800  # 2019-01-01T00:00:00Z, before Label Studio's first release
 CHECKPOINT_FORMAT = 1
 
+# What a rejection keeps of the annotation: enough to see why it was refused, and no personal data (Label
+# Studio's export also carries `created_username`, the annotator's name and email).
+REJECTION_FIELDS = ("id", "result", "completed_by", "was_cancelled", "updated_at", "created_at", "lead_time")
+
 # Rejection reasons
 NO_ANSWER = "NO_ANSWER"                          # no result for the chosen control, or no choice in it
 UNSUPPORTED_RESULT_TYPE = "UNSUPPORTED_RESULT_TYPE"
@@ -234,7 +238,7 @@ def _read_state(task: dict[str, Any], annotation: dict[str, Any], source: PullSo
             rejection = (reason, detail)
     key = (item, annotator) if updated_us is not None and item is not None and annotator is not None else None
     return _State(str(annotation["id"]), str(task["id"]), str(updated_at), updated_us, key, answer, duration_ms,
-                  rejection, annotation)
+                  rejection, {field: annotation[field] for field in REJECTION_FIELDS if field in annotation})
 
 
 def plan_pull(tasks: Iterable[dict[str, Any]], source: PullSource,
@@ -256,9 +260,8 @@ def plan_pull(tasks: Iterable[dict[str, Any]], source: PullSource,
     previous: dict[str, list] = (checkpoint or {}).get("annotations", {})
     states = [_read_state(task, annotation, source)
               for task in tasks for annotation in task.get("annotations") or []]
-    counts = {"tasks": 0, "annotations": len(states), "unchanged": 0, "upserts": 0, "deletes": 0,
-              "removed": 0, "rejected": 0}
-    counts["tasks"] = len({state.task for state in states})
+    counts = {"tasks": len({state.task for state in states}), "annotations": len(states), "unchanged": 0,
+              "upserts": 0, "deletes": 0, "removed": 0, "rejected": 0}
     events, rejections = [], []
     by_key: dict[tuple[str, str], list[_State]] = {}
     for state in states:
@@ -286,7 +289,8 @@ def plan_pull(tasks: Iterable[dict[str, Any]], source: PullSource,
             removed_by_key[key] = max(removed_by_key.get(key, (updated_us, annotation, task)),
                                       (updated_us, annotation, task))
     for key, (removed_us, removed_annotation, removed_task) in sorted(removed_by_key.items()):
-        standing = max(by_key.get(key, []), key=lambda s: (s.updated_us, s.annotation), default=None)
+        standing = max(by_key.get(key, []), key=lambda s: (s.updated_us, _id_order(s.annotation)),
+                       default=None)
         if standing is not None and standing.updated_us > removed_us:
             continue  # a newer annotation of the same annotator already wins
         time_ms = removed_us // 1000 + 1
