@@ -156,6 +156,45 @@ def pull_label_studio(url: str, project: int, dataset: str, output: str, api_key
         plan = label_studio.plan_pull(client.tasks(project), source, checkpoint)
     except ValueError as err:
         raise UserError(f"project {project}: {err}") from None
+    return _written(output, plan, checkpoint)
+
+
+def read_export(path: str) -> list[dict[str, Any]]:
+    """The tasks of a Label Studio JSON export file (Export -> JSON: a list of tasks with their annotations)."""
+    try:
+        with open(path, "rb") as stream:
+            tasks = orjson.loads(stream.read())
+    except OSError as err:
+        raise UserError(f"cannot read --export {path}: {err.strerror}") from None
+    except orjson.JSONDecodeError as err:
+        raise UserError(f"--export {path} is not JSON: {err}") from None
+    if not isinstance(tasks, list) or not all(isinstance(task, dict) and "id" in task for task in tasks):
+        raise UserError(f"--export {path} is not a Label Studio JSON export (a list of tasks with ids)")
+    return tasks
+
+
+def pull_export(path: str, project: int | None, dataset: str, output: str, from_name: str | None = None,
+                item_key: str | None = None) -> tuple[label_studio.PullPlan, str | None, str | None]:
+    """One pull from an export file instead of the server, through the same mapping and checkpoint: an
+    export of the same project state gives the same events as a pull from the API."""
+    tasks = read_export(path)
+    projects = {task.get("project") for task in tasks} - {None}
+    if project is None:
+        if len(projects) != 1:
+            raise UserError(f"--export {path}: give --project (the file names {len(projects)} projects)")
+        project = int(projects.pop())
+    try:
+        control = label_studio.choose_control(label_studio.controls_in_results(tasks), from_name)
+        source = label_studio.PullSource(project, dataset, control, item_key)
+        checkpoint = read_checkpoint(output)
+        plan = label_studio.plan_pull(tasks, source, checkpoint)
+    except ValueError as err:
+        raise UserError(f"--export {path}: {err}") from None
+    return _written(output, plan, checkpoint)
+
+
+def _written(output: str, plan: label_studio.PullPlan,
+             checkpoint: dict[str, Any] | None) -> tuple[label_studio.PullPlan, str | None, str | None]:
     if not plan.events and not plan.rejections:
         if checkpoint != plan.checkpoint:  # e.g. a removal with nothing to withdraw: remember it, write no events
             write_plan(output, plan)
@@ -169,8 +208,10 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
     studio = tools.add_parser("label-studio", help="a Label Studio project (legacy token in $LABEL_STUDIO_API_KEY)",
                               description="Pull a Label Studio project's annotations as event files "
                               f"(key: ${API_KEY_ENV}, a legacy token). Run it again to pull what changed.")
-    studio.add_argument("--url", required=True, help="the server, e.g. http://localhost:8080")
-    studio.add_argument("--project", required=True, type=int, help="the project id")
+    studio.add_argument("--url", help="the server, e.g. http://localhost:8080")
+    studio.add_argument("--export", metavar="FILE", help="instead of --url: a JSON export file of the project "
+                        "(same mapping; the control is found from the results, --from-name picks one)")
+    studio.add_argument("--project", type=int, help="the project id (with --export: default, the file's)")
     studio.add_argument("--dataset", required=True, help="the dataset the events belong to (build --dataset)")
     studio.add_argument("--output", required=True, help="the directory to write events/ into (build --input)")
     studio.add_argument("--from-name", default=None,
@@ -180,17 +221,30 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_dataset_name(args.dataset)
+    if (args.url is None) == (args.export is None):
+        raise UserError("give either --url (with --project) or --export FILE")
+    if args.export is not None:
+        check_output_root(args.output, EVENTS_DIR)
+        plan, events_path, rejected_path = pull_export(args.export, args.project, args.dataset, args.output,
+                                                       args.from_name, args.item_key)
+        return report_pull(args.export, plan, events_path, rejected_path)
     api_key = os.environ.get(API_KEY_ENV, "")
     if not api_key:
         raise UserError(f"set {API_KEY_ENV} to a Label Studio legacy token (Account & Settings)")
-    check_dataset_name(args.dataset)
+    if args.project is None:
+        raise UserError("--url needs --project ID")
     if not args.url.startswith(("http://", "https://")):
         raise UserError(f"--url {args.url}: expected http://HOST:PORT or https://...")
     check_output_root(args.output, EVENTS_DIR)
     plan, events_path, rejected_path = pull_label_studio(args.url, args.project, args.dataset, args.output, api_key,
                                                          args.from_name, args.item_key)
+    return report_pull(f"project {args.project}", plan, events_path, rejected_path)
+
+
+def report_pull(origin: str, plan: label_studio.PullPlan, events_path: str | None, rejected_path: str | None) -> int:
     counts = plan.counts
-    seen = (f"project {args.project}: {counts['annotations']} annotations on {counts['tasks']} tasks "
+    seen = (f"{origin}: {counts['annotations']} annotations on {counts['tasks']} tasks "
             f"({counts['unchanged']} unchanged, {counts['removed']} removed since the last pull)")
     if events_path is None and rejected_path is None:
         print(f"nothing new: {seen}")

@@ -112,3 +112,15 @@ def test_checkpoint_of_another_dataset_is_a_usage_error(server, tmp_path, capsys
     code = cli.main(["pull", "label-studio", "--url", "http://ls", "--project", "1", "--dataset", "other",
                      "--output", str(tmp_path)])
     assert code == 2 and "pull into a new directory" in capsys.readouterr().err
+
+
+def test_an_export_file_is_refused_in_one_line_when_it_is_not_an_export(tmp_path):
+    from labelbeam.pipelines.errors import UserError
+    from labelbeam.pipelines.pull import pull_export
+    (tmp_path / "not-an-export.json").write_text('{"tasks": []}')
+    with pytest.raises(UserError, match="not a Label Studio JSON export"):
+        pull_export(str(tmp_path / "not-an-export.json"), None, "pets", str(tmp_path / "out"))
+    (tmp_path / "two.json").write_text('[{"id": 1, "project": 1, "annotations": []}, '
+                                       '{"id": 2, "project": 2, "annotations": []}]')
+    with pytest.raises(UserError, match="give --project"):
+        pull_export(str(tmp_path / "two.json"), None, "pets", str(tmp_path / "out"))

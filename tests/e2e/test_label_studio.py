@@ -187,6 +187,15 @@ def test_pull_then_build_follows_label_studio_edits_and_deletes(label_studio, tm
     assert first.manifest["counts"]["votes"] == 9 and first.manifest["counts"]["deleted"] == 1
 
     files = event_files(output)
+    # The project's JSON export, pulled from the file, maps to the very same events (same bytes, same name).
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(label_studio.api("GET", f"/api/projects/{project['id']}/export?exportType=JSON")))
+    assert cli.main(["pull", "label-studio", "--export", str(export), "--dataset", "pets",
+                     "--output", str(tmp_path / "from-export")]) == 0
+    assert "wrote 10 events" in capsys.readouterr().out
+    assert event_files(tmp_path / "from-export") == files
+    assert [(tmp_path / "from-export" / "events" / name).read_bytes() for name in files] == \
+        [(output / "events" / name).read_bytes() for name in files]
     assert pull(label_studio, project["id"], output, monkeypatch, capsys).startswith("nothing new")
     assert event_files(output) == files
     again = run_build(config, BEAM_ARGS)

@@ -91,6 +91,19 @@ def parse_controls(label_config: str) -> list[Control]:
             for element in root.iter() if "name" in element.attrib and "toName" in element.attrib]
 
 
+def controls_in_results(tasks: list[dict[str, Any]]) -> list[Control]:
+    """The controls a JSON export's results name, for an export read without its project's labeling config:
+    `from_name` with its result `type` (choices, rating) as the tag, in order of first use."""
+    found: dict[str, Control] = {}
+    for task in tasks:
+        for annotation in task.get("annotations") or ():
+            for result in annotation.get("result") or ():
+                name, kind = result.get("from_name"), str(result.get("type", ""))
+                if isinstance(name, str) and name not in found:
+                    found[name] = Control(name, {"choices": "Choices", "rating": "Rating"}.get(kind, kind), False)
+    return list(found.values())
+
+
 def choose_control(controls: list[Control], from_name: str | None) -> Control:
     """The control named `from_name`, else the project's only Choices control (else its only Rating one).
 
