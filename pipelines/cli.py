@@ -12,7 +12,7 @@ import sys
 from labelbeam.pipelines.errors import guarded  # before anything imports apache_beam (hide_apitools_warning)
 
 # isort: split
-from labelbeam.pipelines import catalog, generate, inspect, pull, report
+from labelbeam.pipelines import catalog, generate, inspect, pull, report, webhook
 from labelbeam.pipelines.errors import EXIT_CODES_HELP
 from labelbeam.pipelines.options import BUILD_EPILOG, add_build_arguments, add_ingest_arguments, add_rebuild_arguments
 
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "again: what changed")
     pull.add_pull_arguments(pull_cmd)
     pull_cmd.set_defaults(command=lambda args, _: pull.run(args))
+
+    webhook_cmd = commands.add_parser("webhook", help="receive a labeling tool's webhooks as event files "
+                                      "(label-studio), until Ctrl-C")
+    webhook.add_webhook_arguments(webhook_cmd)
+    webhook_cmd.set_defaults(command=lambda args, _: webhook.run(args))
 
     rebuild_cmd = commands.add_parser("rebuild", help="recompute a version from its manifest and prove its files "
                                       "byte-identical (exit 4 if not)",

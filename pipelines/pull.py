@@ -156,7 +156,7 @@ def pull_label_studio(url: str, project: int, dataset: str, output: str, api_key
         plan = label_studio.plan_pull(client.tasks(project), source, checkpoint)
     except ValueError as err:
         raise UserError(f"project {project}: {err}") from None
-    return _written(output, plan, checkpoint)
+    return write_changes(output, plan, checkpoint)
 
 
 def read_export(path: str) -> list[dict[str, Any]]:
@@ -190,10 +190,10 @@ def pull_export(path: str, project: int | None, dataset: str, output: str, from_
         plan = label_studio.plan_pull(tasks, source, checkpoint)
     except ValueError as err:
         raise UserError(f"--export {path}: {err}") from None
-    return _written(output, plan, checkpoint)
+    return write_changes(output, plan, checkpoint)
 
 
-def _written(output: str, plan: label_studio.PullPlan,
+def write_changes(output: str, plan: label_studio.PullPlan,
              checkpoint: dict[str, Any] | None) -> tuple[label_studio.PullPlan, str | None, str | None]:
     if not plan.events and not plan.rejections:
         if checkpoint != plan.checkpoint:  # e.g. a removal with nothing to withdraw: remember it, write no events
