@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_report_arguments(report_cmd)
     report_cmd.set_defaults(command=lambda args, _: report.run(args, []))
 
-    pull_cmd = commands.add_parser("pull", help="write a labeling tool's annotations as event files (label-studio); "
-                                   "again: what changed")
+    pull_cmd = commands.add_parser("pull", help="write a labeling tool's annotations as event files (label-studio, "
+                                   "labelbox, sagemaker-gt); again: what changed")
     pull.add_pull_arguments(pull_cmd)
     pull_cmd.set_defaults(command=lambda args, _: pull.run(args))
 

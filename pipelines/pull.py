@@ -26,7 +26,7 @@ import orjson
 
 from labelbeam.pipelines.errors import UserError
 from labelbeam.pipelines.options import check_dataset_name, check_output_root
-from labelbeam.transforms.connectors import label_studio
+from labelbeam.transforms.connectors import label_studio, labelbox, sagemaker_gt
 
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 CHECKPOINT_FILE = ".labelbeam-pull.state"   # no event-file suffix: the build never reads it
@@ -126,7 +126,7 @@ def json_lines(records: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n" for record in records)
 
 
-def write_plan(output: str, plan: label_studio.PullPlan) -> tuple[str | None, str | None]:
+def write_plan(output: str, plan: label_studio.PullPlan, tool: str = "label-studio") -> tuple[str | None, str | None]:
     """Write the plan's events and rejections (each named by its digest), then the checkpoint.
     Returns the events and rejections paths (None: nothing to write)."""
     paths: list[str | None] = []
@@ -135,7 +135,7 @@ def write_plan(output: str, plan: label_studio.PullPlan) -> tuple[str | None, st
             paths.append(None)
             continue
         payload = json_lines(records)
-        path = os.path.join(output, folder, f"label-studio-{hashlib.sha256(payload).hexdigest()[:32]}.{suffix}")
+        path = os.path.join(output, folder, f"{tool}-{hashlib.sha256(payload).hexdigest()[:32]}.{suffix}")
         write_atomically(path, payload)
         paths.append(path)
     write_atomically(os.path.join(output, CHECKPOINT_FILE),
@@ -193,14 +193,85 @@ def pull_export(path: str, project: int | None, dataset: str, output: str, from_
     return write_changes(output, plan, checkpoint)
 
 
-def write_changes(output: str, plan: label_studio.PullPlan,
-             checkpoint: dict[str, Any] | None) -> tuple[label_studio.PullPlan, str | None, str | None]:
+def write_changes(output: str, plan: label_studio.PullPlan, checkpoint: dict[str, Any] | None,
+                  tool: str = "label-studio") -> tuple[label_studio.PullPlan, str | None, str | None]:
     if not plan.events and not plan.rejections:
         if checkpoint != plan.checkpoint:  # e.g. a removal with nothing to withdraw: remember it, write no events
-            write_plan(output, plan)
+            write_plan(output, plan, tool)
         return plan, None, None
-    events_path, rejected_path = write_plan(output, plan)
+    events_path, rejected_path = write_plan(output, plan, tool)
     return plan, events_path, rejected_path
+
+
+def read_ndjson(path: str, option: str) -> list[dict[str, Any]]:
+    """The JSON objects of an NDJSON file, one a line (blank lines skipped)."""
+    try:
+        with open(path, "rb") as stream:
+            lines = stream.read().splitlines()
+    except OSError as err:
+        raise UserError(f"cannot read {option} {path}: {err.strerror}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as err:
+            raise UserError(f"{option} {path}:{number} is not JSON: {err}") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{option} {path}:{number} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def pull_labelbox(path: str, dataset: str, output: str, project: str | None = None,
+                  classification: str | None = None) -> tuple[label_studio.PullPlan, str | None, str | None]:
+    """One pull of a Labelbox export v2 NDJSON file: what the checkpoint has not seen yet is written."""
+    rows = read_ndjson(path, "--export")
+    if not all("data_row" in row for row in rows):
+        raise UserError(f"--export {path} is not a Labelbox export v2 file (a data_row on every line)")
+    checkpoint = read_checkpoint(output)
+    try:
+        plan = labelbox.plan_pull(rows, dataset, project, classification, checkpoint)
+    except ValueError as err:
+        raise UserError(f"--export {path}: {err}") from None
+    return write_changes(output, plan, checkpoint, labelbox.SOURCE)
+
+
+def read_responses(path: str) -> list[tuple[str, Any]]:
+    """(path relative to PATH's parent, parsed JSON or None if unreadable) of every .json file at PATH."""
+    if os.path.isfile(path):
+        files = [path]
+    elif os.path.isdir(path):
+        files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path)
+                       for name in names if name.endswith(".json"))
+    else:
+        raise UserError(f"--responses {path}: no such file or directory")
+    base = os.path.dirname(os.path.abspath(path).rstrip(os.sep))
+    responses = []
+    for file in files:
+        relative = sagemaker_gt.display_path(os.path.abspath(file),
+                                             os.path.relpath(os.path.abspath(file), base).replace(os.sep, "/"))
+        try:
+            with open(file, "rb") as stream:
+                responses.append((relative, orjson.loads(stream.read())))
+        except OSError as err:
+            raise UserError(f"cannot read {file}: {err.strerror}") from None
+        except orjson.JSONDecodeError:
+            responses.append((relative, None))   # dead-lettered by the mapping, with the file's name
+    return responses
+
+
+def pull_sagemaker_gt(path: str, dataset: str, output: str,
+                      label_key: str | None = None) -> tuple[label_studio.PullPlan, str | None, str | None]:
+    """One pull of SageMaker Ground Truth worker-response files: what the checkpoint has not seen is written."""
+    responses = read_responses(path)
+    checkpoint = read_checkpoint(output)
+    try:
+        plan = sagemaker_gt.plan_pull(responses, dataset, label_key, checkpoint)
+    except ValueError as err:
+        raise UserError(f"--responses {path}: {err}") from None
+    return write_changes(output, plan, checkpoint, sagemaker_gt.SOURCE)
 
 
 def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,10 +289,38 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the <Choices> or <Rating> control to read (default: the project's only one)")
     studio.add_argument("--item-key", default=None,
                         help="a task data field to use as item_id (default: the task id)")
+    box = tools.add_parser("labelbox", help="a Labelbox export v2 file (NDJSON, one data row a line)",
+                           description="Map a Labelbox export v2 NDJSON file to event files: radio -> label, "
+                           "checklist -> labels; annotators are pseudonymized (no email is written). Pulling the "
+                           "same file again writes nothing.")
+    box.add_argument("--export", required=True, metavar="FILE", help="the export v2 NDJSON file")
+    box.add_argument("--dataset", required=True, help="the dataset the events belong to (build --dataset)")
+    box.add_argument("--output", required=True, help="the directory to write events/ into (build --input)")
+    box.add_argument("--classification", default=None,
+                     help="the radio/checklist classification to read (default: the export's only one)")
+    box.add_argument("--project", default=None, help="the project id (default: the file's only project)")
+    sagemaker = tools.add_parser("sagemaker-gt", help="SageMaker Ground Truth worker-response files",
+                                 description="Map SageMaker Ground Truth worker responses (annotations/"
+                                 "worker-response/iteration-N/<index>/*.json) to event files: crowd-classifier "
+                                 "-> label, crowd-classifier-multi-select -> labels. Pulling again writes nothing.")
+    sagemaker.add_argument("--responses", required=True, metavar="PATH",
+                           help="a worker-response JSON file, or a directory searched recursively")
+    sagemaker.add_argument("--dataset", required=True, help="the dataset the events belong to (build --dataset)")
+    sagemaker.add_argument("--output", required=True, help="the directory to write events/ into (build --input)")
+    sagemaker.add_argument("--label-key", default=None,
+                           help="the answerContent key to read (the element's name; default: the only classifier)")
 
 
 def run(args: argparse.Namespace) -> int:
     check_dataset_name(args.dataset)
+    if args.tool == "labelbox":
+        check_output_root(args.output, EVENTS_DIR)
+        return report_pull(args.export, *pull_labelbox(args.export, args.dataset, args.output, args.project,
+                                                       args.classification))
+    if args.tool == "sagemaker-gt":
+        check_output_root(args.output, EVENTS_DIR)
+        return report_pull(args.responses, *pull_sagemaker_gt(args.responses, args.dataset, args.output,
+                                                              args.label_key))
     if (args.url is None) == (args.export is None):
         raise UserError("give either --url (with --project) or --export FILE")
     if args.export is not None:
