@@ -3,7 +3,7 @@
 The server runs from its own virtualenv (label-studio's pins may disagree with apache-beam's), created
 once with `python -m venv` + `pip install label-studio==1.23.2` and cached in
 ~/.cache/labelbeam-tests/label-studio-1.23.2/ (LABELBEAM_TEST_CACHE moves it). The test skips only when
-that install fails (no network). Each session starts the server on a free loopback port with SQLite in a
+that install fails (no network). The module starts the server on a free loopback port with SQLite in a
 temporary directory and an admin whose legacy token is known, and stops it at the end.
 """
 import collections
@@ -87,7 +87,7 @@ def _free_port() -> int:
 TIMINGS: dict[str, float] = {}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after its tests: the server costs CPU while it runs
 def label_studio(tmp_path_factory):
     started = time.monotonic()
     venv = label_studio_venv()
