@@ -215,9 +215,10 @@ def write_annotators(version_dir: str, partials: list[pa.Table], key: bytes, key
     can reverse."""
     if not key:
         raise ValueError("annotators are never pseudonymized without a key")
-    table, confusion_labels = summarize_annotators(partials, keyed_pseudonym(key))
+    pseudonym = keyed_pseudonym(key)
+    table, confusion_labels = summarize_annotators(partials, pseudonym)
     if time_per_annotator is not None:
-        table = with_labeling_time(table, time_per_annotator, keyed_pseudonym(key), pairs)
+        table = with_labeling_time(table, time_per_annotator, pseudonym, pairs)
     entry = write_file(version_dir, ANNOTATORS_FILE, parquet_bytes(table), table.num_rows)
     return entry, {"file": ANNOTATORS_FILE, "rows": table.num_rows, "confusion_labels": confusion_labels,
                    "pseudonym": "hmac-sha256", "keyed": True, "key_source": key_source, "key_id": key_id(key)}
@@ -249,9 +250,8 @@ def with_labeling_time(table: pa.Table, time_per_annotator: pa.Table, pseudonym,
         (time_per_annotator.column("events"), hours, time_per_annotator.column("without_duration")),
         ANNOTATOR_TIME_FIELDS)]
     fields = list(ANNOTATOR_TIME_FIELDS)
-    if pairs is not None:
-        pair_row = pc.index_in(time_names, value_set=pa.array(
-            [pseudonym(name) for name in pairs.column("annotator_id").to_pylist()], pa.string()))
+    if pairs is not None:  # matched on the raw ids, both keyed by annotator_id: no second round of hashing
+        pair_row = pc.index_in(time_per_annotator.column("annotator_id"), value_set=pairs.column("annotator_id"))
         shared = pc.fill_null(pc.take(pairs.column("pairs"), pair_row), 0)
         agreed = pc.fill_null(pc.take(pairs.column("agreed_pairs"), pair_row), 0)
         share = pc.if_else(pc.greater(shared, 0), pc.divide(agreed.cast(pa.float64()), shared.cast(pa.float64())),
