@@ -18,6 +18,7 @@ a missing or wrong secret. A rejected request changes nothing, and the ones befo
 from __future__ import annotations
 
 import argparse
+import copy
 import hmac
 import http.server
 import json
@@ -68,7 +69,7 @@ class Receiver:
             if self._mirror["project"] not in (None, project_id):
                 raise BadPayload(f"{action} of project {project_id}; this receiver follows project "
                                  f"{self._mirror['project']}")
-            mirror = json.loads(json.dumps(self._mirror))  # changed as a copy: a bad payload changes nothing
+            mirror = copy.deepcopy(self._mirror)  # changed as a copy: a bad payload changes nothing
             mirror["project"] = project_id
             if isinstance(project, dict) and project.get("label_config"):
                 mirror["label_config"] = project["label_config"]
