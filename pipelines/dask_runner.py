@@ -13,31 +13,42 @@ bundle's results before `finish_bundle` runs, losing what that emits. Minimal ca
 
 This runner translates the same steps with Beam's own Dask translations, except ParDo, whose bundles
 keep their tags and their finish_bundle output; it keeps a bag per output PCollection (a multi-output
-step's bag filtered by tag), reads side inputs by PCollection too, and computes every sink rather than
-only the last step's bag.
+step's bag filtered by tag), reads side inputs by PCollection too, as dependencies in the Dask graph
+(computed once, before the tasks that read them; Beam computes them inside each task), and computes
+every sink rather than only the last step's bag.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import apache_beam as beam
+import dask
 from apache_beam import DoFn, pvalue
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
 from apache_beam.runners.dask import dask_runner, transform_evaluator
 from apache_beam.runners.dask.overrides import dask_overrides
-from apache_beam.runners.dask.transform_evaluator import TRANSLATIONS, DaskBagWindowedIterator, Flatten, NoOp
+from apache_beam.runners.dask.transform_evaluator import TRANSLATIONS, Flatten, NoOp
 from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.utils.windowed_value import WindowedValue
+from dask import bag as db
 
 
-def _run_bundle(items, invoker_args, invoker_kwargs, receivers) -> list:
-    """One Dask partition as one bundle: the DoFn's outputs, tagged ones as TaggedOutput(tag, WindowedValue)."""
+def _run_bundle(invoker_args, invoker_kwargs, receivers, window_fn, side_views, items, *side_values) -> list:
+    """One Dask partition as one bundle: the DoFn's outputs, tagged ones as TaggedOutput(tag, WindowedValue).
+
+    side_values are the side inputs' elements, each computed once by Dask before this task runs."""
+    if side_views:
+        invoker_kwargs = dict(invoker_kwargs, side_inputs=[
+            SideInputMap(view.view_type, view.view_options,
+                         [transform_evaluator.get_windowed_value(value, view.window_fn) for value in values])
+            for view, values in zip(side_views, side_values)])
     invoker = DoFnInvoker.create_invoker(*invoker_args, **invoker_kwargs)
     invoker.invoke_setup()
     invoker.invoke_start_bundle()
     for item in items:
-        invoker.invoke_process(item)
+        invoker.invoke_process(transform_evaluator.get_windowed_value(item, window_fn))
     invoker.invoke_finish_bundle()
     invoker.invoke_teardown()
     return list(receivers.values)
@@ -46,9 +57,9 @@ def _run_bundle(items, invoker_args, invoker_kwargs, receivers) -> list:
 class _ParDoKeepingTags(transform_evaluator.ParDo):
     """Beam's Dask ParDo translation with _run_bundle in place of apply_dofn_to_bundle."""
 
-    def apply(self, input_bag, side_inputs=None):
+    def apply(self, input_bag, side_inputs=None, side_views=(), side_bags=()):
         transform = self.transform
-        args, kwargs = transform.raw_side_inputs
+        args, kwargs = transform.args, transform.kwargs   # side inputs as placeholders, filled per bundle
         main_input = next(iter(self.applied.main_inputs.values()))
         window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
         receivers = transform_evaluator.OneReceiver()
@@ -59,8 +70,25 @@ class _ParDoKeepingTags(transform_evaluator.ParDo):
         invoker_kwargs = dict(context=DoFnContext(transform.label, state=None), side_inputs=side_inputs,
                               input_args=list(args), input_kwargs=kwargs, user_state_context=None,
                               bundle_finalizer_param=DoFn.BundleFinalizerParam())
-        return input_bag.map(transform_evaluator.get_windowed_value, window_fn).map_partitions(
-            _run_bundle, invoker_args, invoker_kwargs, receivers)
+        # Built from Delayed objects, not Bag.map_partitions: given a collection as an argument, Dask
+        # re-keys that collection's whole graph, so an EM iteration reading the previous one's state as a
+        # side input copied every earlier iteration again, and the graph doubled per iteration.
+        bundle = functools.partial(_run_bundle, invoker_args, invoker_kwargs, receivers, window_fn, tuple(side_views))
+        side_values = [dask.delayed(_concatenated)(bag.to_delayed(optimize_graph=False)) for bag in side_bags]
+        return db.from_delayed([dask.delayed(bundle)(part, *side_values)
+                                for part in input_bag.to_delayed(optimize_graph=False)])
+
+
+@dataclasses.dataclass(frozen=True)
+class _SideView:
+    """How a DoFn reads a side input. Not a tuple: Dask would run a tuple starting with a callable as a task."""
+    view_type: type
+    view_options: dict
+    window_fn: object
+
+
+def _concatenated(parts) -> list:
+    return [value for part in parts for value in part]
 
 
 def _has_tag(item, *, tag) -> bool:
@@ -95,13 +123,18 @@ class _OutputBags(PipelineVisitor):
             elif value in self.outputs:
                 inputs.append(self.outputs[value])
                 self.consumed.add(value)
-        side_inputs = []
         for side in node.side_inputs:
             self.consumed.add(side.pvalue)
-            values = DaskBagWindowedIterator(self.outputs[side.pvalue], side._window_mapping_fn)
-            side_inputs.append(SideInputMap(type(side), side._view_options(), values))
-        bag = op.apply(input_bag=inputs[0] if len(inputs) == 1 and not isinstance(op, Flatten) else inputs,
-                       side_inputs=side_inputs or None)
+        main = inputs[0] if len(inputs) == 1 and not isinstance(op, Flatten) else inputs
+        if op_class is _ParDoKeepingTags:
+            bag = op.apply(input_bag=main,
+                           side_views=[_SideView(type(side), side._view_options(), side._window_mapping_fn)
+                                       for side in node.side_inputs],
+                           side_bags=[self.outputs[side.pvalue] for side in node.side_inputs])
+        else:   # Beam's own translations of the other primitives, which take no side input
+            if node.side_inputs:
+                raise NotImplementedError(f"{node.full_label}: side inputs of {op_class.__name__} on Dask")
+            bag = op.apply(input_bag=main, side_inputs=None)
         self.bags[node] = bag
         for tag, output in node.outputs.items():
             self.outputs[output] = bag.filter(functools.partial(_has_tag, tag=tag)).map(_value) \
