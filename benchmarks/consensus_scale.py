@@ -1,16 +1,19 @@
 """Dawid-Skene at scale: our Beam EM, our in-process EM and crowd-kit's, on one synthetic set.
 
     python benchmarks/consensus_scale.py --answers 1000000 [--methods inprocess,beam,crowdkit]
+    python benchmarks/consensus_scale.py --answers 100000000 --methods beam   # ~2.4 GB of .npy in $TMPDIR
 
 The set: binary labels, answers/10 items with 10 answers each from 1,000 annotators whose
-accuracies are spread 0.55-0.95 (seed 0). Each method runs in its own child process, which loads
-the same answers from an .npz file, so its wall time and peak RSS (the kernel's ru_maxrss of that
-process) are its own. Prints time, peak RSS and accuracy against the generated truth.
+accuracies are spread 0.55-0.95 (seed 0), saved as .npy files. Each method runs in its own child
+process, so its wall time and peak RSS (the kernel's ru_maxrss of that process) are its own. Prints
+time, peak RSS and accuracy against the generated truth.
 
 - inprocess: `dawid_skene` on numpy arrays (the in-process path of `--method ds`).
 - beam: the build's consensus step for `--method ds --em beam` (distributed EM, consensus rows,
   per-annotator statistics) on the local FnApiRunner, reading the votes from 16 Parquet files
-  (the build's default bucket count) written before the clock starts.
+  (the build's default bucket count) that this process writes before the child starts; the EM's
+  answers are spilled to a scratch directory, as the build does on the local runners. The child
+  loads nothing else (the truth only after its clock stops).
 - crowdkit: crowd-kit's DawidSkene on a pandas frame (`pip install ".[bench]"`).
 All three run at most 100 EM iterations with their own stopping rules.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +35,7 @@ ANSWERS_PER_ITEM = 10
 MAX_ITER = 100
 
 
-def generate(n_answers: int, path: str, seed: int = 0) -> None:
+def generate(n_answers: int, directory: str, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     n_items = n_answers // ANSWERS_PER_ITEM
     accuracy = rng.uniform(0.55, 0.95, N_ANNOTATORS)
@@ -43,10 +47,15 @@ def generate(n_answers: int, path: str, seed: int = 0) -> None:
     item = np.repeat(np.arange(n_items), ANSWERS_PER_ITEM)
     correct = rng.random(len(item)) < accuracy[worker]
     label = np.where(correct, truth[item], 1 - truth[item])
-    np.savez(path, item=item, worker=worker, label=label, truth=truth)
+    for name, values in (("item", item), ("worker", worker), ("label", label), ("truth", truth)):
+        np.save(os.path.join(directory, f"{name}.npy"), values)
 
 
-def run_inprocess(data, _prepared) -> np.ndarray:
+def load(directory: str, names=("item", "worker", "label", "truth")) -> dict[str, np.ndarray]:
+    return {name: np.load(os.path.join(directory, f"{name}.npy")) for name in names}
+
+
+def run_inprocess(data) -> np.ndarray:
     from labelbeam.transforms.inference.dawid_skene import dawid_skene
     from labelbeam.transforms.inference.em import Answers
 
@@ -54,7 +63,7 @@ def run_inprocess(data, _prepared) -> np.ndarray:
     return dawid_skene(answers, max_iter=MAX_ITER).posteriors.argmax(axis=1)
 
 
-def write_vote_buckets(data, num_buckets: int = 16) -> list[str]:
+def write_vote_buckets(data, directory: str, num_buckets: int = 16) -> list[str]:
     """The votes as Parquet files (item_id, annotator_id, label), one per item bucket.
 
     The Beam pipeline reads these as it would read the output of the build's upstream stages
@@ -70,7 +79,6 @@ def write_vote_buckets(data, num_buckets: int = 16) -> list[str]:
 
     item, worker, label = data["item"], data["worker"], data["label"]
     item_width = len(str(len(data["truth"])))
-    directory = tempfile.mkdtemp(prefix="beam-ds-in-")
     paths = []
     for bucket in range(num_buckets):
         mask = item % num_buckets == bucket
@@ -87,9 +95,10 @@ def check_annotator_count(partials, summarize) -> None:
         raise RuntimeError(f"annotator statistics cover {found} annotators, not {N_ANNOTATORS}")
 
 
-def run_beam(data, paths: list[str]) -> np.ndarray:
+def run_beam(n_items: int, paths: list[str]) -> np.ndarray:
     """`--method ds --em beam`: the build's consensus step (distributed EM, consensus rows and
-    per-annotator statistics) on the local runner, reading the vote buckets from Parquet."""
+    per-annotator statistics) on the local runner, reading the vote buckets from Parquet, with the
+    answers spilled to a scratch directory as the build does on the local runners."""
     import apache_beam as beam
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -101,13 +110,14 @@ def run_beam(data, paths: list[str]) -> np.ndarray:
     from labelbeam.transforms.methods.single_label import DawidSkene
 
     out_dir = tempfile.mkdtemp(prefix="beam-ds-out-")
+    scratch = tempfile.mkdtemp(prefix="beam-ds-scratch-")
     method = DawidSkene(em="beam")
     assert method.max_iter == MAX_ITER
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
         consensus = (pipeline
                      | beam.Create(paths, reshuffle=False)
                      | "ReadVotes" >> beam.Map(pq.read_table).with_output_types(pa.Table)
-                     | ComputeConsensus(method))
+                     | ComputeConsensus(method, scratch_dir=scratch))
         _ = (consensus[LABELS]
              | beam.Map(lambda rows: np.stack([pc.cast(rows.column("item_id"), pa.int64()).to_numpy(),
                                                pc.cast(rows.column("label"), pa.int64()).to_numpy()]))
@@ -115,14 +125,15 @@ def run_beam(data, paths: list[str]) -> np.ndarray:
         _ = (consensus[ANNOTATOR_STATS]
              | beam.combiners.ToList()
              | beam.Map(check_annotator_count, summarize_annotators))
-    predicted = np.empty(len(data["truth"]), dtype=np.int64)
+    shutil.rmtree(scratch)
+    predicted = np.empty(n_items, dtype=np.int64)
     for name in os.listdir(out_dir):
         items, labels = np.load(os.path.join(out_dir, name))
         predicted[items] = labels
     return predicted
 
 
-def run_crowdkit(data, _prepared) -> np.ndarray:
+def run_crowdkit(data) -> np.ndarray:
     import pandas as pd
     from crowdkit.aggregation import DawidSkene
 
@@ -132,16 +143,22 @@ def run_crowdkit(data, _prepared) -> np.ndarray:
 
 
 RUNNERS = {"inprocess": run_inprocess, "beam": run_beam, "crowdkit": run_crowdkit}
-PREPARE = {"beam": write_vote_buckets}
 
 
-def child(method: str, path: str) -> int:
-    data = dict(np.load(path))
-    prepared = PREPARE[method](data) if method in PREPARE else None
-    started = time.perf_counter()
-    predicted = RUNNERS[method](data, prepared)
+def child(method: str, directory: str) -> int:
+    """One method in this process. The beam run reads its Parquet buckets (written by the parent) and
+    loads nothing else until its clock stops, so its peak RSS is the pipeline's own."""
+    if method == "beam":
+        paths = sorted(os.path.join(directory, name) for name in os.listdir(directory) if name.endswith(".parquet"))
+        n_items = len(np.load(os.path.join(directory, "truth.npy"), mmap_mode="r"))
+        started = time.perf_counter()
+        predicted = run_beam(n_items, paths)
+    else:
+        data = load(directory)
+        started = time.perf_counter()
+        predicted = RUNNERS[method](data)
     seconds = time.perf_counter() - started
-    accuracy = float(np.mean(predicted == data["truth"]))
+    accuracy = float(np.mean(predicted == np.load(os.path.join(directory, "truth.npy"))))
     print(f"{seconds:.2f} {accuracy:.4f}")
     return 0
 
@@ -151,18 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answers", type=int, default=1_000_000)
     parser.add_argument("--methods", default="inprocess,beam,crowdkit")
     parser.add_argument("--json", metavar="PATH", help="also write the key figures to PATH as JSON")
-    parser.add_argument("--child", nargs=2, metavar=("METHOD", "NPZ"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(*args.child)
-    with tempfile.TemporaryDirectory() as work:
-        path = os.path.join(work, "answers.npz")
-        generate(args.answers, path)
+    with tempfile.TemporaryDirectory(prefix="consensus-scale-") as work:
+        generate(args.answers, work)
+        if "beam" in args.methods.split(","):
+            write_vote_buckets(load(work), work)   # before any clock starts, in this process
         print(f"{args.answers:,} answers, {args.answers // ANSWERS_PER_ITEM:,} items, {N_ANNOTATORS} annotators")
         print(f"{'method':<10} {'seconds':>8} {'peak RSS':>10} {'accuracy':>9}")
         figures = {}   # method -> key figures, for --json
         for method in args.methods.split(","):
-            process = subprocess.Popen([sys.executable, __file__, "--child", method, path],
+            process = subprocess.Popen([sys.executable, __file__, "--child", method, work],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             _, status, usage = os.wait4(process.pid, 0)
             out, err = process.stdout.read(), process.stderr.read()

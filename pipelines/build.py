@@ -98,12 +98,13 @@ def build_pipeline(pipeline, files, rules, method, version_dir: str, manifest_ba
                    shuffle_dir: str | None = None, credit_names: dict[str, str] | None = None):
     """Wire the build's stages onto `pipeline`; returns the PCollection of the written manifest.
 
-    With `shuffle_dir`, events are grouped by bucket through files there instead of the runner's memory."""
+    With `shuffle_dir`, events are grouped by bucket through files there instead of the runner's memory, and
+    the distributed EM keeps its answers there."""
     raw = pipeline | "ReadEvents" >> ReadEvents(files, tuning.range_bytes, tuning.chunk_events, progress_run)
     parsed = raw | "ValidateEvents" >> ValidateEvents(rules)
     unique = parsed[dl.VALID] | "DeduplicateEvents" >> DeduplicateEvents(tuning.num_buckets, shuffle_dir)
     standing = unique[dl.VALID] | "ResolveLifecycle" >> ResolveLifecycle()
-    consensus = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method)
+    consensus = standing[VOTES] | "ComputeConsensus" >> ComputeConsensus(method, shuffle_dir)
     dead_letters = (parsed[dl.DEAD_LETTER], unique[dl.DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
     counts = (parsed[dl.COUNTS], unique[dl.COUNTS], standing[dl.COUNTS]) | "FlattenCounts" >> beam.Flatten()
     vote_labels = standing[VOTES] | "ListVoteLabels" >> beam.Map(distinct_vote_labels)
@@ -128,10 +129,11 @@ def _read_csv_option(flag: str, path: str, parse):
 
 LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
                  "PrismRunner"}
-# The Dask runners need the dask extra. `--em auto` fits in one worker on them although they are
-# distributed: the Dask translation builds a new bag graph per EM iteration (ds on 2,500 votes: over
-# 10 min, against 7.6 s in_process).
+# The Dask runners need the dask extra. `--em auto` runs the distributed EM on labelbeam's (a distributed
+# engine); Beam's own computes each side input inside every task that reads it, so an EM iteration, which
+# reads the previous one, costs twice the one before (118 votes: over 15 min). It fits in one worker there.
 DASK_RUNNERS = {"labelbeam.pipelines.dask_runner.DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"}
+BEAM_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 def check_runner_installed(runner: str | None) -> None:
@@ -163,7 +165,7 @@ def em_path(config: BuildConfig, runner: str | None) -> str:
     if config.em != "auto":
         return config.em
     distributed = getattr(METHODS.get(config.method), "distributed", False)
-    return EM_BEAM if distributed and runner not in LOCAL_RUNNERS | DASK_RUNNERS else EM_IN_PROCESS
+    return EM_BEAM if distributed and runner not in LOCAL_RUNNERS | {BEAM_DASK_RUNNER} else EM_IN_PROCESS
 
 
 def skills_weights(config: BuildConfig, key: bytes) -> tuple[dict[str, float], dict]:

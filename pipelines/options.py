@@ -129,7 +129,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "label while fitting")
     parser.add_argument("--em", choices=("auto", "in_process", "beam"), default="auto",
                         help="where --method ds fits: in_process (all votes on one worker), beam (EM as "
-                             "Beam transforms across workers), auto (beam on managed runners, else in_process) "
+                             "Beam transforms across workers), auto (beam on managed runners and labelbeam's Dask "
+                             "runner, else in_process) "
                              "(default: auto)")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default: 1)")

@@ -98,16 +98,19 @@ class FitAllVotes(beam.PTransform):
 
 
 class FitDistributedEM(beam.PTransform):
-    """Dawid-Skene's EM over item buckets (transforms/distributed_em.py), then each bucket's rows."""
+    """Dawid-Skene's EM over item buckets (transforms/distributed_em.py), then each bucket's rows.
 
-    def __init__(self, method: ConsensusMethod):
+    With a scratch directory, the EM's answers are spilled there and iterations move file names."""
+
+    def __init__(self, method: ConsensusMethod, scratch_dir: str | None = None):
         super().__init__()
         self._method = method
+        self._scratch_dir = scratch_dir
 
     def expand(self, votes):
         method = self._method
         fitted = votes | "FitDawidSkeneOnBeam" >> FitDawidSkeneOnBeam(method.gold, method.max_iter, method.tol,
-                                                                      method.smoothing)
+                                                                      method.smoothing, spill_dir=self._scratch_dir)
         return (fitted["posteriors"]
                 | "ConsensusOfBuckets" >> beam.Map(bucket_consensus, pvalue.AsSingleton(fitted["index"]),
                                                    method.min_votes).with_output_types(BucketConsensus)
@@ -121,11 +124,14 @@ class ComputeConsensus(beam.PTransform):
     """Vote tables -> {LABELS: consensus tables, ANNOTATOR_STATS: partial annotator statistics}, plus
     PREFERENCES (DPO export records) for bradley_terry."""
 
-    def __init__(self, method: ConsensusMethod):
+    def __init__(self, method: ConsensusMethod, scratch_dir: str | None = None):
         super().__init__()
         if method.shape not in SHAPES:
             raise ValueError(f"method {method.name} has unknown shape {method.shape!r}; known: {sorted(SHAPES)}")
         self._method = method
+        self._scratch_dir = scratch_dir   # where a shape may keep intermediate data out of the runner's memory
 
     def expand(self, votes):
-        return votes | "RunMethod" >> SHAPES[self._method.shape](self._method)
+        shape = SHAPES[self._method.shape]
+        run = shape(self._method, self._scratch_dir) if shape is FitDistributedEM else shape(self._method)
+        return votes | "RunMethod" >> run

@@ -14,9 +14,17 @@ The numeric core is shared with the in-process path, so both give the same answe
 Every unrolled iteration re-reads the answers, so the iterated elements are compact
 (`CompactAnswers`: answers sorted by item, items as offsets, annotators and labels in the smallest
 integer type): ~9 bytes per answer instead of 24, which is what a runner moves per iteration.
+
+With a spill directory (the build's scratch directory on the local runners, whose PCollections live in
+their own memory), each bucket's answers are written to a file there once, and the iterations move only
+its name: memory stays bounded by one bucket per worker, whatever the number of answers. Buckets are
+indexed on their own (`AnswerShard`: bucket-local annotator and label codes), so nothing waits for the
+global index before the answers are cut and spilled; the global codes are a small per-bucket map.
 """
 from __future__ import annotations
 
+import pickle
+import uuid
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -24,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
 
 from labelbeam.transforms import coders
 from labelbeam.transforms.arrays import fixed_point
@@ -102,6 +111,7 @@ class CompactAnswers(NamedTuple):
 
 
 DEFAULT_ANSWERS_PER_ELEMENT = 50_000
+DEFAULT_ANSWERS_PER_FILE = 1_000_000    # spilled: elements are file names, so fewer, larger files
 
 
 class AnswerBucket(NamedTuple):
@@ -125,14 +135,83 @@ class AnswerIndex(NamedTuple):
     labels: list[str]         # sorted, gold labels included
 
 
-for compact_type in (CompactAnswers, AnswerBucket):
+
+
+def spill(bucket: AnswerBucket, directory: str) -> str:
+    """Write a bucket to a new file under `directory` (any Beam filesystem); returns its name."""
+    path = FileSystems.join(directory, f"em-answers-{uuid.uuid4().hex}.pickle")
+    with FileSystems.create(path) as stream:
+        stream.write(pickle.dumps(bucket, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+def unspill(path: str) -> AnswerBucket:
+    with FileSystems.open(path) as stream:
+        return pickle.loads(stream.read())
+
+
+class AnswerShard(NamedTuple):
+    """One item bucket's answers in bucket-local annotator and label codes, and where they are.
+
+    `answers` is the AnswerBucket itself or the file it was spilled to. Once the global index is known
+    (`with_global_codes`), worker_codes and label_codes map the local codes to global ones, and
+    `bucket()` gives the answers in global codes.
+    """
+    annotators: tuple[str, ...]             # local annotator code -> name
+    labels: tuple[str, ...]                 # local label code -> name, gold labels of its items included
+    answers: AnswerBucket | str
+    n_workers: int = 0                      # global sizes, 0 until with_global_codes
+    n_labels: int = 0
+    worker_codes: np.ndarray | None = None
+    label_codes: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return getattr(self.answers, "nbytes", 0) + sum(getattr(codes, "nbytes", 0)
+                                                        for codes in (self.worker_codes, self.label_codes))
+
+    def bucket(self) -> AnswerBucket:
+        bucket = self.answers if isinstance(self.answers, AnswerBucket) else unspill(self.answers)
+        compact = bucket.compact
+        return bucket._replace(compact=compact._replace(
+            worker=self.worker_codes[compact.worker], label=self.label_codes[compact.label],
+            n_workers=self.n_workers, n_labels=self.n_labels, gold_labels=self.label_codes[compact.gold_labels]))
+
+
+for compact_type in (CompactAnswers, AnswerBucket, AnswerShard):
     beam.coders.registry.register_coder(compact_type, coders.SizedCoder)
 
 
-def annotators_and_labels(votes: pa.Table) -> tuple[set[str], set[str]]:
-    labeled = votes.filter(pc.is_valid(votes.column("label")))
-    return (set(pc.unique(labeled.column("annotator_id")).to_pylist()),
-            set(pc.unique(labeled.column("label")).to_pylist()))
+def local_shards(votes: pa.Table, gold: dict[str, str], max_answers: int, spill_dir: str | None):
+    """A vote table -> AnswerShards of at most ~max_answers answers each, spilled to files with spill_dir.
+
+    Runners move big elements slowly (measured on the local runner: 10M answers in 16 elements take
+    twice the time and 3.6x the memory of the same answers in 256), and every iteration moves them
+    again, so buckets are cut to a bounded size whatever the upstream bucketing.
+    """
+    item_idx, item_ids = factorize_sorted(votes.column("item_id"))
+    labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
+    with_label = votes.filter(pa.array(labeled))
+    worker, annotators = factorize_sorted(with_label.column("annotator_id"))
+    item_gold = [gold.get(item) for item in item_ids.to_pylist()] if gold else []
+    gold_names = pa.array([name for name in item_gold if name is not None], pa.string())
+    label, labels = factorize_sorted(pa.chunked_array([with_label.column("label").combine_chunks().cast(pa.string()),
+                                                       gold_names]))
+    gold_idx = None
+    if gold:
+        position = {name: i for i, name in enumerate(labels.to_pylist())}
+        gold_idx = np.array([position[name] if name is not None else -1 for name in item_gold], dtype=np.int64)
+    answers = Answers(item_idx[labeled], worker, label[:len(worker)], len(item_ids), len(annotators), len(labels))
+    compact = CompactAnswers.from_answers(answers, gold_idx)
+    names = tuple(annotators.to_pylist()), tuple(labels.to_pylist())
+    for start, stop in compact.item_ranges(max_answers):
+        # concat_arrays copies the slice: a pickled Arrow slice would carry the whole buffer.
+        bucket = AnswerBucket(pa.concat_arrays([item_ids.slice(start, stop - start)]), compact.items(start, stop))
+        yield AnswerShard(*names, spill(bucket, spill_dir) if spill_dir else bucket)
+
+
+def names_of(shard: AnswerShard) -> tuple[set[str], set[str]]:
+    return set(shard.annotators), set(shard.labels)
 
 
 def union_of_indexes(parts) -> tuple[set[str], set[str]]:
@@ -143,30 +222,13 @@ def union_of_indexes(parts) -> tuple[set[str], set[str]]:
     return annotators, labels
 
 
-def index_answers(votes: pa.Table, index: AnswerIndex, gold: dict[str, str], max_answers: int):
-    """A vote table -> AnswerBuckets of at most ~max_answers answers each.
-
-    Runners move big elements slowly (measured on the local runner: 10M answers in 16 elements take
-    twice the time and 3.6x the memory of the same answers in 256), and every iteration moves them
-    again, so buckets are cut to a bounded size whatever the upstream bucketing.
-    """
-    item_idx, item_ids = factorize_sorted(votes.column("item_id"))
-    labeled = pc.is_valid(votes.column("label")).to_numpy(zero_copy_only=False)
-    with_label = votes.filter(pa.array(labeled))
-    worker = pc.index_in(with_label.column("annotator_id"), value_set=pa.array(index.annotators, pa.string()))
-    label = pc.index_in(with_label.column("label"), value_set=pa.array(index.labels, pa.string()))
-    worker, label = (indexes.to_numpy(zero_copy_only=False) for indexes in (worker, label))
-    answers = Answers(item_idx[labeled], worker.astype(np.int64), label.astype(np.int64), len(item_ids),
-                      len(index.annotators), len(index.labels))
-    gold_idx = None
-    if gold:
-        position = {name: i for i, name in enumerate(index.labels)}
-        gold_idx = np.array([position[gold[item]] if item in gold else -1 for item in item_ids.to_pylist()],
-                            dtype=np.int64)
-    compact = CompactAnswers.from_answers(answers, gold_idx)
-    for start, stop in compact.item_ranges(max_answers):
-        # concat_arrays copies the slice: a pickled Arrow slice would carry the whole buffer.
-        yield AnswerBucket(pa.concat_arrays([item_ids.slice(start, stop - start)]), compact.items(start, stop))
+def with_global_codes(shard: AnswerShard, index: AnswerIndex) -> AnswerShard:
+    def codes(local: tuple[str, ...], everything: list[str]) -> np.ndarray:
+        found = pc.index_in(pa.array(local, pa.string()), value_set=pa.array(everything, pa.string()))
+        return found.to_numpy(zero_copy_only=False).astype(smallest_index_dtype(len(everything)))
+    return shard._replace(n_workers=len(index.annotators), n_labels=len(index.labels),
+                          worker_codes=codes(shard.annotators, index.annotators),
+                          label_codes=codes(shard.labels, index.labels))
 
 
 # Counts are summed in fixed point (fixed_point.py): the sum - and the published dataset - is
@@ -221,9 +283,10 @@ class SumCountsFn(beam.CombineFn):
         return accumulator
 
 
-def initial_counts(compact: CompactAnswers):
-    if compact.n_labels == 0:  # no single-label vote anywhere: nothing to fit
+def initial_counts(shard: AnswerShard):
+    if shard.n_labels == 0:  # no single-label vote anywhere: nothing to fit
         return
+    compact = shard.bucket().compact
     answers = compact.answers()
     yield exact_counts(answers, clamp_gold(vote_shares(answers), compact.gold()))
 
@@ -231,7 +294,7 @@ def initial_counts(compact: CompactAnswers):
 ANSWERS = "answers"
 
 
-def e_step_counts(compact: CompactAnswers, state: EMState):
+def e_step_counts(shard: AnswerShard, state: EMState):
     """This bucket's M-step statistics, and the bucket itself for the next iteration.
 
     Once converged, nothing is emitted: the answers stop flowing, so the unrolled iterations left
@@ -239,10 +302,11 @@ def e_step_counts(compact: CompactAnswers, state: EMState):
     """
     if state.converged:
         return
+    compact = shard.bucket().compact
     answers = compact.answers()
     posteriors, _ = e_step(answers, state.log_priors, state.log_confusions, compact.gold())
     yield exact_counts(answers, posteriors)
-    yield pvalue.TaggedOutput(ANSWERS, compact)
+    yield pvalue.TaggedOutput(ANSWERS, shard)
 
 
 def initial_state(counts, smoothing: float) -> EMState:
@@ -259,15 +323,17 @@ def m_step_state(counts, previous: EMState, smoothing: float, tol: float) -> EMS
     return EMState(*parameters, previous.iterations + 1, change < tol)
 
 
-def bucket_posteriors(bucket: AnswerBucket, state: EMState) -> tuple[AnswerBucket, np.ndarray]:
+def bucket_posteriors(shard: AnswerShard, state: EMState) -> tuple[AnswerBucket, np.ndarray]:
+    bucket = shard.bucket()
     if bucket.compact.n_labels == 0:
         return bucket, np.zeros((bucket.compact.n_items, 0))
     posteriors, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions, bucket.compact.gold())
     return bucket, posteriors
 
 
-def gold_posteriors_from_votes(bucket: AnswerBucket, state: EMState):
+def gold_posteriors_from_votes(shard: AnswerShard, state: EMState):
     """(gold item ids, their posteriors from their votes alone, their gold classes) of a bucket."""
+    bucket = shard.bucket()
     compact = bucket.compact
     if len(compact.gold_items):
         posteriors, _ = e_step(compact.answers(), state.log_priors, state.log_confusions)
@@ -284,8 +350,9 @@ def temperature_of(parts: list) -> float:
                            np.concatenate([part[2] for part in parts])[order])
 
 
-def calibrated_bucket_posteriors(bucket: AnswerBucket, state: EMState, temperature: float):
+def calibrated_bucket_posteriors(shard: AnswerShard, state: EMState, temperature: float):
     """As DawidSkene.posteriors does in process (calibration.calibrated_with_gold): tempered, gold clamped."""
+    bucket = shard.bucket()
     from_votes, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions)
     return bucket, clamp_gold(tempered(from_votes, temperature), bucket.compact.gold())
 
@@ -298,34 +365,37 @@ class FitDawidSkeneOnBeam(beam.PTransform):
     """
 
     def __init__(self, gold: dict[str, str] | None = None, max_iter: int = 100, tol: float = 1e-5,
-                 smoothing: float = 0.01, answers_per_element: int = DEFAULT_ANSWERS_PER_ELEMENT):
+                 smoothing: float = 0.01, answers_per_element: int | None = None, spill_dir: str | None = None):
         super().__init__()
         self._gold = dict(sorted((gold or {}).items()))
         self._max_iter, self._tol, self._smoothing = max_iter, tol, smoothing
-        self._answers_per_element = answers_per_element
+        self._spill_dir = spill_dir
+        self._answers_per_element = answers_per_element or (
+            DEFAULT_ANSWERS_PER_FILE if spill_dir else DEFAULT_ANSWERS_PER_ELEMENT)
 
     def expand(self, votes):
         gold, smoothing, tol = self._gold, self._smoothing, self._tol
         gold_labels = set(gold.values())
-        index = (votes
-                 | "ListAnnotatorsAndLabels" >> beam.Map(annotators_and_labels)
+        local = (votes
+                 | "IndexAnswers" >> beam.FlatMap(local_shards, gold, self._answers_per_element, self._spill_dir)
+                 .with_output_types(AnswerShard))
+        index = (local
+                 | "ListAnnotatorsAndLabels" >> beam.Map(names_of)
                  | "UnionIndexes" >> beam.CombineGlobally(union_of_indexes)
                  | "SortIndex" >> beam.Map(lambda pair: AnswerIndex(sorted(pair[0]), sorted(pair[1] | gold_labels))))
-        buckets = (votes
-                   | "IndexAnswers" >> beam.FlatMap(index_answers, pvalue.AsSingleton(index), gold,
-                                                  self._answers_per_element)
-                   .with_output_types(AnswerBucket))
-        compact = (buckets
-                   | "CompactAnswers" >> beam.Map(lambda bucket: bucket.compact).with_output_types(CompactAnswers))
-        state = (compact
+        buckets = (local
+                   | "GlobalCodes" >> beam.Map(with_global_codes, pvalue.AsSingleton(index))
+                   .with_output_types(AnswerShard))
+        state = (buckets
                  | "InitialCounts" >> beam.FlatMap(initial_counts)
                  | "SumInitialCounts" >> beam.CombineGlobally(SumCountsFn())
                  | "InitialParameters" >> beam.Map(initial_state, smoothing))
+        flowing = buckets
         for iteration in range(1, self._max_iter + 1):
-            stepped = (compact
+            stepped = (flowing
                        | f"EStep{iteration}" >> beam.FlatMap(e_step_counts, pvalue.AsSingleton(state))
                        .with_outputs(ANSWERS, main="counts"))
-            compact = stepped[ANSWERS]
+            flowing = stepped[ANSWERS]
             state = (stepped["counts"]
                      | f"SumCounts{iteration}" >> beam.CombineGlobally(SumCountsFn())
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), smoothing, tol))

@@ -59,7 +59,8 @@ def in_process(votes: pa.Table, gold: dict[str, str]):
 
 
 def assert_beam_matches_in_process(votes: pa.Table, num_buckets: int, gold: dict[str, str],
-                                   answers_per_element: int = DEFAULT_ANSWERS_PER_ELEMENT) -> None:
+                                   answers_per_element: int = DEFAULT_ANSWERS_PER_ELEMENT,
+                                   spill_dir: str | None = None) -> None:
     expected, iterations = in_process(votes, gold)
     buckets = [votes.filter(pa.array([int(i[1:]) % num_buckets == b for i in votes["item_id"].to_pylist()]))
                for b in range(num_buckets)]
@@ -76,7 +77,7 @@ def assert_beam_matches_in_process(votes: pa.Table, num_buckets: int, gold: dict
 
     with TestPipeline(runner="FnApiRunner") as pipeline:
         fitted = pipeline | beam.Create([b for b in buckets if b.num_rows]) | FitDawidSkeneOnBeam(
-            gold=gold, max_iter=30, answers_per_element=answers_per_element)
+            gold=gold, max_iter=30, answers_per_element=answers_per_element, spill_dir=spill_dir)
         assert_that(fitted["posteriors"], same_posteriors, label="Posteriors")
         assert_that(fitted["state"], same_iterations, label="Iterations")
 
@@ -89,6 +90,13 @@ def test_beam_em_equals_in_process_em_for_any_bucketing():
 
 def test_beam_em_cuts_big_buckets_into_bounded_elements_without_changing_answers():
     assert_beam_matches_in_process(synthetic_votes(seed=7), 2, {"i0003": "cat"}, answers_per_element=50)
+
+
+def test_beam_em_with_answers_spilled_to_files_gives_the_in_process_answers(tmp_path):
+    gold = {"i0003": "cat", "i0100": "dog"}
+    assert_beam_matches_in_process(synthetic_votes(seed=8), 3, gold, answers_per_element=100, spill_dir=str(tmp_path))
+    spilled = list(tmp_path.iterdir())
+    assert len(spilled) >= 9 and all(path.name.startswith("em-answers-") for path in spilled)   # 960 answers / 100
 
 
 def test_beam_em_clamps_gold_like_the_in_process_path():
