@@ -55,8 +55,11 @@ def event_schema(version: int) -> dict[str, Any]:
     return _parsed(event_schema_file(version))
 
 
-# v2 = v1 + `labels` (multi-label) and `score` (ratings), both with defaults; v1 stays for readers of old versions.
-CONSENSUS_ROW_SCHEMA_FILE = "consensus_row.v2.avsc"
+# v2 = v1 + `labels` (multi-label) and `score` (ratings); v3 = v2 + `probabilities` (soft labels), all with
+# defaults; v1 and v2 stay for readers of old versions. Single-label methods publish single.v2 = v1 +
+# `probabilities`, without the two columns they would only ever fill with [] and null.
+CONSENSUS_ROW_SCHEMA_FILE = "consensus_row.v3.avsc"
+SINGLE_LABEL_ROW_SCHEMA_FILE = "consensus_row.single.v2.avsc"
 DEAD_LETTER_SCHEMA_FILE = "dead_letter.v1.avsc"
 
 

@@ -29,6 +29,7 @@ unusable comparisons).
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -65,7 +66,7 @@ from labelbeam.transforms.inference.version_agreement import (
     sum_annotator_pairs,
     version_agreement,
 )
-from labelbeam.transforms.methods.base import CONSENSUS_SCHEMA
+from labelbeam.transforms.methods.base import CLASSES_KEY, CONSENSUS_SCHEMA, classes_of, in_class_order, with_classes
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.table_files import (
     FileEntry,
@@ -77,9 +78,20 @@ from labelbeam.transforms.storage.table_files import (
 )
 
 
-def sorted_labels(tables: list[pa.Table]) -> pa.Table:
+def version_classes(tables: list[pa.Table], given: list[str] | None) -> list[str]:
+    """The version's class order for soft labels: sorted, --labels and every class a bucket's
+    probabilities name (vote and gold labels). [] when no table has soft labels (not a single-label method)."""
+    seen = set().union(*(classes_of(table) for table in tables))
+    return sorted(seen | set(given or ())) if seen else []
+
+
+def sorted_labels(tables: list[pa.Table], classes: list[str] | None = None) -> pa.Table:
+    """All buckets' rows sorted by item_id; with `classes`, every row's probabilities in that order."""
+    if classes:
+        tables = [in_class_order(table, classes) for table in tables]
     table = pa.concat_tables(tables) if tables else CONSENSUS_SCHEMA.empty_table()
-    return table.cast(CONSENSUS_SCHEMA).sort_by("item_id").combine_chunks()
+    table = table.cast(CONSENSUS_SCHEMA).sort_by("item_id").combine_chunks()
+    return with_classes(table, classes) if classes else table
 
 
 def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int,
@@ -93,13 +105,15 @@ def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int,
     entries = []
     avro_schema = avro_schema or registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE)
     labels = labels.select([field["name"] for field in avro_schema["fields"]])
+    classes = classes_of(labels) if "probabilities" in labels.column_names else []
+    metadata = {CLASSES_KEY.decode(): json.dumps(classes)} if classes else None
     for i, (parquet_name, avro_name) in enumerate(zip(
             shard_names(f"{version_store.LABELS_TABLE}/labels", ".parquet", num_shards),
             shard_names(f"{version_store.LABELS_AVRO_TABLE}/labels", ".avro", num_shards))):
         shard = labels.slice(i * rows_per_shard, rows_per_shard)
         entries.append(write_file(version_dir, parquet_name, parquet_bytes(shard), shard.num_rows))
-        entries.append(write_file(version_dir, avro_name, avro_bytes(avro_schema, shard.to_pylist(), avro_name),
-                                  shard.num_rows))
+        entries.append(write_file(version_dir, avro_name,
+                                  avro_bytes(avro_schema, shard.to_pylist(), avro_name, metadata), shard.num_rows))
     return entries
 
 
@@ -294,7 +308,8 @@ class WriteVersionFn(beam.DoFn):
         for kind, value in parts:
             by_kind[kind].append(value)
         _, dead_letters = quarantine_dead_letters(self._quarantine_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
-        labels = sorted_labels(by_kind[LABELS])
+        classes = version_classes(by_kind[LABELS], self._manifest_base.get("params", {}).get("labels"))
+        labels = sorted_labels(by_kind[LABELS], classes)
         counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
         summary = label_summary(labels, union_of_label_lists(by_kind[VOTE_LABELS]))
         time_per_annotator = sum_labeling_time(by_kind[LABELING_TIME])
@@ -320,6 +335,7 @@ class WriteVersionFn(beam.DoFn):
             "counts": counts,
             "files": [entry.to_json() for entry in sorted(files)],
             "labels": summary["labels"],
+            **({"classes": classes} if classes else {}),   # the order of every row's probabilities
             "status": summary["status"],
             "label_distribution": summary["label_distribution"],
             # the mean share of agreeing vote pairs, then (with the lifecycle's partials) alpha, kappa, entropy

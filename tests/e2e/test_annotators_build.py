@@ -5,6 +5,8 @@ import os
 import pathlib
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,6 +101,9 @@ def test_ds_on_beam_publishes_what_ds_in_process_publishes(sample, tmp_path, wit
         assert local_labels.column(column).equals(beam_labels.column(column)), column
     np.testing.assert_allclose(local_labels.column("confidence").to_numpy(),
                                beam_labels.column("confidence").to_numpy(), atol=1e-7)
+    assert local.manifest["classes"] == distributed.manifest["classes"] == sorted(sample[1]["labels"])
+    np.testing.assert_allclose(np.array(local_labels.column("probabilities").to_pylist()),
+                               np.array(beam_labels.column("probabilities").to_pylist()), atol=1e-7)
     assert local_annotators.column("votes").equals(beam_annotators.column("votes"))
     np.testing.assert_allclose(local_annotators.column("accuracy").to_numpy(),
                                beam_annotators.column("accuracy").to_numpy(), atol=1e-7)
@@ -128,3 +133,24 @@ def test_bucketing_never_changes_the_published_bytes(sample, tmp_path, method, e
     for name in ("labels/labels-00000-of-00001.parquet", "labels_avro/labels-00000-of-00001.avro",
                  "annotators/annotators-00000-of-00001.parquet"):
         assert (pathlib.Path(one.version_dir) / name).read_bytes() == (pathlib.Path(other.version_dir) / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("method, em", [("mv", "in_process"), ("ds", "in_process"), ("ds", "beam")])
+def test_soft_labels_cover_every_class_in_one_order_whatever_the_method_or_the_order_of_labels(sample, tmp_path,
+                                                                                              method, em):
+    given = ("zebra", *reversed(sample[1]["labels"]))   # a class nobody voted for, and not in sorted order
+    outcome = build(sample, tmp_path / "out", method=method, em=em, labels=given)
+    classes = outcome.manifest["classes"]
+    assert classes == sorted(given)
+    labels, _ = tables(outcome)
+    assert json.loads(labels.schema.field("probabilities").metadata[b"labelbeam.classes"]) == classes
+    voted = labels.filter(pc.greater(labels.column("num_votes"), 0))
+    probabilities = np.array(voted.column("probabilities").to_pylist())
+    assert probabilities.shape == (voted.num_rows, len(classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    assert (probabilities[:, classes.index("zebra")] == 0).all()
+    # The label is the most probable class and confidence its probability (ties: the first class).
+    assert [classes[i] for i in probabilities.argmax(axis=1)] == voted.column("label").to_pylist()
+    np.testing.assert_allclose(probabilities.max(axis=1), voted.column("confidence").to_numpy())
+    assert labels.filter(pc.equal(labels.column("num_votes"), 0)).column("probabilities").null_count == \
+        labels.num_rows - voted.num_rows

@@ -27,6 +27,7 @@ def source_copy(tmp_path) -> pathlib.Path:
             shutil.copy2(source, copy / name)
     return copy
 SCHEMAS = {"annotation_event.v1.avsc", "annotation_event.v2.avsc", "consensus_row.v1.avsc", "consensus_row.v2.avsc",
+           "consensus_row.v3.avsc", "consensus_row.single.v2.avsc",
            "dead_letter.v1.avsc"}
 
 

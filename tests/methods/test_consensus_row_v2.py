@@ -4,6 +4,7 @@ import io
 import fastavro
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from labelbeam.schemas import registry
 from labelbeam.transforms.inference.annotator_stats import (
@@ -18,14 +19,26 @@ from labelbeam.transforms.publish import sorted_labels
 from labelbeam.transforms.storage.table_files import avro_bytes, parquet_bytes
 
 
-def test_published_rows_use_v2_and_it_matches_the_arrow_schema():
-    assert registry.CONSENSUS_ROW_SCHEMA_FILE == "consensus_row.v2.avsc"
+def test_the_full_row_schema_is_v3_and_matches_the_arrow_schema():
+    assert registry.CONSENSUS_ROW_SCHEMA_FILE == "consensus_row.v3.avsc"
+    v3 = registry.load_schema_json("consensus_row.v3.avsc")
+    fastavro.parse_schema(v3)
+    assert [f["name"] for f in v3["fields"]] == CONSENSUS_SCHEMA.names
+    assert all(f.get("doc") for f in v3["fields"])
     v2 = registry.load_schema_json("consensus_row.v2.avsc")
-    fastavro.parse_schema(v2)
-    assert [f["name"] for f in v2["fields"]] == CONSENSUS_SCHEMA.names
-    assert all(f.get("doc") for f in v2["fields"])
+    assert [f["name"] for f in v2["fields"]] == CONSENSUS_SCHEMA.names[:8]
     v1 = registry.load_schema_json("consensus_row.v1.avsc")
     assert [f["name"] for f in v1["fields"]] == CONSENSUS_SCHEMA.names[:6]
+    single = registry.load_schema_json(registry.SINGLE_LABEL_ROW_SCHEMA_FILE)
+    assert [f["name"] for f in single["fields"]] == CONSENSUS_SCHEMA.names[:6] + ["probabilities"]
+
+
+@pytest.mark.parametrize("old, new", [("consensus_row.v1.avsc", "consensus_row.v3.avsc"),
+                                      ("consensus_row.v2.avsc", "consensus_row.v3.avsc"),
+                                      ("consensus_row.v1.avsc", "consensus_row.single.v2.avsc")])
+def test_older_rows_read_under_the_newer_schemas(old, new):
+    assert registry.resolution_problems(fastavro.parse_schema(registry.load_schema_json(new)),
+                                        fastavro.parse_schema(registry.load_schema_json(old))) == []
 
 
 def test_v1_rows_read_under_v2_get_empty_labels_and_null_score():
@@ -37,14 +50,18 @@ def test_v1_rows_read_under_v2_get_empty_labels_and_null_score():
     fastavro.writer(buffer, v1, [row])
     buffer.seek(0)
     assert list(fastavro.reader(buffer, reader_schema=v2)) == [{**row, "labels": [], "score": None}]
+    buffer.seek(0)
+    v3 = registry.load_schema_json("consensus_row.v3.avsc")
+    assert list(fastavro.reader(buffer, reader_schema=v3)) == [{**row, "labels": [], "score": None,
+                                                                 "probabilities": None}]
 
 
 def test_rows_with_labels_and_score_write_the_same_bytes_twice():
     rows = pa.Table.from_pylist([
         {"item_id": "b", "label": None, "confidence": 0.5, "num_votes": 2, "agreement": 0.0, "status": "tie",
-         "labels": ["x", "y"], "score": None},
+         "labels": ["x", "y"], "score": None, "probabilities": None},
         {"item_id": "a", "label": None, "confidence": 1.0, "num_votes": 1, "agreement": None, "status": "ok",
-         "labels": [], "score": 3.25}], schema=CONSENSUS_SCHEMA)
+         "labels": [], "score": 3.25, "probabilities": None}], schema=CONSENSUS_SCHEMA)
     table = sorted_labels([rows])
     schema = registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE)
     assert parquet_bytes(table) == parquet_bytes(sorted_labels([rows.slice(1), rows.slice(0, 1)]))

@@ -100,7 +100,8 @@ def test_majority_vote_rows_have_the_contract_columns_and_statuses():
     assert by_item["i1"]["label"] == "cat" and by_item["i1"]["status"] == "ok"
     assert by_item["i1"]["confidence"] == pytest.approx(2 / 3)
     assert by_item["i2"] == {"item_id": "i2", "label": "cat", "confidence": 0.5, "num_votes": 2, "agreement": 0.0,
-                             "status": "tie", "labels": [], "score": None}
+                             "status": "tie", "labels": [], "score": None,
+                             "probabilities": [0.0, 0.5, 0.5]}
     assert by_item["i3"]["status"] == "needs_more_votes" and by_item["i3"]["agreement"] is None
     assert [row["item_id"] for row in rows(table)] == ["i1", "i2", "i3"]
 
@@ -153,4 +154,5 @@ def test_item_with_only_rating_votes_still_gets_a_row():
     table = MajorityVote().aggregate(event_table([event("e1", item="i1", label="cat"),
                                                   event("e2", item="i2", label=None, score=4.0)]))
     assert rows(table)[1] == {"item_id": "i2", "label": None, "confidence": 0.0, "num_votes": 0,
-                              "agreement": None, "status": "needs_more_votes", "labels": [], "score": None}
+                              "agreement": None, "status": "needs_more_votes", "labels": [], "score": None,
+                              "probabilities": None}

@@ -115,7 +115,7 @@ def test_multilabel_with_a_label_set_and_votes_that_take_no_part():
     assert rows["i1"]["labels"] == ["cat"] and rows["i1"]["confidence"] == 1.0 and rows["i1"]["agreement"] == 1.0
     # A pure rating is not a multi-label vote: the item keeps a row with no votes.
     assert rows["i2"] == {"item_id": "i2", "label": None, "confidence": 0.0, "num_votes": 0, "agreement": None,
-                          "status": "needs_more_votes", "labels": [], "score": None}
+                          "status": "needs_more_votes", "labels": [], "score": None, "probabilities": None}
 
 
 def test_a_vote_with_no_class_at_all_is_none_of_them():

@@ -73,7 +73,7 @@ def test_mean_and_median_rows():
     assert median["i4"]["status"] == "needs_more_votes"
     # An item with no rating keeps a row.
     assert mean["i3"] == {"item_id": "i3", "label": None, "confidence": 0.0, "num_votes": 0, "agreement": None,
-                          "status": "needs_more_votes", "labels": [], "score": None}
+                          "status": "needs_more_votes", "labels": [], "score": None, "probabilities": None}
 
 
 def test_rating_annotator_stats_share_within_and_no_bias_for_mean():

@@ -120,7 +120,7 @@ def consensus_from_posteriors(indexed: IndexedVotes, posteriors: np.ndarray, min
         np.zeros(answers.n_items)
     labels = tally_to_table(indexed.item_ids, indexed.label_names,
                             VoteTally(label, confidence, tally.num_votes, tally.agreement, is_tie & has_votes),
-                            min_votes)
+                            min_votes, soft_labels(posteriors, has_votes, indexed.label_names))
     stats = partial_annotator_stats(indexed.annotator_ids, answers.worker, answers.item, answers.label,
                                     indexed.label_names, posteriors, label, indexed.gold)
     return BucketConsensus(labels, stats)
@@ -135,7 +135,7 @@ class ConsensusMethod(abc.ABC):
     name: ClassVar[str]
     # The published row schema: single-label methods publish v1 rows (no labels/score columns,
     # which would only ever hold [] and null and cost writing); multi-label and ratings publish v2.
-    row_schema_file: ClassVar[str] = "consensus_row.v1.avsc"
+    row_schema_file: ClassVar[str] = registry.SINGLE_LABEL_ROW_SCHEMA_FILE
     supports_gold: ClassVar[bool] = True   # False: --gold does not apply (answers are not one class)
     votes_taking_part: ClassVar[str] = "votes with a single label"
     shape: ClassVar[str] = GATHER_AND_FIT
@@ -202,21 +202,69 @@ class PerItemMethod(ConsensusMethod):
     shape = PER_ITEM
 
 
-def tally_to_table(item_ids: pa.Array, label_names: pa.Array, tally: VoteTally, min_votes: int) -> pa.Table:
+CLASSES_KEY = b"labelbeam.classes"   # field metadata of `probabilities`: the JSON list of its classes, in order
+
+
+def soft_labels(posteriors: np.ndarray, has_votes: np.ndarray, label_names: pa.Array) -> pa.ListArray | None:
+    """Each item's posterior row as a list (null for items without a vote), for the `probabilities`
+    column; its classes (label_names, this bucket's order) travel in the column's field metadata
+    until the publish step puts every bucket in the version's class order (`in_class_order`)."""
+    if not len(label_names):
+        return None
+    n_items, n_labels = posteriors.shape
+    offsets = pa.array(np.arange(n_items + 1, dtype=np.int32) * n_labels)
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(posteriors, dtype=np.float64).ravel()),
+                                    mask=pa.array(~has_votes))
+
+
+def with_classes(table: pa.Table, classes: list[str], probabilities: pa.Array | None = None) -> pa.Table:
+    """The table with `probabilities` (its own, or the one given) labelled with its classes, in order."""
+    index = table.schema.get_field_index("probabilities")
+    field = CONSENSUS_SCHEMA.field("probabilities").with_metadata({CLASSES_KEY: json.dumps(classes).encode()})
+    return table.set_column(index, field, table.column(index) if probabilities is None else probabilities)
+
+
+def classes_of(table: pa.Table) -> list[str]:
+    """The classes of a table's `probabilities` column, in order ([] if it carries none)."""
+    metadata = table.schema.field("probabilities").metadata or {}
+    return json.loads(metadata[CLASSES_KEY]) if CLASSES_KEY in metadata else []
+
+
+def in_class_order(table: pa.Table, classes: list[str]) -> pa.Table:
+    """A consensus table with `probabilities` rearranged from its own classes into `classes` (a superset):
+    classes the bucket never saw get probability 0. Rows keep their nulls."""
+    own = classes_of(table)
+    if own == classes or not own:   # already in order, or no soft labels (other kinds of methods)
+        return with_classes(table, classes)
+    column = table.column("probabilities").combine_chunks()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    wide = np.zeros((int(valid.sum()), len(classes)))
+    position = {name: i for i, name in enumerate(classes)}
+    wide[:, [position[name] for name in own]] = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, len(own))
+    offsets = np.zeros(len(column) + 1, dtype=np.int32)
+    np.cumsum(np.where(valid, len(classes), 0), out=offsets[1:])
+    return with_classes(table, classes, pa.ListArray.from_arrays(pa.array(offsets), pa.array(wide.ravel()),
+                                                                  mask=pa.array(~valid)))
+
+
+def tally_to_table(item_ids: pa.Array, label_names: pa.Array, tally: VoteTally, min_votes: int,
+                   probabilities: pa.ListArray | None = None) -> pa.Table:
     """Consensus rows from a tally, with status: needs_more_votes before tie before ok."""
     has_label = tally.label_idx >= 0
     labels = label_names.take(pa.array(np.where(has_label, tally.label_idx, 0), mask=~has_label)) \
         if len(label_names) else pa.nulls(len(item_ids), pa.string())
     status = np.where((tally.num_votes < min_votes) | ~has_label, STATUS_NEEDS_MORE_VOTES,
                       np.where(tally.is_tie, STATUS_TIE, STATUS_OK))
-    return consensus_table(item_ids, labels, tally.confidence, tally.num_votes, tally.agreement, status)
+    table = consensus_table(item_ids, labels, tally.confidence, tally.num_votes, tally.agreement, status,
+                            probabilities=probabilities)
+    return with_classes(table, label_names.to_pylist()) if probabilities is not None else table
 
 
 def consensus_table(item_ids: pa.Array, label: pa.Array | None, confidence: np.ndarray, num_votes: np.ndarray,
                     agreement: np.ndarray, status: np.ndarray, labels: list[list[str]] | None = None,
-                    score: np.ndarray | None = None) -> pa.Table:
-    """CONSENSUS_SCHEMA rows; NaN agreement / score become null, missing label / labels / score are
-    null / [] / null."""
+                    score: np.ndarray | None = None, probabilities: pa.ListArray | None = None) -> pa.Table:
+    """CONSENSUS_SCHEMA rows; NaN agreement / score become null, missing label / labels / score /
+    probabilities are null / [] / null / null."""
     n = len(item_ids)
     agreement = np.asarray(agreement, dtype=np.float64)
     score_array = pa.nulls(n, pa.float64()) if score is None else \
@@ -226,7 +274,8 @@ def consensus_table(item_ids: pa.Array, label: pa.Array | None, confidence: np.n
                      pa.array(np.asarray(num_votes, dtype=np.int64), pa.int64()),
                      pa.array(agreement, mask=np.isnan(agreement), type=pa.float64()), pa.array(status, pa.string()),
                      empty_lists(n) if labels is None else pa.array(labels, pa.list_(pa.string())),
-                     score_array], schema=CONSENSUS_SCHEMA)
+                     score_array, pa.nulls(n, pa.list_(pa.float64())) if probabilities is None else probabilities],
+                    schema=CONSENSUS_SCHEMA)
 
 
 def empty_lists(n: int) -> pa.Array:

@@ -47,12 +47,13 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def avro_bytes(schema: dict, records: Iterable[dict], name: str) -> bytes:
+def avro_bytes(schema: dict, records: Iterable[dict], name: str, metadata: dict[str, str] | None = None) -> bytes:
+    """An Avro file of records; `metadata` adds user keys to its header."""
     records = list(records)
     sink = io.BytesIO()
     # fastavro draws a random sync marker by default; derive it from the file's identity instead.
     marker = hashlib.sha256(f"{name}:{len(records)}".encode()).digest()[:16]
-    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=marker)
+    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=marker, metadata=metadata)
     return sink.getvalue()
 
 
