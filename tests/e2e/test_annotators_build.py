@@ -5,7 +5,6 @@ import os
 import pathlib
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
