@@ -8,15 +8,18 @@ import pyarrow as pa
 import pytest
 from event_builders import event, event_table
 
+from labelbeam.transforms.inference import preferences
 from labelbeam.transforms.inference.annotator_stats import summarize_annotators
 from labelbeam.transforms.inference.bradley_terry import bradley_terry, win_probability
 from labelbeam.transforms.inference.preferences import (
+    TIE_DECIMALS,
+    ItemFit,
     PreferenceVote,
     consensus_fields,
     export_lines,
     export_record,
     export_table,
-    fit_item,
+    fit_items,
     unusable_reason,
     votes_by_item,
 )
@@ -27,6 +30,12 @@ from labelbeam.transforms.methods.registry import METHODS
 
 def vote(event_id, chosen, rejected, annotator="a", prompt=None, chosen_text=None, rejected_text=None):
     return PreferenceVote(event_id, annotator, chosen, rejected, prompt, chosen_text, rejected_text)
+
+
+def fit_item(item_id, votes):
+    """One prompt's fit (the method fits a bucket's prompts together: fit_items)."""
+    [fit] = fit_items({item_id: votes})
+    return fit
 
 
 def pref(event_id, item, annotator, chosen, rejected=None, **texts):
@@ -158,3 +167,75 @@ def test_bradley_terry_rows_do_not_depend_on_which_prompts_share_a_bucket():
     split = pa.concat_tables([method.aggregate(table.filter(pa.array([i in {"p0", "p3"} for i in items]))),
                               method.aggregate(table.filter(pa.array([i not in {"p0", "p3"} for i in items])))])
     assert split.sort_by("item_id").equals(whole)
+
+
+def per_prompt_fits(items, prior=1.0, max_iter=1000, tol=1e-8):
+    """The fits as the method made them before the grouped fit: one `bradley_terry` call per prompt."""
+    fits = []
+    for item_id, votes in items.items():
+        usable = [vote for vote in votes if unusable_reason(vote) is None]
+        candidates = sorted({vote.chosen for vote in usable} | {vote.rejected for vote in usable})
+        position = {candidate: i for i, candidate in enumerate(candidates)}
+        winner = np.array([position[vote.chosen] for vote in usable], dtype=np.int64)
+        loser = np.array([position[vote.rejected] for vote in usable], dtype=np.int64)
+        log_strength = bradley_terry(winner, loser, len(candidates), prior=prior, max_iter=max_iter,
+                                     tol=tol).log_strength
+        order = np.lexsort((np.arange(len(candidates)), -np.round(log_strength, TIE_DECIMALS)))
+        fits.append(ItemFit(item_id, candidates, log_strength, order, winner, loser,
+                            [vote.annotator_id for vote in usable], len(votes) - len(usable)))
+    return fits
+
+
+def random_preference_events(seed: int) -> list[dict]:
+    """Preference votes of many prompts: first the awkward ones (a two-way tie, a 3-cycle, two pairs
+    never compared with each other, only unusable votes, a single comparison), then random prompts of
+    2-9 responses, some pairs never compared, about one vote in ten unusable, texts on some votes."""
+    rng = np.random.default_rng(seed)
+    fixed = {"tie": [("a", "b"), ("b", "a")], "cycle": [("r1", "r2"), ("r2", "r3"), ("r3", "r1")],
+             "apart": [("r1", "r2"), ("r3", "r4"), ("r1", "r2")], "unusable": [("x", None), ("x", "x")],
+             "one": [("good", "bad")]}
+    prompts = {f"{seed}-{name}": votes for name, votes in fixed.items()}
+    for p in range(int(rng.integers(8, 16))):
+        responses = [f"resp-{rng.integers(0, 40)}-{j}" for j in range(int(rng.integers(2, 10)))]
+        strength = rng.normal(0, 1.5, len(responses))
+        pairs = [tuple(rng.choice(len(responses), 2, replace=False)) for _ in range(int(rng.integers(1, 8)))]
+        votes = []
+        for _ in range(int(rng.integers(1, 16))):
+            i, j = pairs[rng.integers(len(pairs))]   # only these pairs are compared: often not all
+            i, j = (i, j) if rng.random() < 1 / (1 + np.exp(strength[j] - strength[i])) else (j, i)
+            roll = rng.random()
+            votes.append((responses[i], None if roll < 0.05 else responses[i] if roll < 0.1 else responses[j]))
+        prompts[f"{rng.integers(0, 1000)}-p{p}"] = votes
+    events = []
+    for item, votes in prompts.items():
+        for k, (chosen, rejected) in enumerate(votes):
+            texts = {key: f"{key} {item} {k}" for key in ("prompt", "chosen_text", "rejected_text")
+                     if rng.random() < 0.3}
+            events.append(pref(f"e-{item}-{k:02d}", item, f"a{k}", chosen, rejected, **texts))
+    return [events[i] for i in rng.permutation(len(events))]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_method_output_equals_the_per_prompt_reference_bit_for_bit(seed, monkeypatch):
+    table = event_table(random_preference_events(seed))
+    items = votes_by_item(table)
+    for grouped, alone in zip(fit_items(items), per_prompt_fits(items), strict=True):
+        assert (grouped.item_id, grouped.candidates, grouped.annotators, grouped.unusable) == \
+            (alone.item_id, alone.candidates, alone.annotators, alone.unusable)
+        assert grouped.log_strength.tobytes() == alone.log_strength.tobytes()
+        for got, expected in zip(grouped[3:6], alone[3:6]):   # order, winner, loser
+            assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    method = BradleyTerry(min_votes=2)
+    parts = method.consensus_of(table)
+    calls = []
+
+    def reference(items, *options):
+        calls.append(len(items))
+        return per_prompt_fits(items, *options)
+
+    monkeypatch.setattr(preferences, "fit_items", reference)
+    expected = method.consensus_of(table)
+    assert calls == [len(items)]   # the method fitted through the reference, all its prompts
+    for got, want in zip(parts, expected, strict=True):   # rows, annotator statistics, DPO export
+        assert got.schema == want.schema and got.equals(want)
+    assert set(parts.labels.column("status").to_pylist()) == {"ok", "tie", "needs_more_votes"}

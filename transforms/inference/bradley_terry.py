@@ -22,9 +22,17 @@ Choices (documented contracts, not tuned to any dataset):
   that are never compared across groups (responses of different prompts), use `fit_grouped`: the MM
   updates of disjoint groups do not interact, so one grouped fit equals separate fits per group.
 - Convergence on parameters: stop when the largest change of any log-strength is below `tol`, or after
-  `max_iter` MM updates.
+  `max_iter` MM updates. In `fit_grouped` every group stops by this test on its own log-strengths (and
+  the level shift's Newton steps too), so a group's result does not depend on which groups share the fit.
+- Many groups, one fit: `fit_grouped` runs the MM updates of all groups still iterating as whole-array
+  operations (bincount sums over the flat comparisons) and drops a group from the arrays once it stops,
+  so the numpy calls per iteration do not grow with the number of groups (a loop calling
+  `bradley_terry` per prompt pays them once per prompt). Its result is bit for bit what `bradley_terry`
+  gives on each group alone.
 - Order independence: comparisons are sorted by (winner, loser, weight) first, so every float sum runs in
-  the same order and the output is byte-identical whatever order the comparisons came in.
+  the same order and the output is byte-identical whatever order the comparisons came in. `fit_grouped`
+  numbers each group's candidates consecutively in their original order before sorting, so each group's
+  sums run in the order a fit of that group alone would use.
 - Ranking ties (equal log-strengths) break by the smallest candidate index.
 """
 from __future__ import annotations
@@ -32,8 +40,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-
-from labelbeam.transforms.inference.em import largest_change, run_em
 
 NEWTON_STEPS = 50   # cap for the 1-d shift solve; it needs a handful
 
@@ -52,9 +58,9 @@ class Comparisons(NamedTuple):
     n_candidates: int
 
 
-def canonical_comparisons(winner: np.ndarray, loser: np.ndarray, n_candidates: int,
-                          weight: np.ndarray | None = None) -> Comparisons:
-    """The comparisons in canonical order; ValueError on bad shapes, indices, weights or self-comparisons."""
+def _checked(winner: np.ndarray, loser: np.ndarray, n_candidates: int,
+             weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 winner/loser and float64 weight; ValueError on bad shapes, indices, weights or self-comparisons."""
     winner, loser = (np.asarray(a, dtype=np.int64) for a in (winner, loser))
     weight = np.ones(len(winner)) if weight is None else np.asarray(weight, dtype=np.float64)
     if not winner.shape == loser.shape == weight.shape or winner.ndim != 1:
@@ -66,6 +72,13 @@ def canonical_comparisons(winner: np.ndarray, loser: np.ndarray, n_candidates: i
         raise ValueError("a candidate cannot be compared with itself")
     if not (np.isfinite(weight) & (weight >= 0)).all():
         raise ValueError("weight must be finite and >= 0")
+    return winner, loser, weight
+
+
+def canonical_comparisons(winner: np.ndarray, loser: np.ndarray, n_candidates: int,
+                          weight: np.ndarray | None = None) -> Comparisons:
+    """The comparisons in canonical order; ValueError on bad shapes, indices, weights or self-comparisons."""
+    winner, loser, weight = _checked(winner, loser, n_candidates, weight)
     order = np.lexsort((weight, loser, winner))
     return Comparisons(winner[order], loser[order], weight[order], int(n_candidates))
 
@@ -95,24 +108,42 @@ def components(comparisons: Comparisons) -> np.ndarray:
         label = new_label
 
 
-def best_shift(log_strength: np.ndarray, component: np.ndarray) -> np.ndarray:
+def group_max(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """[n_groups] largest value of each group's run values[group_start[g]:group_start[g + 1]] (none empty)."""
+    if len(values) == 0:
+        return np.zeros(len(group_start) - 1)
+    return np.maximum.reduceat(values, group_start[:-1])
+
+
+def best_shift(log_strength: np.ndarray, component: np.ndarray,
+               group_start: np.ndarray | None = None) -> np.ndarray:
     """The log-strengths shifted, per connected component, to maximise the prior's term.
 
     Within a component the likelihood ignores a common shift c, so only the prior's games against the
     reference choose it: c solves sum_i (1 - 2 sigmoid(s_i + c)) = 0. This exact line search along a
     direction MM barely moves (the prior is weak) turns thousands of MM steps into tens. Newton's method
     from c = 0, with steps clipped to +-1 so a far start cannot overshoot.
+
+    With `group_start` (group g is candidates group_start[g]:group_start[g + 1], none empty, and no
+    component spans two groups) each group stops stepping by its own test, so the result is what a call
+    per group would give; without it all candidates are one group.
     """
     n = len(log_strength)
+    group_start = np.array([0, n]) if group_start is None else group_start
     shift = np.zeros(n)
+    stepping = True   # every group steps; once one stops, per candidate: does its group still step
     for _ in range(NEWTON_STEPS):
         p = np.exp(-np.logaddexp(0.0, -(log_strength + shift[component])))
         gradient = np.bincount(component, weights=1 - 2 * p, minlength=n)
         curvature = 2 * np.bincount(component, weights=p * (1 - p), minlength=n)
-        step = np.clip(np.divide(gradient, curvature, out=np.zeros(n), where=curvature > 0), -1.0, 1.0)
+        step = np.clip(np.divide(gradient, curvature, out=np.zeros(n), where=(curvature > 0) & stepping),
+                       -1.0, 1.0)
         shift += step
-        if np.abs(step).max(initial=0.0) < 1e-14:
-            break
+        still = group_max(np.abs(step), group_start) >= 1e-14
+        if not still.all():
+            if not still.any():
+                break
+            stepping = np.repeat(still, np.diff(group_start))
     return log_strength + shift[component]
 
 
@@ -123,15 +154,71 @@ def _check_options(prior: float, max_iter: int, tol: float) -> None:
         raise ValueError(f"max_iter must be >= 1 and tol > 0, got {max_iter}, {tol}")
 
 
-def _fit(comparisons: Comparisons, prior: float, max_iter: int, tol: float) -> tuple[np.ndarray, int, bool]:
-    """(MAP log-strengths relative to the reference, iterations, converged)."""
-    component = components(comparisons)
-    (log_strength,), iterations, converged = run_em(
-        (np.zeros(comparisons.n_candidates),),
-        lambda parameters: parameters[0],
-        lambda log_strength, _: (best_shift(mm_update(comparisons, log_strength, prior), component),),
-        largest_change, max_iter, tol)
+class _Running(NamedTuple):
+    """The groups still iterating, their candidates renumbered 0.. in the original order (so the
+    comparisons stay in canonical order and every sum keeps its order when groups drop out)."""
+    comparisons: Comparisons
+    component: np.ndarray       # component labels, renumbered like the candidates
+    group_start: np.ndarray     # [n_running + 1] each running group's run of candidates
+    candidates: np.ndarray      # original index of each running candidate
+    groups: np.ndarray          # original index of each running group
+
+
+def _keep(running: _Running, keep: np.ndarray) -> tuple[_Running, np.ndarray]:
+    """(`running` restricted to the groups where keep [n_running] is True, which running candidates stay)."""
+    sizes = np.diff(running.group_start)
+    kept = np.repeat(keep, sizes)
+    renumber = np.cumsum(kept) - 1
+    comparisons = running.comparisons
+    played = kept[comparisons.winner]   # both candidates of a comparison are in one group
+    return _Running(Comparisons(renumber[comparisons.winner[played]], renumber[comparisons.loser[played]],
+                                comparisons.weight[played], int(kept.sum())),
+                    renumber[running.component[kept]], np.concatenate(([0], np.cumsum(sizes[keep]))),
+                    running.candidates[kept], running.groups[keep]), kept
+
+
+def _fit(comparisons: Comparisons, group_start: np.ndarray, prior: float, max_iter: int,
+         tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(MAP log-strengths relative to the reference, [n_groups] iterations, [n_groups] converged).
+
+    The candidates of group g are group_start[g]:group_start[g + 1] (none empty) and no comparison leaves
+    its group. Each group runs MM updates until its own largest change is below `tol` (then it is
+    dropped from the running arrays, so its values stay as they were at that iteration) or `max_iter`.
+    """
+    n_groups = len(group_start) - 1
+    log_strength = np.zeros(comparisons.n_candidates)
+    iterations, converged = np.full(n_groups, max_iter), np.zeros(n_groups, dtype=bool)
+    running = _Running(comparisons, components(comparisons), group_start, np.arange(comparisons.n_candidates),
+                       np.arange(n_groups))
+    current = np.zeros(comparisons.n_candidates)   # the running candidates' values
+    for iteration in range(1, max_iter + 1):
+        new = best_shift(mm_update(running.comparisons, current, prior), running.component, running.group_start)
+        done = group_max(np.abs(new - current), running.group_start) < tol
+        current = new
+        if done.any():
+            log_strength[running.candidates] = current
+            iterations[running.groups[done]] = iteration
+            converged[running.groups[done]] = True
+            running, kept = _keep(running, ~done)
+            current = current[kept]
+            if len(running.groups) == 0:
+                break
+    log_strength[running.candidates] = current   # groups stopped by max_iter
     return log_strength, iterations, converged
+
+
+def group_means(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """[n_groups] mean of each group's run of values, bit for bit what values[a:b].mean() gives.
+
+    numpy sums a 1-d array pairwise, which a bincount (a running sum) does not reproduce from 8 values
+    on; summing the rows of a [groups, size] array does, so the groups are taken one size at a time.
+    """
+    sizes = np.diff(group_start)
+    means = np.empty(len(sizes))
+    for size in np.unique(sizes):   # one pass per distinct group size, not per group
+        of_size = np.flatnonzero(sizes == size)
+        means[of_size] = values[group_start[of_size, None] + np.arange(size)].sum(axis=1) / size
+    return means
 
 
 def bradley_terry(winner: np.ndarray, loser: np.ndarray, n_candidates: int, weight: np.ndarray | None = None,
@@ -141,8 +228,8 @@ def bradley_terry(winner: np.ndarray, loser: np.ndarray, n_candidates: int, weig
     comparisons = canonical_comparisons(winner, loser, n_candidates, weight)
     if n_candidates == 0:
         return BradleyTerryResult(np.zeros(0), 0, True)
-    log_strength, iterations, converged = _fit(comparisons, prior, max_iter, tol)
-    return BradleyTerryResult(log_strength - log_strength.mean(), iterations, converged)
+    log_strength, iterations, converged = _fit(comparisons, np.array([0, n_candidates]), prior, max_iter, tol)
+    return BradleyTerryResult(log_strength - log_strength.mean(), int(iterations[0]), bool(converged[0]))
 
 
 def fit_grouped(group: np.ndarray, winner: np.ndarray, loser: np.ndarray, n_candidates: int,
@@ -152,22 +239,28 @@ def fit_grouped(group: np.ndarray, winner: np.ndarray, loser: np.ndarray, n_cand
 
     group[c] is candidate c's group (any integers, shape [n_candidates]); both candidates of every
     comparison must be in the same group (ValueError otherwise). Log-strengths have mean 0 within each
-    group, and equal what `bradley_terry` gives on each group alone (to within the stopping tolerance:
-    the joint fit runs until its slowest group converges).
+    group and equal, bit for bit, what `bradley_terry` gives on each group alone, its candidates numbered
+    in their original order: each group stops by its own test. `iterations` is the most any group ran,
+    `converged` whether every group converged.
     """
     _check_options(prior, max_iter, tol)
     group = np.asarray(group)
     if group.shape != (n_candidates,):
         raise ValueError(f"group must have shape ({n_candidates},), one group per candidate, got {group.shape}")
-    comparisons = canonical_comparisons(winner, loser, n_candidates, weight)
-    if (group[comparisons.winner] != group[comparisons.loser]).any():
+    winner, loser, weight = _checked(winner, loser, n_candidates, weight)
+    if (group[winner] != group[loser]).any():
         raise ValueError("every comparison must be between two candidates of the same group")
     if n_candidates == 0:
         return BradleyTerryResult(np.zeros(0), 0, True)
-    log_strength, iterations, converged = _fit(comparisons, prior, max_iter, tol)
     _, index = np.unique(group, return_inverse=True)
-    means = np.bincount(index, weights=log_strength) / np.bincount(index)
-    return BradleyTerryResult(log_strength - means[index], iterations, converged)
+    by_group = np.argsort(index, kind="stable")   # each group's candidates consecutive, in their order
+    position = np.empty(n_candidates, dtype=np.int64)
+    position[by_group] = np.arange(n_candidates)
+    group_start = np.concatenate(([0], np.cumsum(np.bincount(index))))
+    comparisons = canonical_comparisons(position[winner], position[loser], n_candidates, weight)
+    log_strength, iterations, converged = _fit(comparisons, group_start, prior, max_iter, tol)
+    log_strength -= np.repeat(group_means(log_strength, group_start), np.diff(group_start))
+    return BradleyTerryResult(log_strength[position], int(iterations.max()), bool(converged.all()))
 
 
 def win_probability(log_strength: np.ndarray, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:

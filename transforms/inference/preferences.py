@@ -16,11 +16,12 @@ rejected == label compares nothing. It is not dropped silently: it stays counted
 `num_votes`, which counts usable comparisons only; the manifest's `consensus` section reports
 `votes_used` (sum of num_votes) and `votes_unused` (votes - votes_used). `unusable_reason` says why.
 
-Consensus of one prompt (`fit_item` + `consensus_fields`):
+Consensus of one prompt (`fit_items` + `consensus_fields`):
 - Bradley-Terry log-strengths of the prompt's responses (transforms/bradley_terry.py, MAP with
   `prior` pseudo-games, mean 0). Responses of different prompts are never compared, so each prompt is
   fitted alone (per prompt == global; fits of separate prompts never interact, so the bytes do not
-  depend on how prompts are bucketed).
+  depend on how prompts are bucketed). `fit_items` fits all prompts of a bucket with one grouped call,
+  which gives each prompt bit for bit its fit alone.
 - Ranking: log-strengths rounded to TIE_DECIMALS decimals (the fit is accurate to ~1e-8), descending;
   equal rounded strengths are tied and ordered by the smallest response id.
 - `label` = the first response of the ranking; status `tie` when the runner-up has the same rounded
@@ -49,7 +50,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from labelbeam.transforms.inference.bradley_terry import bradley_terry, win_probability
+from labelbeam.transforms.inference.bradley_terry import fit_grouped, win_probability
 
 REJECTED, PROMPT, CHOSEN_TEXT, REJECTED_TEXT = "rejected", "prompt", "chosen_text", "rejected_text"
 TIE_DECIMALS = 6
@@ -110,20 +111,39 @@ class ItemFit(NamedTuple):
     unusable: int               # votes of the item that compare nothing
 
 
-def fit_item(item_id: str, votes: list[PreferenceVote], prior: float = 1.0, max_iter: int = 1000,
-             tol: float = 1e-8) -> ItemFit:
-    """Bradley-Terry fit of one prompt's usable comparisons."""
-    usable = [vote for vote in votes if unusable_reason(vote) is None]
-    candidates = sorted({vote.chosen for vote in usable} | {vote.rejected for vote in usable})
-    position = {candidate: i for i, candidate in enumerate(candidates)}
-    winner = np.array([position[vote.chosen] for vote in usable], dtype=np.int64)
-    loser = np.array([position[vote.rejected] for vote in usable], dtype=np.int64)
-    log_strength = bradley_terry(winner, loser, len(candidates), prior=prior, max_iter=max_iter,
-                                 tol=tol).log_strength
-    key = np.round(log_strength, TIE_DECIMALS)
-    order = np.lexsort((np.arange(len(candidates)), -key))
-    return ItemFit(item_id, candidates, log_strength, order, winner, loser, [vote.annotator_id for vote in usable],
-                   len(votes) - len(usable))
+def fit_items(items: dict[str, list[PreferenceVote]], prior: float = 1.0, max_iter: int = 1000,
+              tol: float = 1e-8) -> list[ItemFit]:
+    """Bradley-Terry fits of the prompts' usable comparisons, one per prompt in `items`' order.
+
+    Every prompt's comparisons go into flat arrays (its candidates numbered consecutively, in sorted id
+    order) and all prompts are fitted by one `fit_grouped` call, one group per prompt: bit for bit what
+    `bradley_terry` gives on each prompt alone, without a numpy call per prompt and MM iteration.
+    """
+    usable_votes, candidate_lists, winner, loser = [], [], [], []
+    start = [0]
+    for votes in items.values():
+        usable = [vote for vote in votes if unusable_reason(vote) is None]
+        candidates = sorted({vote.chosen for vote in usable} | {vote.rejected for vote in usable})
+        position = {candidate: start[-1] + i for i, candidate in enumerate(candidates)}
+        winner += [position[vote.chosen] for vote in usable]
+        loser += [position[vote.rejected] for vote in usable]
+        usable_votes.append(usable)
+        candidate_lists.append(candidates)
+        start.append(start[-1] + len(candidates))
+    group = np.repeat(np.arange(len(candidate_lists)), np.diff(start))
+    winner, loser = np.array(winner, dtype=np.int64), np.array(loser, dtype=np.int64)
+    log_strength = fit_grouped(group, winner, loser, start[-1], prior=prior, max_iter=max_iter,
+                               tol=tol).log_strength
+    # Each prompt's ranking is a run of the grouped ranking: rounded strength desc, then smallest id.
+    order = np.lexsort((np.arange(start[-1]), -np.round(log_strength, TIE_DECIMALS), group))
+    fits, comparison = [], 0
+    for (item_id, votes), usable, candidates, a, b in zip(items.items(), usable_votes, candidate_lists, start,
+                                                          start[1:]):
+        played = slice(comparison, comparison + len(usable))
+        comparison += len(usable)
+        fits.append(ItemFit(item_id, candidates, log_strength[a:b], order[a:b] - a, winner[played] - a,
+                            loser[played] - a, [vote.annotator_id for vote in usable], len(votes) - len(usable)))
+    return fits
 
 
 def _beats(fit: ItemFit, a: int, b: int) -> float:

@@ -23,9 +23,9 @@ class BradleyTerry(PerItemMethod):
     """Bradley-Terry strengths of each prompt's responses from pairwise preference votes.
 
     Encoding, unusable votes, ranking, tie and confidence rules: transforms/inference/preferences.py. Each prompt
-    is fitted alone (responses of different prompts are never compared). Besides the rows, emits the
-    prompt/chosen/rejected export records (PREFERENCES), which PublishVersion writes as
-    preferences-00000-of-00001.jsonl.
+    is fitted alone (responses of different prompts are never compared), all prompts of a bucket in one
+    grouped fit (`preferences.fit_items`). Besides the rows, emits the prompt/chosen/rejected export records
+    (PREFERENCES), which PublishVersion writes as preferences-00000-of-00001.jsonl.
     """
     name = "bradley_terry"
     result_type = PreferenceConsensus
@@ -42,10 +42,10 @@ class BradleyTerry(PerItemMethod):
     def consensus_of(self, votes: pa.Table) -> PreferenceConsensus:
         item_ids, labels, confidence, num_votes, agreement, is_tie = [], [], [], [], [], []
         annotators, true, answered, expected, consensus, records = [], [], [], [], [], []
-        for item_id, item_votes in preferences.votes_by_item(votes).items():
-            fit = preferences.fit_item(item_id, item_votes, self.prior, self.max_iter, self.tol)
+        items = preferences.votes_by_item(votes)
+        for fit, item_votes in zip(preferences.fit_items(items, self.prior, self.max_iter, self.tol), items.values()):
             fields = preferences.consensus_fields(fit)
-            item_ids.append(item_id)
+            item_ids.append(fit.item_id)
             labels.append(fields.label)
             confidence.append(fields.confidence)
             num_votes.append(fields.num_votes)
