@@ -174,9 +174,18 @@ def timed_cell(method: str, run: Callable[[], Any], score: Callable[[Any], float
         return Cell(method, note=f"crashed: {one_line(exc)}")
 
 
+def most_frequent_class(answers: Answers) -> np.ndarray:
+    """Every item gets the class the crowd answered most often overall: the floor no model should fall below."""
+    posteriors = np.zeros((answers.n_items, answers.n_labels))
+    posteriors[:, np.bincount(answers.label, minlength=answers.n_labels).argmax()] = 1.0
+    return posteriors
+
+
 def our_cores() -> list[Core]:
-    """Our majority vote and Dawid-Skene, plus whichever optional cores can be imported."""
-    cores = [Core("ours mv", vote_shares), Core(OUR_DS, lambda answers: dawid_skene(answers).posteriors)]
+    """The most-frequent-class floor, our majority vote and Dawid-Skene, plus whichever optional cores
+    can be imported."""
+    cores = [Core("most frequent class", most_frequent_class), Core("ours mv", vote_shares),
+             Core(OUR_DS, lambda answers: dawid_skene(answers).posteriors)]
     return cores + [optional_core(*spec) for spec in OPTIONAL_CORES]
 
 

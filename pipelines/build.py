@@ -533,6 +533,10 @@ def format_summary(config: BuildConfig, outcome: BuildOutcome) -> str:
     if use.get("votes_unused"):  # votes of another kind of answer, or unusable comparisons: say so
         lines.append(f"  consensus used {use['votes_used']} of {counts['votes']} votes ({use['votes_unused']} not "
                      f"used; the method takes {use['votes_taking_part']})")
+    fit = use.get("fit")
+    if isinstance(fit, dict) and fit.get("degenerate"):
+        lines.append(f"  WARNING: the {fit['model']} fit is degenerate, so the labels are {fit['fallback']}'s: "
+                     f"{fit['reason']}")
     annotators = outcome.manifest.get("annotators")
     if annotators:
         keyed = "keyed pseudonyms" if annotators["keyed"] else \

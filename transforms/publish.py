@@ -66,7 +66,14 @@ from labelbeam.transforms.inference.version_agreement import (
     sum_annotator_pairs,
     version_agreement,
 )
-from labelbeam.transforms.methods.base import CLASSES_KEY, CONSENSUS_SCHEMA, classes_of, in_class_order, with_classes
+from labelbeam.transforms.methods.base import (
+    CLASSES_KEY,
+    CONSENSUS_SCHEMA,
+    classes_of,
+    fit_reports,
+    in_class_order,
+    with_classes,
+)
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.table_files import (
     FileEntry,
@@ -308,6 +315,7 @@ class WriteVersionFn(beam.DoFn):
         for kind, value in parts:
             by_kind[kind].append(value)
         _, dead_letters = quarantine_dead_letters(self._quarantine_dir, by_kind[DEAD_LETTERS], self._rows_per_shard)
+        fits = fit_reports(by_kind[LABELS])
         classes = version_classes(by_kind[LABELS], self._manifest_base.get("params", {}).get("labels"))
         labels = sorted_labels(by_kind[LABELS], classes)
         counts = {**sum_counts(by_kind[COUNTS]), "items": labels.num_rows}
@@ -344,7 +352,8 @@ class WriteVersionFn(beam.DoFn):
             "annotators": annotators,
             "labeling_time": labeling_summary(time_per_annotator),
             "dead_letters": dead_letters,
-            "consensus": {**self._manifest_base.get("consensus", {}), **vote_use(labels, counts)},
+            "consensus": {**self._manifest_base.get("consensus", {}), **vote_use(labels, counts),
+                          **({"fit": fits[0] if len(fits) == 1 else fits} if fits else {})},
             **extra,
         }
         write_file(self._version_dir, version_store.CANDIDATE, version_store.encode_manifest(manifest), 1)

@@ -1,11 +1,15 @@
 """MACE truth inference (Hovy et al., NAACL 2013): pure numpy EM over sparse answers. No Beam here.
 
-Model: each item has a true class with fixed priors (uniform by default, as in MACE). For every
+Model: each item has a true class with priors pi (learned by EM unless fixed). For every
 answer, annotator w knows the true class with probability theta_w (their competence) and gives it;
 otherwise they spam: they answer class l with probability xi_w[l] (their spam distribution),
 whatever the true class. So P(answer l | class k) = theta_w [l == k] + (1 - theta_w) xi_w[l].
 
 Choices (documented contracts, not tuned to any dataset):
+- Class priors are learned in the M-step (expected class shares plus `smoothing`), as Dawid-Skene
+  does. MACE fixes them (uniform unless `--priors`); with uniform priors the model reads a skewed
+  dataset's rare class into too many items: on d_product (88% one class) it scored 0.838 against gold,
+  below always answering the common class (0.878); learned, 0.939. Passing `class_priors` fixes them.
 - Plain EM (MACE's `--em` mode, not its default variational Bayes), with MACE's EM smoothing:
   `smoothing` pseudo-counts added to each annotator's expected knowing and spamming counts and to
   every class of their spam counts before normalising. Default 0.01 / n_labels, MACE's default.
@@ -41,6 +45,7 @@ from labelbeam.transforms.inference.em import (
 
 class MaceResult(NamedTuple):
     posteriors: np.ndarray           # [n_items, n_labels], rows sum to 1
+    priors: np.ndarray               # [n_labels], learned or as given
     competence: np.ndarray           # [n_workers], theta: P(annotator knows and gives the true class)
     spam_distribution: np.ndarray    # [n_workers, n_labels], xi: their answers when spamming; rows sum to 1
     iterations: int
@@ -91,12 +96,17 @@ def m_step(answers: Answers, posteriors: np.ndarray, competence: np.ndarray, spa
     return new_competence, new_spam
 
 
+def learned_log_priors(posteriors: np.ndarray, smoothing: float) -> np.ndarray:
+    counts = posteriors.sum(axis=0) + smoothing
+    return np.log(counts / counts.sum())
+
+
 def mace(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: float | None = None,
          class_priors: np.ndarray | None = None, gold: np.ndarray | None = None) -> MaceResult:
-    """Fit MACE by EM; see the module docstring for initialisation, smoothing and stopping.
+    """Fit MACE by EM; see the module docstring for initialisation, smoothing, priors and stopping.
 
-    `smoothing` None means 0.01 / n_labels (MACE's default). `class_priors` [n_labels] are fixed,
-    not learned (uniform when None), as in MACE's `--priors`.
+    `smoothing` None means 0.01 / n_labels (MACE's default). `class_priors` [n_labels] fixes the
+    class priors (as MACE's `--priors`); None learns them.
     """
     if smoothing is None:
         smoothing = 0.01 / answers.n_labels
@@ -104,14 +114,21 @@ def mace(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: fl
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
     answers = canonical_answers(answers)
     gold = checked_gold(gold, answers.n_items, answers.n_labels)
-    log_priors = fixed_log_priors(class_priors, answers.n_labels)
-    competence = np.full(answers.n_workers, 0.5)
-    spam_distribution = np.full((answers.n_workers, answers.n_labels), 1.0 / answers.n_labels)
-    (competence, spam_distribution), iterations, converged = run_em(
-        m_step(answers, clamp_gold(vote_shares(answers), gold), competence, spam_distribution, smoothing),
-        lambda params: e_step(answers, log_priors, *params, gold)[0],
-        lambda posteriors, params: m_step(answers, posteriors, *params, smoothing),
-        largest_change, max_iter, tol)
-    posteriors, log_likelihood = e_step(answers, log_priors, competence, spam_distribution, gold)
-    return MaceResult(posteriors, competence, spam_distribution, iterations, converged, log_likelihood)
+    fixed = None if class_priors is None else fixed_log_priors(class_priors, answers.n_labels)
 
+    def m_step_all(posteriors, params):
+        log_priors = fixed if fixed is not None else learned_log_priors(posteriors, smoothing)
+        return (log_priors, *m_step(answers, posteriors, params[1], params[2], smoothing))
+
+    def change(old, new):   # in probabilities, as every EM core here
+        return largest_change((np.exp(old[0]), *old[1:]), (np.exp(new[0]), *new[1:]))
+
+    uniform_spam = np.full((answers.n_workers, answers.n_labels), 1.0 / answers.n_labels)
+    start = (None, np.full(answers.n_workers, 0.5), uniform_spam)
+    (log_priors, competence, spam_distribution), iterations, converged = run_em(
+        m_step_all(clamp_gold(vote_shares(answers), gold), start),
+        lambda params: e_step(answers, *params, gold)[0],
+        m_step_all, change, max_iter, tol)
+    posteriors, log_likelihood = e_step(answers, log_priors, competence, spam_distribution, gold)
+    return MaceResult(posteriors, np.exp(log_priors), competence, spam_distribution, iterations, converged,
+                      log_likelihood)

@@ -203,6 +203,18 @@ class PerItemMethod(ConsensusMethod):
 
 
 CLASSES_KEY = b"labelbeam.classes"   # field metadata of `probabilities`: the JSON list of its classes, in order
+FIT_KEY = b"labelbeam.fit"           # table metadata of an annotator model's rows: its fit report, as JSON
+
+
+def with_fit_report(table: pa.Table, report: dict) -> pa.Table:
+    """Consensus rows carrying the fit report of the model that made them, to the publish step."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), FIT_KEY: json.dumps(report).encode()})
+
+
+def fit_reports(tables: list[pa.Table]) -> list[dict]:
+    """The distinct fit reports that consensus tables carry, in a fixed order."""
+    found = {(table.schema.metadata or {}).get(FIT_KEY) for table in tables} - {None}
+    return [json.loads(report) for report in sorted(found)]
 
 
 def soft_labels(posteriors: np.ndarray, has_votes: np.ndarray, label_names: pa.Array) -> pa.ListArray | None:

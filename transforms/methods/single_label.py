@@ -6,6 +6,7 @@ import abc
 import hashlib
 import json
 import math
+import re
 from typing import ClassVar
 
 import numpy as np
@@ -14,7 +15,8 @@ import pyarrow as pa
 from labelbeam.transforms.inference.calibration import calibrated_with_gold
 from labelbeam.transforms.inference.dawid_skene import dawid_skene
 from labelbeam.transforms.inference.dawid_skene import e_step as dawid_skene_e_step
-from labelbeam.transforms.inference.em import Answers, fixed_log_priors
+from labelbeam.transforms.inference.degenerate import degeneracy
+from labelbeam.transforms.inference.em import Answers, clamp_gold, fixed_log_priors
 from labelbeam.transforms.inference.glad import e_step as glad_e_step
 from labelbeam.transforms.inference.glad import glad
 from labelbeam.transforms.inference.mace import e_step as mace_e_step
@@ -26,10 +28,14 @@ from labelbeam.transforms.methods.base import (
     EM_BEAM,
     EM_IN_PROCESS,
     GATHER_AND_FIT,
+    BucketConsensus,
     ConsensusMethod,
     IndexedVotes,
     MethodRequest,
     PerItemMethod,
+    consensus_from_posteriors,
+    index_votes,
+    with_fit_report,
 )
 
 
@@ -144,14 +150,35 @@ class AnnotatorModelMethod(ConsensusMethod):
         return {**super().params(), "max_iter": self.max_iter, "tol": self.tol, "em": self.em}
 
     def posteriors(self, indexed):
-        """The model's posteriors; with gold, temperature-scaled on the gold items (calibration.py)."""
+        return self.checked_posteriors(indexed)[0]
+
+    def checked_posteriors(self, indexed) -> tuple[np.ndarray, dict]:
+        """(posteriors, fit report). The model's posteriors, with gold temperature-scaled on the gold items
+        (calibration.py); if the fit is degenerate (inference/degenerate.py: label-switched or collapsed),
+        the vote shares instead (majority vote, gold items clamped), and the report says so."""
         answers, gold = indexed.answers, indexed.gold
+        report = {"model": self.name, "degenerate": False}
         if answers.n_labels == 0:  # only multi-label or rating votes: no class to infer
-            return np.zeros((answers.n_items, 0))
+            return np.zeros((answers.n_items, 0)), report
         fit = self.fit_model(answers, gold)
+        reason = degeneracy(answers, fit.posteriors.argmax(axis=1))
+        if reason:
+            label_names = getattr(indexed, "label_names", None)
+            if label_names is not None:   # classes by name, not index
+                reason = re.sub(r"class (\d+)", lambda match: repr(label_names[int(match[1])].as_py()), reason)
+            return clamp_gold(weighted_shares(answers, None), gold), {
+                **report, "degenerate": True, "fallback": MajorityVote.name, "reason": reason}
         if gold is None or not (gold >= 0).any():
-            return fit.posteriors
-        return calibrated_with_gold(self.posteriors_from_votes(answers, fit), gold)[0]
+            return fit.posteriors, report
+        return calibrated_with_gold(self.posteriors_from_votes(answers, fit), gold)[0], report
+
+    def consensus_of(self, votes: pa.Table) -> BucketConsensus:
+        if votes.num_rows == 0:
+            return super().consensus_of(votes)
+        indexed = index_votes(votes, self.gold)
+        posteriors, report = self.checked_posteriors(indexed)
+        result = consensus_from_posteriors(indexed, posteriors, self.min_votes)
+        return result._replace(labels=with_fit_report(result.labels, report))
 
     @abc.abstractmethod
     def fit_model(self, answers: Answers, gold: np.ndarray | None):
@@ -219,7 +246,6 @@ class Mace(AnnotatorModelMethod):
         return mace(answers, self.max_iter, self.tol, gold=gold)
 
     def posteriors_from_votes(self, answers, fit):
-        # MACE's class priors are fixed (uniform), as in mace().
-        return mace_e_step(answers, fixed_log_priors(None, answers.n_labels), fit.competence,
+        return mace_e_step(answers, np.log(fit.priors), fit.competence,
                            fit.spam_distribution)[0]
 
