@@ -93,8 +93,11 @@ def test_parquet_and_avro_shards_hold_the_same_rows_and_load_with_pandas(first_b
     with open(os.path.join(outcome.version_dir, "labels_avro/labels-00000-of-00001.avro"), "rb") as stream:
         avro_rows = list(fastavro.reader(stream))
     assert parquet.to_pylist() == avro_rows
-    # A single-label method publishes v1 rows: no labels/score columns (they would only hold [] and null).
-    assert list(frame.columns) == ["item_id", "label", "confidence", "num_votes", "agreement", "status"]
+    # A single-label method publishes single.v2 rows (v1 plus its soft labels): no labels/score columns,
+    # which would only hold [] and null.
+    assert list(frame.columns) == ["item_id", "label", "confidence", "num_votes", "agreement", "status",
+                                   "probabilities"]
+    assert outcome.manifest["schema"]["doc"].startswith("The consensus label of one item")
     assert [field["name"] for field in outcome.manifest["schema"]["fields"]] == list(frame.columns)
     assert frame["item_id"].is_monotonic_increasing and frame["item_id"].is_unique
     assert ((frame["confidence"] > 0) & (frame["confidence"] <= 1)).all()
