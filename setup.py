@@ -49,6 +49,6 @@ setup(
         # crowd-kit is only a yardstick for benchmarks/consensus_accuracy.py, never a runtime dependency.
         "bench": ["pandas>=2", "psutil>=5", "crowd-kit==1.4.2"],
     },
-    entry_points={"console_scripts": ["labelbeam=labelbeam.pipelines.cli:main"]},
+    entry_points={"console_scripts": ["labelbeam=labelbeam.pipelines.cli:console_main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

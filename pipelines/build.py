@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shlex
-import sys
 import tempfile
 import time
 import uuid
@@ -28,7 +27,7 @@ from typing import Any
 
 # errors first: importing it hides the "apitools not found" line apache_beam logs while it loads.
 from labelbeam.pipelines import logs
-from labelbeam.pipelines.errors import EXIT_OK, EXIT_PUBLISH_GATE, UserError, guarded
+from labelbeam.pipelines.errors import EXIT_OK, EXIT_PUBLISH_GATE, UserError, exit_process, guarded
 
 # isort: split
 import apache_beam as beam
@@ -648,4 +647,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -7,9 +7,10 @@ Exit codes (pipelines/errors.py): 0 done (an up-to-date build included), 1 the j
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import NoReturn
 
-from labelbeam.pipelines.errors import guarded  # before anything imports apache_beam (hide_apitools_warning)
+# before anything imports apache_beam (hide_apitools_warning)
+from labelbeam.pipelines.errors import exit_process, guarded
 
 # isort: split
 from labelbeam.pipelines import catalog, generate, inspect, pull, report, webhook
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console_main() -> NoReturn:
+    """The `labelbeam` command (setup.py's console script): main(), then the process ends with its code."""
+    exit_process(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -119,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

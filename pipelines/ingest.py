@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import threading
 import uuid
 
@@ -34,6 +33,7 @@ from labelbeam.pipelines.build import pipeline_options
 from labelbeam.pipelines.errors import (
     EXIT_OK,
     UserError,
+    exit_process,
     guarded,  # isort: split  (before apache_beam: it hides one warning)
 )
 from labelbeam.pipelines.options import add_ingest_arguments, check_dataset_name, parse_labels
@@ -250,4 +250,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
