@@ -49,7 +49,7 @@ def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path):
     def fit(runner: str) -> np.ndarray:
         out = tmp_path / f"{runner.rsplit('.', 1)[-1]}.npy"
         with beam.Pipeline(options=PipelineOptions(["--runner", runner])) as pipeline:
-            fitted = pipeline | beam.Create(buckets) | FitDawidSkeneOnBeam(max_iter=30)
+            fitted = pipeline | beam.Create(buckets) | FitDawidSkeneOnBeam(max_iter=12)
             _ = fitted["state"] | beam.Map(lambda state, path=str(out): np.save(path, np.concatenate(
                 [[state.iterations], state.log_priors, state.log_confusions.ravel()])))
         return np.load(out)
