@@ -23,11 +23,14 @@ class Answers(NamedTuple):
 
 
 def per_item_sum(answers: Answers, values: np.ndarray) -> np.ndarray:
-    """[n_items, K] sums of per-answer rows `values` [n_answers, K] over each item's answers."""
-    n_labels = values.shape[1]
-    flat = answers.item[:, None] * n_labels + np.arange(n_labels)[None, :]
-    return np.bincount(flat.ravel(), weights=values.ravel(), minlength=answers.n_items * n_labels) \
-        .reshape(answers.n_items, n_labels)
+    """[n_items, K] sums of per-answer rows `values` [n_answers, K] over each item's answers.
+
+    One bincount per column: each bin still adds its answers in input order, so the bits equal one
+    bincount over a flattened [n_answers * K] index, which costs 1.5x the time building that index."""
+    if values.shape[1] == 0:
+        return np.zeros((answers.n_items, 0))
+    return np.stack([np.bincount(answers.item, weights=values[:, k], minlength=answers.n_items)
+                     for k in range(values.shape[1])], axis=1)
 
 
 def vote_shares(answers: Answers) -> np.ndarray:
