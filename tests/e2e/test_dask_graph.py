@@ -46,14 +46,17 @@ def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path):
     votes = synthetic_votes(seed=5, n_items=120)
     buckets = [votes.slice(start, 160) for start in range(0, votes.num_rows, 160)]   # whole items per slice
 
-    def fit(runner: str) -> np.ndarray:
+    def fit(runner: str, *flags: str) -> np.ndarray:
         out = tmp_path / f"{runner.rsplit('.', 1)[-1]}.npy"
-        with beam.Pipeline(options=PipelineOptions(["--runner", runner])) as pipeline:
+        with beam.Pipeline(options=PipelineOptions(["--runner", runner, *flags])) as pipeline:
             fitted = pipeline | beam.Create(buckets) | FitDawidSkeneOnBeam(max_iter=12)
             _ = fitted["state"] | beam.Map(lambda state, path=str(out): np.save(path, np.concatenate(
                 [[state.iterations], state.log_priors, state.log_confusions.ravel()])))
         return np.load(out)
 
-    on_dask = fit("labelbeam.pipelines.dask_runner.DaskRunner")
+    # A cluster of our own, closed after the test: one the runner started would live as long as pytest.
+    from dask.distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = fit("labelbeam.pipelines.dask_runner.DaskRunner", "--dask_client_address", cluster.scheduler_address)
     assert on_dask[0] > 5   # several iterations ran, each reading the previous one's state
     np.testing.assert_array_equal(on_dask, fit("FnApiRunner"))   # fixed-point sums: the same bits anywhere
