@@ -133,8 +133,9 @@ class ConsensusMethod(abc.ABC):
     annotator models also keep them at their label while fitting.
     """
     name: ClassVar[str]
-    # The published row schema: single-label methods publish v1 rows (no labels/score columns,
-    # which would only ever hold [] and null and cost writing); multi-label and ratings publish v2.
+    # The published row schema: single-label methods publish single.v2 rows (v1 plus probabilities; no
+    # labels/score columns, which would only ever hold [] and null and cost writing); multi-label and
+    # ratings publish v2.
     row_schema_file: ClassVar[str] = registry.SINGLE_LABEL_ROW_SCHEMA_FILE
     supports_gold: ClassVar[bool] = True   # False: --gold does not apply (answers are not one class)
     votes_taking_part: ClassVar[str] = "votes with a single label"
@@ -247,7 +248,7 @@ def in_class_order(table: pa.Table, classes: list[str]) -> pa.Table:
     classes the bucket never saw get probability 0. Rows keep their nulls."""
     own = classes_of(table)
     if own == classes or not own:   # already in order, or no soft labels (other kinds of methods)
-        return with_classes(table, classes)
+        return table
     column = table.column("probabilities").combine_chunks()
     valid = column.is_valid().to_numpy(zero_copy_only=False)
     wide = np.zeros((int(valid.sum()), len(classes)))
