@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import apache_beam as beam
 import pyarrow as pa
@@ -57,12 +57,11 @@ from labelbeam.schemas import registry
 from labelbeam.transforms.coders import ArrowCoder
 from labelbeam.transforms.events import dead_letters as dl
 from labelbeam.transforms.events import event_log as el
-from labelbeam.transforms.events.gc_pause import gc_paused
 from labelbeam.transforms.events.parser import MIN_EVENT_TIME_MS
 from labelbeam.transforms.events.record_batches import key_hash
 from labelbeam.transforms.read_stream import RAW_CHUNKS
 from labelbeam.transforms.storage import stores
-from labelbeam.transforms.storage.table_files import FileEntry, avro_bytes
+from labelbeam.transforms.storage.table_files import FileEntry, avro_table_bytes
 from labelbeam.transforms.validate import RulesSource, ValidateEvents
 
 LOGGED = "logged"
@@ -97,11 +96,10 @@ class LogFiles:
         self._root = log_root
         self._store = stores.store_for(log_root)
 
-    def write(self, kind: str, hour_ms: int, bucket: int, sequence: int, schema_file: str,
-              records: list[dict]) -> FileEntry:
-        with gc_paused():
-            data = avro_bytes(registry.load_schema_json(schema_file), records,
-                              el.part_path(kind, hour_ms, bucket, sequence, ""))
+    def write(self, kind: str, hour_ms: int, bucket: int, sequence: int, rows: pa.Table,
+              file_bytes: Callable[[pa.Table, str], bytes]) -> FileEntry:
+        """Writes file_bytes(rows, name) (an Avro file of the rows) under the name its bytes give it."""
+        data = file_bytes(rows, el.part_path(kind, hour_ms, bucket, sequence, ""))
         digest = hashlib.sha256(data).hexdigest()
         relative_path = el.part_path(kind, hour_ms, bucket, sequence, digest)
         path = stores.join(self._root, *relative_path.split("/"))
@@ -109,7 +107,11 @@ class LogFiles:
             self._store.create_only(path, data)
         except stores.AlreadyExists:
             pass  # the same name holds the same bytes: a retried bundle wrote it before
-        return FileEntry(relative_path, len(records), len(data), digest)
+        return FileEntry(relative_path, rows.num_rows, len(data), digest)
+
+
+def dead_letter_file_bytes(letters: pa.Table, name: str) -> bytes:
+    return avro_table_bytes(registry.load_schema_json(registry.DEAD_LETTER_SCHEMA_FILE), letters, name)
 
 
 HourKey = tuple[int, int]   # (bucket, hour_ms): one writer per bucket of event ids and event hour
@@ -253,8 +255,7 @@ class DeduplicateAndLogFn(beam.DoFn):
         hour_start = _timestamp(hour_ms)
         progress = progress_state.read() or el.KeyProgress()
         progress = progress._replace(watermark_ms=self._watermark.joined(progress.watermark_ms))
-        seen = seen_state.read()
-        result = el.deduplicate_with_ttl(el.empty_seen() if seen is None else seen, pa.Table.from_batches([batch]))
+        result = el.deduplicate_with_ttl(el.seen_from_state(seen_state.read()), pa.Table.from_batches([batch]))
         seen, invalid, too_late = result.seen, result.conflicts.num_rows, 0
         if invalid:
             self._conflicts.inc(invalid)
@@ -285,8 +286,7 @@ class DeduplicateAndLogFn(beam.DoFn):
         self._watermark.observe(_ms(fired))
         progress = progress_state.read() or el.KeyProgress()
         watermark_ms = self._watermark.joined(progress.watermark_ms)
-        seen = seen_state.read()
-        seen = el.empty_seen() if seen is None else seen
+        seen = el.seen_from_state(seen_state.read())
         due = {late for late in progress.buffered if el.flush_deadline_ms(hour_ms, late, self._policy) <= watermark_ms}
         files, counts = progress.files, {"valid": 0, "late": 0, "invalid": 0}
         if due:
@@ -304,8 +304,7 @@ class DeduplicateAndLogFn(beam.DoFn):
                 yield pvalue.TaggedOutput(dl.DEAD_LETTER, window.TimestampedValue(el.event_dead_letters(
                     conflicted, dl.EVENT_ID_CONFLICT, el.conflict_detail()), _timestamp(hour_ms)))
             if to_log.num_rows:
-                yield self._files.write(el.EVENTS_DIR, hour_ms, bucket, files, el.LOG_SCHEMA_FILE,
-                                        el.log_records(to_log))
+                yield self._files.write(el.EVENTS_DIR, hour_ms, bucket, files, to_log, el.log_file_bytes)
                 files += 1
                 late_rows = _rows_among(to_log, late_ids)
                 counts["valid"] += to_log.num_rows
@@ -346,8 +345,7 @@ class WriteDeadLettersFn(beam.DoFn):
         buffer.clear()
         if letters.num_rows:
             files = files_state.read() or 0
-            yield self._files.write(el.REJECTED_DIR, hour_ms, bucket, files, registry.DEAD_LETTER_SCHEMA_FILE,
-                                    letters.to_pylist())
+            yield self._files.write(el.REJECTED_DIR, hour_ms, bucket, files, letters, dead_letter_file_bytes)
             files_state.write(files + 1)
 
 

@@ -77,7 +77,7 @@ from labelbeam.transforms.methods.base import (
 from labelbeam.transforms.storage import version_store
 from labelbeam.transforms.storage.table_files import (
     FileEntry,
-    avro_bytes,
+    avro_table_bytes,
     num_shards_for,
     parquet_bytes,
     shard_names,
@@ -120,7 +120,7 @@ def write_label_shards(version_dir: str, labels: pa.Table, rows_per_shard: int,
         shard = labels.slice(i * rows_per_shard, rows_per_shard)
         entries.append(write_file(version_dir, parquet_name, parquet_bytes(shard), shard.num_rows))
         entries.append(write_file(version_dir, avro_name,
-                                  avro_bytes(avro_schema, shard.to_pylist(), avro_name, metadata), shard.num_rows))
+                                  avro_table_bytes(avro_schema, shard, avro_name, metadata), shard.num_rows))
     return entries
 
 
@@ -142,8 +142,8 @@ def quarantine_dead_letters(quarantine_dir: str, batches: list[pa.RecordBatch],
     prefix = f"{version_store.QUARANTINE}/{FileSystems.split(quarantine_dir.rstrip('/'))[1]}/"
     entries = []
     for i, name in enumerate(shard_names("dead_letters", ".avro", num_shards)):
-        shard = letters.slice(i * rows_per_shard, rows_per_shard).to_pylist()
-        entry = write_file(quarantine_dir, name, avro_bytes(schema, shard, name), len(shard))
+        shard = letters.slice(i * rows_per_shard, rows_per_shard)
+        entry = write_file(quarantine_dir, name, avro_table_bytes(schema, shard, name), shard.num_rows)
         entries.append(entry._replace(path=prefix + entry.path))
     by_reason = {row["values"]: row["counts"] for row in letters.column("reason").value_counts().to_pylist()}
     return entries, {"rows": letters.num_rows, "by_reason": dict(sorted(by_reason.items())),

@@ -1,4 +1,5 @@
 """The curated event log's pure cores: hours and paths, Avro rows, lateness, and deduplication with a TTL."""
+import hashlib
 import io
 
 import fastavro
@@ -70,13 +71,17 @@ def test_split_by_bucket_and_hour_puts_every_copy_of_an_id_in_one_bucket_and_hou
 
 # Avro rows and dead letters
 
-def test_log_records_are_v2_records_sorted_by_event_id_with_sorted_metadata():
+def test_log_files_hold_v2_records_sorted_by_event_id_with_sorted_metadata():
     table = event_table([event("e2", metadata={"b": "2", "a": "1"}), event("e1")], source="s.jsonl")
-    records = el.log_records(table)
+    with io.BytesIO(el.log_file_bytes(table, "part.avro")) as stream:
+        reader = fastavro.reader(stream)
+        assert reader.writer_schema == registry.event_schema(2)
+        records = list(reader)
     assert [r["event_id"] for r in records] == ["e1", "e2"]
     assert list(records[1]["metadata"].items()) == [("a", "1"), ("b", "2")]
     assert set(records[0]) == {f["name"] for f in registry.load_schema_json(el.LOG_SCHEMA_FILE)["fields"]}
     assert records[0]["revision"] == 0 and records[0]["labels"] == [] and records[0]["score"] is None
+    assert el.log_file_bytes(table.take([1, 0]), "part.avro") == el.log_file_bytes(table, "part.avro")
 
 
 def test_event_dead_letters_carry_the_event_as_a_v2_avro_datum_and_its_provenance():
@@ -198,6 +203,33 @@ def test_every_incoming_row_is_kept_a_conflict_or_a_duplicate():
         assert not set(ids(result.kept)) & set(seen.column("event_id").to_pylist())
         seen = result.seen
         assert len(set(seen.column("event_id").to_pylist())) == seen.num_rows
+
+
+def test_state_written_with_repr_digests_still_tells_duplicates_from_conflicts():
+    """A job updated in place keeps the seen-ids state its previous version wrote: repr digests, no
+    legacy_digest column. Copies of those ids must still count as duplicates, not conflicts."""
+    old = event_table([event("e1", metadata={"b": "2", "a": "1"}), event("e2", label="cat")])
+    old_state = pa.table({"event_id": old.column("event_id"), "hour_ms": pa.array([el.hour_of(T0)] * 2, pa.int64()),
+                          "digest": pa.array(el.repr_content_digests(old), pa.uint64()),
+                          "conflict": pa.array([False, False]), "pending": pa.array([False, False])})
+    seen = el.seen_from_state(old_state)
+    assert seen.column("legacy_digest").to_pylist() == [True, True]
+    result = el.deduplicate_with_ttl(seen, event_table([event("e1", metadata={"a": "1", "b": "2"}),
+                                                        event("e2", label="dog"), event("e3")], source="new"))
+    assert (ids(result.kept), result.duplicates, ids(result.conflicts)) == (["e3"], 1, ["e2"])
+    legacy = dict(zip(result.seen.column("event_id").to_pylist(), result.seen.column("legacy_digest").to_pylist()))
+    assert legacy == {"e1": True, "e2": True, "e3": False}
+    assert el.seen_from_state(None).num_rows == 0
+
+
+def test_content_digest_is_the_blake2b_of_the_v2_avro_datum_with_metadata_sorted():
+    """Pinned: the digests live in a running job's state, so changing them breaks in-place updates."""
+    table = event_table([event("e1", label="dog", metadata={"z": "1", "a": "2"})])
+    record = {**table.select(list(el.EVENT_FIELD_NAMES)).to_pylist()[0], "metadata": {"a": "2", "z": "1"}}
+    datum = io.BytesIO()
+    fastavro.schemaless_writer(datum, fastavro.parse_schema(registry.event_schema(2)), record)
+    expected = int.from_bytes(hashlib.blake2b(datum.getvalue(), digest_size=8).digest(), "little")
+    assert el.content_digests(table).tolist() == [expected]
 
 
 def test_settle_flush_dead_letters_buffered_copies_that_conflicted_and_ends_pending():

@@ -39,11 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labelbeam.schemas import registry
+from labelbeam.transforms.arrays import avro_columns
 from labelbeam.transforms.events import dead_letters as dl
-from labelbeam.transforms.events.gc_pause import gc_paused
 from labelbeam.transforms.events.lifecycle import deduplicate
 from labelbeam.transforms.events.parser import MIN_EVENT_TIME_MS
-from labelbeam.transforms.events.raw_chunks import avro_datum
 from labelbeam.transforms.events.record_batches import EVENT_FIELD_NAMES
 
 HOUR_MS = 3_600_000
@@ -54,6 +53,7 @@ REJECTED_DIR = "rejected"
 UNKNOWN_HOUR = -1
 DIGEST_CHARS = 12
 LOG_SCHEMA_FILE = registry.event_schema_file(registry.LATEST_EVENT_SCHEMA_VERSION)
+_LOG_ENCODER = avro_columns.RowEncoder(registry.load_schema_json(LOG_SCHEMA_FILE))
 
 ON_TIME, LATE, CLOSED = "on_time", "late", "closed"
 
@@ -63,6 +63,9 @@ SEEN_SCHEMA = pa.schema([
     pa.field("digest", pa.uint64(), nullable=False),    # content_digests of the kept copy (0 if none)
     pa.field("conflict", pa.bool_(), nullable=False),   # copies differed: every copy is dead-lettered
     pa.field("pending", pa.bool_(), nullable=False),    # the kept copy waits in a buffer, not yet written
+    # digest is repr_content_digests': state written before content_digests hashed Avro datums (a job
+    # updated in place keeps its state; those ids expire with their TTL).
+    pa.field("legacy_digest", pa.bool_(), nullable=False),
 ])
 
 
@@ -128,59 +131,50 @@ def split_by_bucket_and_hour(events: pa.RecordBatch, num_buckets: int) -> Iterat
 # --------------------------------------------------------------------------------------------------
 # Rows of the log files
 
-def log_records(events: pa.Table) -> list[dict]:
-    """The events as annotation_event.v2 records, sorted by (event_id, source, offset).
-
-    Map entries are sorted by key, so the same events always give the same records (and bytes).
-    """
+def log_rows(events: pa.Table) -> pa.Table:
+    """The events sorted by (event_id, source, offset): a log file's row order, the same for the same events."""
     keys = pa.table({"event_id": events.column("event_id"), "source": events.column("source").cast(pa.string()),
                      "offset": events.column("offset")})
-    events = events.take(pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names]))
-    return _records(events)
+    return events.take(pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names]))
 
 
-def _python_columns(events: pa.Table | pa.RecordBatch) -> list[list]:
-    """The event fields as Python lists; a map's entries as a list of (key, value) sorted by key.
-
-    Maps are rebuilt from their flat keys and values: Arrow's to_pylist of a map column costs ~5 us a row.
-    """
-    columns = []
-    for name in EVENT_FIELD_NAMES:
-        column = events.column(name)
-        if not pa.types.is_map(column.type):
-            columns.append(column.to_pylist())
-            continue
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        # offsets honour slicing and index the whole child arrays; keys and items ignore slicing.
-        offsets = array.offsets.to_numpy()
-        first, last = int(offsets[0]), int(offsets[-1])
-        keys = array.keys.slice(first, last - first).to_pylist()
-        values = array.items.slice(first, last - first).to_pylist()
-        offsets = (offsets - first).tolist()
-        columns.append([sorted(zip(keys[start:end], values[start:end])) if end > start else []
-                        for start, end in zip(offsets[:-1], offsets[1:])])
-    return columns
+def log_file_bytes(events: pa.Table, name: str) -> bytes:
+    """An Avro file (LOG_SCHEMA_FILE, map entries sorted by key) of the events in log_rows order."""
+    return avro_columns.table_file_bytes(registry.load_schema_json(LOG_SCHEMA_FILE), log_rows(events), name)
 
 
-def _records(events: pa.Table | pa.RecordBatch) -> list[dict]:
-    with gc_paused():  # many small acyclic objects
-        columns = _python_columns(events)
-        for position, name in enumerate(EVENT_FIELD_NAMES):
-            if pa.types.is_map(events.schema.field(name).type):
-                columns[position] = [dict(entries) for entries in columns[position]]
-        return [dict(zip(EVENT_FIELD_NAMES, row)) for row in zip(*columns)]
+def _log_datums(events: pa.Table | pa.RecordBatch) -> avro_columns.Pieces:
+    """Each event's annotation_event.v2 Avro datum (map entries sorted by key)."""
+    return _LOG_ENCODER.encode(events)
 
 
 def content_digests(events: pa.Table | pa.RecordBatch) -> np.ndarray:
     """A 64-bit digest of each row's event fields (uint64): equal content gives equal digests.
 
     Content is what lifecycle.deduplicate compares: every event field, map entries in any order, not
-    where the event was read from. Stable across processes and Python versions.
+    where the event was read from. It is the blake2b of the event's v2 Avro datum with map entries
+    sorted by key: stable across processes and Python versions.
     """
+    datums = _log_datums(events)
+    data, offsets = datums.data.tobytes(), datums.offsets.tolist()
     blake2b = hashlib.blake2b
-    with gc_paused():  # many small acyclic objects
-        return np.fromiter((int.from_bytes(blake2b(repr(row).encode(), digest_size=8).digest(), "little")
-                            for row in zip(*_python_columns(events))), dtype=np.uint64, count=events.num_rows)
+    return np.fromiter((int.from_bytes(blake2b(data[start:end], digest_size=8).digest(), "little")
+                        for start, end in zip(offsets[:-1], offsets[1:])), dtype=np.uint64, count=events.num_rows)
+
+
+def repr_content_digests(events: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """content_digests as state written before 2026-11-30 holds them: the blake2b of the repr of each row's
+    event fields as Python values, a map as its (key, value) pairs sorted. Only compared with such state."""
+    columns = []
+    for name in EVENT_FIELD_NAMES:
+        column = events.column(name)
+        if pa.types.is_map(column.type):
+            columns.append([sorted(entries) for entries in column.to_pylist()])
+        else:
+            columns.append(column.to_pylist())
+    blake2b = hashlib.blake2b
+    return np.fromiter((int.from_bytes(blake2b(repr(row).encode(), digest_size=8).digest(), "little")
+                        for row in zip(*columns)), dtype=np.uint64, count=events.num_rows)
 
 
 def event_dead_letters(events: pa.Table, reason: str, detail: str) -> pa.RecordBatch:
@@ -190,13 +184,12 @@ def event_dead_letters(events: pa.Table, reason: str, detail: str) -> pa.RecordB
     re-read, so `raw` is the validated event as an annotation_event.v2 Avro datum (raw_format "avro",
     schema_version 2): replayable. Source and offset stay the event's own.
     """
-    schema = registry.load_schema_json(LOG_SCHEMA_FILE)
-    provenance = events.select(["source", "offset"]).to_pylist()
-    letters = []
-    for record, where in zip(_records(events), provenance):
-        letters.append(dl.DeadLetter(reason, detail.format(event_id=repr(record["event_id"])),
-                                     avro_datum(schema, record), "avro", registry.LATEST_EVENT_SCHEMA_VERSION,
-                                     where["source"], where["offset"], record["event_id"]))
+    datums = _log_datums(events)
+    data, offsets = datums.data.tobytes(), datums.offsets.tolist()
+    provenance = events.select(["event_id", "source", "offset"]).to_pylist()
+    letters = [dl.DeadLetter(reason, detail.format(event_id=repr(where["event_id"])), data[start:end], "avro",
+                             registry.LATEST_EVENT_SCHEMA_VERSION, where["source"], where["offset"], where["event_id"])
+               for where, start, end in zip(provenance, offsets[:-1], offsets[1:])]
     batch = dl.to_record_batch(letters)
     return pa.Table.from_batches([batch]).sort_by(dl.SORT_ORDER).combine_chunks().to_batches()[0] if letters else batch
 
@@ -263,6 +256,17 @@ def empty_seen() -> pa.Table:
     return SEEN_SCHEMA.empty_table()
 
 
+def seen_from_state(state: pa.Table | None) -> pa.Table:
+    """The SEEN_SCHEMA table a writer's state holds: empty when it holds none; state written before
+    `legacy_digest` existed gets it, all true."""
+    if state is None:
+        return empty_seen()
+    if "legacy_digest" not in state.schema.names:
+        state = state.append_column(SEEN_SCHEMA.field("legacy_digest"),
+                                    pa.array(np.ones(state.num_rows, dtype=bool)))
+    return state.cast(SEEN_SCHEMA)
+
+
 def _copies_per_id(events: pa.Table, event_ids: pa.Array) -> np.ndarray:
     counts = pc.value_counts(events.column("event_id"))
     positions = pc.index_in(event_ids, value_set=counts.field("values")).to_numpy(zero_copy_only=False)
@@ -298,7 +302,12 @@ def deduplicate_with_ttl(seen: pa.Table, events: pa.Table) -> TtlDedupResult:
     conflict = seen.column("conflict").to_numpy(zero_copy_only=False).copy()
     seen_rows, at = _match(seen, candidate_ids)
     seen_digest = seen.column("digest").to_numpy()[seen_rows]
-    conflicting = conflict[seen_rows] | (seen_digest != digests[at])
+    candidate_digest = digests[at]
+    legacy = seen.column("legacy_digest").to_numpy(zero_copy_only=False)[seen_rows]
+    if legacy.any():
+        candidate_digest = candidate_digest.copy()
+        candidate_digest[legacy] = repr_content_digests(candidates.take(pa.array(at[legacy])))
+    conflicting = conflict[seen_rows] | (seen_digest != candidate_digest)
     hour[seen_rows] = np.maximum(hour[seen_rows], candidate_hours[at])
     conflict[seen_rows] |= conflicting
     is_new = np.ones(len(candidate_ids), dtype=bool)
@@ -319,17 +328,20 @@ def deduplicate_with_ttl(seen: pa.Table, events: pa.Table) -> TtlDedupResult:
 
     updated = pa.table({"event_id": seen.column("event_id"), "hour_ms": pa.array(hour, pa.int64()),
                         "digest": seen.column("digest"), "conflict": pa.array(conflict, pa.bool_()),
-                        "pending": seen.column("pending")}, schema=SEEN_SCHEMA)
+                        "pending": seen.column("pending"), "legacy_digest": seen.column("legacy_digest")},
+                       schema=SEEN_SCHEMA)
     new_kept = pa.table({"event_id": candidate_ids.filter(pa.array(is_new)),
                          "hour_ms": pa.array(candidate_hours[is_new], pa.int64()),
                          "digest": pa.array(digests[is_new], pa.uint64()),
                          "conflict": pa.array(np.zeros(np.count_nonzero(is_new), dtype=bool)),
-                         "pending": pa.array(np.ones(np.count_nonzero(is_new), dtype=bool))}, schema=SEEN_SCHEMA)
+                         "pending": pa.array(np.ones(np.count_nonzero(is_new), dtype=bool)),
+                         "legacy_digest": pa.array(np.zeros(np.count_nonzero(is_new), dtype=bool))}, schema=SEEN_SCHEMA)
     new_conflicts = pa.table({"event_id": conflict_ids.filter(pa.array(unknown)),
                               "hour_ms": pa.array(conflict_hours[unknown], pa.int64()),
                               "digest": pa.array(np.zeros(np.count_nonzero(unknown), dtype=np.uint64)),
                               "conflict": pa.array(np.ones(np.count_nonzero(unknown), dtype=bool)),
-                              "pending": pa.array(np.zeros(np.count_nonzero(unknown), dtype=bool))},
+                              "pending": pa.array(np.zeros(np.count_nonzero(unknown), dtype=bool)),
+                              "legacy_digest": pa.array(np.zeros(np.count_nonzero(unknown), dtype=bool))},
                              schema=SEEN_SCHEMA)
     seen = pa.concat_tables([updated, new_kept, new_conflicts]).combine_chunks()
 

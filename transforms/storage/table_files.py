@@ -1,7 +1,8 @@
 """Deterministic table files through Beam FileSystems: the same rows always give the same bytes.
 
 Parquet via pyarrow; Avro via fastavro with a sync marker derived from the file's identity
-(fastavro draws a random one by default).
+(fastavro draws a random one by default). Arrow tables become Avro through avro_columns' column-wise
+encoder, which writes the bytes fastavro would write for the same rows.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from labelbeam.transforms.arrays import avro_columns
 from labelbeam.transforms.storage.stores import environment_faults
 
-AVRO_CODEC = "deflate"
+AVRO_CODEC = avro_columns.CODEC
 
 
 class FileEntry(NamedTuple):
@@ -51,10 +53,15 @@ def avro_bytes(schema: dict, records: Iterable[dict], name: str, metadata: dict[
     """An Avro file of records; `metadata` adds user keys to its header."""
     records = list(records)
     sink = io.BytesIO()
-    # fastavro draws a random sync marker by default; derive it from the file's identity instead.
-    marker = hashlib.sha256(f"{name}:{len(records)}".encode()).digest()[:16]
-    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=marker, metadata=metadata)
+    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=avro_columns.sync_marker(name, len(records)),
+                    metadata=metadata)
     return sink.getvalue()
+
+
+def avro_table_bytes(schema: dict, rows: pa.Table | pa.RecordBatch, name: str,
+                     metadata: dict[str, str] | None = None) -> bytes:
+    """avro_bytes(schema, rows.to_pylist(), name, metadata), encoded a column at a time (maps sorted by key)."""
+    return avro_columns.table_file_bytes(schema, rows, name, metadata)
 
 
 def write_file(version_dir: str, relative_path: str, data: bytes, rows: int) -> FileEntry:
