@@ -33,6 +33,7 @@ setup(
         "pyarrow>=14",
         "fastavro>=1.9",
         "numpy>=1.24",
+        "scipy>=1.11",  # sparse products: the annotator models' EM sums over answers
         "orjson>=3.9",
         "tqdm>=4.60",
         "plotly>=5.15",  # `labelbeam report`: plots with their JavaScript inlined, so the page works offline

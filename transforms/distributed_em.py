@@ -33,13 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
+from scipy import sparse
 
 from labelbeam.transforms import coders
 from labelbeam.transforms.arrays import fixed_point
 from labelbeam.transforms.arrays.factorize import concatenated
 from labelbeam.transforms.inference.calibration import fit_temperature, tempered
 from labelbeam.transforms.inference.dawid_skene import e_step, expected_counts, parameter_change, parameters_from_counts
-from labelbeam.transforms.inference.em import Answers, clamp_gold, vote_shares
+from labelbeam.transforms.inference.em import Answers, answer_counts, clamp_gold, vote_shares
 from labelbeam.transforms.methods.base import IndexedVotes, consensus_from_posteriors, index_votes
 
 
@@ -230,7 +231,8 @@ def to_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, n
     return tuple(fixed_point.to_fixed(part) for part in counts)
 
 
-def exact_counts(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def exact_counts(answers: Answers, posteriors: np.ndarray,
+                 counts: sparse.csr_array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-point `expected_counts` that do not depend on how items are split into elements.
 
     Posteriors are rounded to the fixed-point grid first; sums of grid values stay exact in float64
@@ -240,7 +242,7 @@ def exact_counts(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, 
     if len(answers.item) >= fixed_point.EXACT_FLOAT_UNITS:
         raise ValueError(f"an element of {len(answers.item)} answers is too large for exact counts "
                          f"(< {fixed_point.EXACT_FLOAT_UNITS})")
-    return to_fixed_point(expected_counts(answers, fixed_point.on_grid(posteriors)))
+    return to_fixed_point(expected_counts(answers, fixed_point.on_grid(posteriors), counts))
 
 
 def from_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +280,8 @@ def initial_counts(shard: AnswerShard):
         return
     compact = shard.bucket().compact
     answers = compact.answers()
-    yield exact_counts(answers, clamp_gold(vote_shares(answers), compact.gold()))
+    counts = answer_counts(answers)
+    yield exact_counts(answers, clamp_gold(vote_shares(answers, counts), compact.gold()), counts)
 
 
 ANSWERS = "answers"
@@ -294,8 +297,9 @@ def e_step_counts(shard: AnswerShard, state: EMState):
         return
     compact = shard.bucket().compact
     answers = compact.answers()
-    posteriors, _ = e_step(answers, state.log_priors, state.log_confusions, compact.gold())
-    yield exact_counts(answers, posteriors)
+    counts = answer_counts(answers)
+    posteriors, _ = e_step(answers, state.log_priors, state.log_confusions, compact.gold(), counts)
+    yield exact_counts(answers, posteriors, counts)
     yield pvalue.TaggedOutput(ANSWERS, shard)
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy import sparse
 
-from labelbeam.transforms.inference.em import Answers, clamp_gold, largest_change, per_item_sum, run_em, vote_shares
+from labelbeam.transforms.inference.em import Answers, answer_counts, clamp_gold, largest_change, run_em, vote_shares
 
 
 class DawidSkeneResult(NamedTuple):
@@ -33,17 +34,18 @@ class DawidSkeneResult(NamedTuple):
     log_likelihood: float     # of the observed answers under the final parameters
 
 
-def expected_counts(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def expected_counts(answers: Answers, posteriors: np.ndarray,
+                    counts: sparse.csr_array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(class counts [K], confusion counts [W, K, L]): the M-step's sufficient statistics.
 
     Sums over answers, so statistics of disjoint sets of items add up: a distributed M-step
-    sums them across workers, then calls `parameters_from_counts` once.
+    sums them across workers, then calls `parameters_from_counts` once. `counts` is
+    answer_counts(answers), built when not given.
     """
     n_labels = answers.n_labels
+    counts = answer_counts(answers) if counts is None else counts
     # confusion[w, k, l] = sum over answers (w, l) of P(item's class = k)
-    cell = answers.worker * n_labels + answers.label
-    by_cell = np.stack([np.bincount(cell, weights=posteriors[answers.item, k],
-                                    minlength=answers.n_workers * n_labels) for k in range(n_labels)], axis=1)
+    by_cell = counts.T @ posteriors
     confusion = by_cell.reshape(answers.n_workers, n_labels, n_labels).transpose(0, 2, 1)  # [w, l, k] -> [w, k, l]
     return posteriors.sum(axis=0), confusion
 
@@ -59,9 +61,10 @@ def parameters_from_counts(class_counts: np.ndarray, confusion_counts: np.ndarra
         return np.log(priors), np.log(confusions)
 
 
-def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float,
+           counts: sparse.csr_array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(log priors, log confusions) maximising the expected complete likelihood, with Dirichlet smoothing."""
-    return parameters_from_counts(*expected_counts(answers, posteriors), smoothing)
+    return parameters_from_counts(*expected_counts(answers, posteriors, counts), smoothing)
 
 
 def parameter_change(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> float:
@@ -70,14 +73,15 @@ def parameter_change(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, 
 
 
 def e_step(answers: Answers, log_priors: np.ndarray, log_confusions: np.ndarray,
-           gold: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """(posteriors [n_items, K], log-likelihood of the answers). gold[i] >= 0 clamps item i to that class."""
+           gold: np.ndarray | None = None, counts: sparse.csr_array | None = None) -> tuple[np.ndarray, float]:
+    """(posteriors [n_items, K], log-likelihood of the answers). gold[i] >= 0 clamps item i to that class.
+
+    `counts` is answer_counts(answers), built when not given."""
     n_labels = log_confusions.shape[1]
-    # log P(answer | class k) for every answer, [n_answers, K]: one row gather from a [W * L, K] table,
-    # the same values as log_confusions[worker, :, label] at a third of its cost.
+    counts = answer_counts(answers) if counts is None else counts
+    # by_cell[w * L + l, k] = log P(answer l | class k) for annotator w, summed over each item's answers.
     by_cell = np.ascontiguousarray(log_confusions.transpose(0, 2, 1)).reshape(-1, n_labels)
-    contributions = by_cell[answers.worker * n_labels + answers.label]
-    log_joint = log_priors[None, :] + per_item_sum(answers, contributions)
+    log_joint = log_priors[None, :] + counts @ by_cell
     top = log_joint.max(axis=1, keepdims=True)
     log_evidence = top + np.log(np.exp(log_joint - top).sum(axis=1, keepdims=True))
     return clamp_gold(np.exp(log_joint - log_evidence), gold), float(log_evidence.sum())
@@ -90,12 +94,13 @@ def dawid_skene(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smooth
         raise ValueError("Dawid-Skene needs at least one class")
     if smoothing < 0:
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+    counts = answer_counts(answers)
     parameters, iterations, converged = run_em(
-        m_step(answers, clamp_gold(vote_shares(answers), gold), smoothing),
-        lambda params: e_step(answers, *params, gold)[0],
-        lambda posteriors, _: m_step(answers, posteriors, smoothing),
+        m_step(answers, clamp_gold(vote_shares(answers, counts), gold), smoothing, counts),
+        lambda params: e_step(answers, *params, gold, counts)[0],
+        lambda posteriors, _: m_step(answers, posteriors, smoothing, counts),
         parameter_change, max_iter, tol)
     log_priors, log_confusions = parameters
-    posteriors, log_likelihood = e_step(answers, log_priors, log_confusions, gold)
+    posteriors, log_likelihood = e_step(answers, log_priors, log_confusions, gold, counts)
     return DawidSkeneResult(posteriors, np.exp(log_priors), np.exp(log_confusions), iterations, converged,
                             log_likelihood)

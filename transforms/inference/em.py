@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 import numpy as np
+from scipy import sparse
 
 P = TypeVar("P")  # an EM model's parameters
 
@@ -22,23 +23,39 @@ class Answers(NamedTuple):
     n_labels: int
 
 
-def per_item_sum(answers: Answers, values: np.ndarray) -> np.ndarray:
-    """[n_items, K] sums of per-answer rows `values` [n_answers, K] over each item's answers.
+def answer_counts(answers: Answers) -> sparse.csr_array:
+    """The answers as a sparse [n_items, n_workers * n_labels] matrix: how often each item got each
+    (worker, label) cell. Built once per fit, it turns the EM's sums into sparse products, each one C
+    loop over the answers with no [n_answers, K] temporaries:
 
-    One bincount per column: each bin still adds its answers in input order, so the bits equal one
-    bincount over a flattened [n_answers * K] index, which costs 1.5x the time building that index."""
-    if values.shape[1] == 0:
-        return np.zeros((answers.n_items, 0))
-    return np.stack([np.bincount(answers.item, weights=values[:, k], minlength=answers.n_items)
-                     for k in range(values.shape[1])], axis=1)
+        per item, over its answers:            counts @ table        (table [n_workers * n_labels, K])
+        per (worker, label), over its items:   counts.T @ per_item   (per_item [n_items, K])
+
+    Built straight in CSR form (answers sorted by item need no sort; repeated cells stay separate
+    entries, which the products add up), so its only memory is one value and one column index per answer.
+    """
+    n_cells = answers.n_workers * answers.n_labels
+    index_type = np.int32 if max(n_cells, len(answers.item), answers.n_items) < 2 ** 31 else np.int64
+    item = np.asarray(answers.item)
+    cells = np.asarray(answers.worker).astype(index_type) * index_type(answers.n_labels)
+    np.add(cells, answers.label, out=cells, casting="unsafe")   # in place: no second array of that size
+    if len(item) > 1 and not (item[1:] >= item[:-1]).all():
+        order = np.argsort(item, kind="stable")
+        item, cells = item[order], cells[order]
+    indptr = np.zeros(answers.n_items + 1, dtype=index_type)
+    np.cumsum(np.bincount(item, minlength=answers.n_items), out=indptr[1:])
+    return sparse.csr_array((np.ones(len(cells)), cells, indptr), shape=(answers.n_items, n_cells))
 
 
-def vote_shares(answers: Answers) -> np.ndarray:
-    """Soft majority vote: each item's share of answers per class; uniform for items without answers."""
-    counts = np.zeros((answers.n_items, answers.n_labels))
-    np.add.at(counts, (answers.item, answers.label), 1.0)
-    totals = counts.sum(axis=1, keepdims=True)
-    return np.where(totals > 0, counts / np.maximum(totals, 1), 1.0 / answers.n_labels)
+def vote_shares(answers: Answers, counts: sparse.csr_array | None = None) -> np.ndarray:
+    """Soft majority vote: each item's share of answers per class; uniform for items without answers.
+
+    `counts` is answer_counts(answers), built when not given."""
+    counts = answer_counts(answers) if counts is None else counts
+    label_of_cell = np.tile(np.eye(answers.n_labels), (answers.n_workers, 1))   # [n_workers * n_labels, L]
+    per_label = counts @ label_of_cell
+    totals = per_label.sum(axis=1, keepdims=True)
+    return np.where(totals > 0, per_label / np.maximum(totals, 1), 1.0 / answers.n_labels)
 
 
 def largest_change(old: tuple[np.ndarray, ...], new: tuple[np.ndarray, ...]) -> float:
