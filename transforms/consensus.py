@@ -113,7 +113,8 @@ class FitDistributedEM(beam.PTransform):
                                                                       method.smoothing, spill_dir=self._scratch_dir)
         return (fitted["posteriors"]
                 | "ConsensusOfBuckets" >> beam.Map(bucket_consensus, pvalue.AsSingleton(fitted["index"]),
-                                                   method.min_votes).with_output_types(BucketConsensus)
+                                                   method.min_votes, pvalue.AsSingleton(fitted["report"]))
+                .with_output_types(BucketConsensus)
                 | "SplitOutputs" >> SplitConsensus())
 
 

@@ -40,8 +40,10 @@ from labelbeam.transforms.arrays import fixed_point
 from labelbeam.transforms.arrays.factorize import concatenated
 from labelbeam.transforms.inference.calibration import fit_temperature, tempered
 from labelbeam.transforms.inference.dawid_skene import e_step, expected_counts, parameter_change, parameters_from_counts
+from labelbeam.transforms.inference.degenerate import FitAgreement, degeneracy_of, fit_agreement, named_classes
 from labelbeam.transforms.inference.em import Answers, answer_counts, clamp_gold, vote_shares
-from labelbeam.transforms.methods.base import IndexedVotes, consensus_from_posteriors, index_votes
+from labelbeam.transforms.methods.base import IndexedVotes, consensus_from_posteriors, index_votes, with_fit_report
+from labelbeam.transforms.methods.single_label import DawidSkene, MajorityVote, weighted_shares
 
 
 def smallest_index_dtype(size: int) -> np.dtype:
@@ -344,9 +346,50 @@ def temperature_of(parts: list) -> float:
                            np.concatenate([part[2] for part in parts])[order])
 
 
-def calibrated_bucket_posteriors(shard: AnswerShard, state: EMState, temperature: float):
-    """As DawidSkene.posteriors does in process (calibration.calibrated_with_gold): tempered, gold clamped."""
+def fit_statistics(pair: tuple[AnswerBucket, np.ndarray]) -> FitAgreement:
+    """A bucket's share of the degeneracy checks' statistics (inference/degenerate.py)."""
+    bucket, posteriors = pair
+    n_labels = posteriors.shape[1]
+    if n_labels == 0:
+        return FitAgreement(np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return fit_agreement(bucket.compact.answers(), posteriors.argmax(axis=1))
+
+
+def sum_fit_statistics(parts) -> FitAgreement | None:
+    """Sums FitAgreements (None when there are none); CombineGlobally also feeds it its own sums."""
+    total = None
+    for part in parts:
+        if part is not None:
+            total = part if total is None else total + part
+    return total
+
+
+def fit_report(statistics: FitAgreement | None, index: AnswerIndex) -> dict:
+    """The fit report the in-process path gives (AnnotatorModelMethod.checked_posteriors), from the
+    buckets' summed statistics: on a degenerate fit every bucket publishes majority vote instead."""
+    report = {"model": DawidSkene.name, "degenerate": False}
+    reason = degeneracy_of(statistics) if statistics is not None else None
+    if reason:
+        report.update(degenerate=True, fallback=MajorityVote.name, reason=named_classes(reason, index.labels))
+    return report
+
+
+def majority_vote_posteriors(bucket: AnswerBucket) -> np.ndarray:
+    """A degenerate fit's fallback: vote shares, gold items clamped (as in process)."""
+    return clamp_gold(weighted_shares(bucket.compact.answers(), None), bucket.compact.gold())
+
+
+def reported_posteriors(pair: tuple[AnswerBucket, np.ndarray], report: dict) -> tuple[AnswerBucket, np.ndarray]:
+    bucket, posteriors = pair
+    return (bucket, majority_vote_posteriors(bucket)) if report["degenerate"] else pair
+
+
+def calibrated_bucket_posteriors(shard: AnswerShard, state: EMState, temperature: float, report: dict):
+    """As DawidSkene.posteriors does in process (calibration.calibrated_with_gold): tempered, gold clamped;
+    majority vote if the fit is degenerate."""
     bucket = shard.bucket()
+    if report["degenerate"]:
+        return bucket, majority_vote_posteriors(bucket)
     from_votes, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions)
     return bucket, clamp_gold(tempered(from_votes, temperature), bucket.compact.gold())
 
@@ -393,21 +436,28 @@ class FitDawidSkeneOnBeam(beam.PTransform):
             state = (stepped["counts"]
                      | f"SumCounts{iteration}" >> beam.CombineGlobally(SumCountsFn())
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), smoothing, tol))
+        fitted = buckets | "FitPosteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state))
+        report = (fitted
+                  | "FitAgreement" >> beam.Map(fit_statistics)
+                  | "SumFitAgreement" >> beam.CombineGlobally(sum_fit_statistics)
+                  | "FitReport" >> beam.Map(fit_report, pvalue.AsSingleton(index)))
         if not gold:
-            posteriors = buckets | "Posteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state))
-            return {"posteriors": posteriors, "index": index, "state": state}
+            posteriors = fitted | "Posteriors" >> beam.Map(reported_posteriors, pvalue.AsSingleton(report))
+            return {"posteriors": posteriors, "index": index, "state": state, "report": report}
         # With gold, posteriors are temperature-scaled on the gold items (see calibration.py).
         temperature = (buckets
                        | "GoldPosteriors" >> beam.FlatMap(gold_posteriors_from_votes, pvalue.AsSingleton(state))
                        | "GatherGold" >> beam.combiners.ToList()
                        | "FitTemperature" >> beam.Map(temperature_of))
         posteriors = buckets | "Posteriors" >> beam.Map(calibrated_bucket_posteriors, pvalue.AsSingleton(state),
-                                                        pvalue.AsSingleton(temperature))
-        return {"posteriors": posteriors, "index": index, "state": state, "temperature": temperature}
+                                                        pvalue.AsSingleton(temperature), pvalue.AsSingleton(report))
+        return {"posteriors": posteriors, "index": index, "state": state, "temperature": temperature,
+                "report": report}
 
 
-def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, min_votes: int):
-    """(bucket, posteriors) -> the bucket's consensus rows and partial annotator statistics."""
+def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, min_votes: int, report: dict):
+    """(bucket, posteriors) -> the bucket's consensus rows (carrying the fit report) and partial annotator
+    statistics."""
     bucket, posteriors = pair
     answers = bucket.compact.answers()
     # Annotators re-indexed within the bucket, so its statistics grow with its own annotators.
@@ -416,4 +466,5 @@ def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, 
     indexed = IndexedVotes(bucket.item_ids, pa.array(index.labels, pa.string()),
                            pa.array(index.annotators, pa.string()).take(pa.array(present)), local,
                            bucket.compact.gold())
-    return consensus_from_posteriors(indexed, posteriors, min_votes)
+    result = consensus_from_posteriors(indexed, posteriors, min_votes)
+    return result._replace(labels=with_fit_report(result.labels, report))

@@ -178,3 +178,33 @@ def test_both_paths_agree_when_there_is_nothing_to_fit():
                 rows = consensus[LABELS] | beam.FlatMap(
                     lambda table: [(r["item_id"], r["label"], r["status"]) for r in table.to_pylist()])
                 assert_that(rows, equal_to(expected))
+
+
+@pytest.mark.parametrize("crowd_args, degenerate", [
+    (dict(seed=3, n_labels=2, per_item=3, adversarial=0.2, biased=0.5), True),   # ds collapses here (0.16)
+    (dict(seed=2, n_labels=3, per_item=5, adversarial=0.0, biased=0.0), False)])
+def test_the_distributed_fit_is_checked_for_degeneracy_like_the_in_process_one(crowd_args, degenerate):
+    """Both paths report the same fit and publish the same rows: majority vote when the fit collapsed."""
+    from crowds import crowd, votes_of
+
+    from labelbeam.transforms.consensus import LABELS, ComputeConsensus
+    from labelbeam.transforms.methods.base import fit_reports
+
+    votes = votes_of(crowd(**crowd_args)[0])
+    in_process_labels = ThirtyIterationDawidSkene().consensus_of(votes).labels
+    [expected_report] = fit_reports([in_process_labels])
+    assert expected_report["degenerate"] is degenerate
+    buckets = [votes.filter(pa.array([int(i[1:]) % 3 == b for i in votes["item_id"].to_pylist()])) for b in range(3)]
+    expected_rows = sorted(zip(*(in_process_labels.column(c).to_pylist() for c in ("item_id", "label", "status"))))
+
+    def same_reports(tables):
+        assert fit_reports(tables) == [expected_report]
+
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        consensus = (pipeline | beam.Create(buckets, reshuffle=False).with_output_types(pa.Table)
+                     | ComputeConsensus(ThirtyIterationDawidSkene(em="beam")))
+        rows = consensus[LABELS] | beam.FlatMap(
+            lambda table: [(r["item_id"], r["label"], r["status"]) for r in table.to_pylist()])
+        assert_that(rows, equal_to(expected_rows), label="Rows")
+        assert_that(consensus[LABELS] | beam.combiners.ToList(), lambda lists: same_reports(lists[0]),
+                    label="Reports")

@@ -20,6 +20,8 @@ adversarial bloc as large as the honest one): see tests/inference/test_degenerat
 from __future__ import annotations
 
 import itertools
+import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,13 +36,19 @@ def vanished_classes(majority: np.ndarray, labels: np.ndarray, n_labels: int,
                      min_items: int = MIN_MAJORITY_ITEMS) -> dict[int, tuple[int, int]]:
     """class -> (items a strict majority gives it, items the fit gives it), for the classes that a
     strict majority gives at least `min_items` items and the fit fewer than a tenth as many."""
-    by_vote = np.bincount(majority, minlength=n_labels)
-    by_fit = np.bincount(labels, minlength=n_labels)
-    return {label: (int(by_vote[label]), int(by_fit[label])) for label in range(n_labels)
+    return vanished_by_counts(np.bincount(majority, minlength=n_labels), np.bincount(labels, minlength=n_labels),
+                              min_items)
+
+
+def vanished_by_counts(by_vote: np.ndarray, by_fit: np.ndarray,
+                       min_items: int = MIN_MAJORITY_ITEMS) -> dict[int, tuple[int, int]]:
+    """vanished_classes from per-class item counts: by strict majority, and by the fit."""
+    return {label: (int(by_vote[label]), int(by_fit[label])) for label in range(len(by_vote))
             if by_vote[label] >= min_items and by_fit[label] * VANISHED_RATIO < by_vote[label]}
 
 
-def answer_counts(answers: Answers) -> np.ndarray:
+def vote_counts(answers: Answers) -> np.ndarray:
+    """[n_items, n_labels] each item's votes per class."""
     n_labels = answers.n_labels
     return np.bincount(answers.item * n_labels + answers.label,
                        minlength=answers.n_items * n_labels).reshape(answers.n_items, n_labels)
@@ -65,19 +73,47 @@ def best_matching_gain(agreement: np.ndarray) -> int:
     return max(best - identity, 0)
 
 
-def degeneracy(answers: Answers, labels: np.ndarray, min_items: int = MIN_MAJORITY_ITEMS) -> str | None:
-    """Why a fit's labels [n_items] are degenerate, naming classes by index, or None if they are sane."""
-    counts = answer_counts(answers)
+class FitAgreement(NamedTuple):
+    """What the checks read of a fit, summed over items: statistics of disjoint item sets add up, so a
+    distributed fit sums its buckets' and decides once."""
+    agreement: np.ndarray   # [K, K] int64: items with a strict majority, by (fit class, majority class)
+    by_fit: np.ndarray      # [K] int64: items by fit class
+
+    def __add__(self, other: FitAgreement) -> FitAgreement:
+        return FitAgreement(self.agreement + other.agreement, self.by_fit + other.by_fit)
+
+
+def fit_agreement(answers: Answers, labels: np.ndarray) -> FitAgreement:
+    """The checks' statistics of a fit's labels [n_items] against its items' votes."""
+    counts = vote_counts(answers)
     top_two = np.sort(counts, axis=1)[:, -2:] if answers.n_labels > 1 else np.c_[np.zeros(len(counts)), counts]
     decided = top_two[:, 1] > top_two[:, 0]   # a strict majority: a tied vote says nothing about the classes
-    agreement = np.zeros((answers.n_labels, answers.n_labels), dtype=np.int64)
-    np.add.at(agreement, (labels[decided], counts.argmax(axis=1)[decided]), 1)
-    gain = best_matching_gain(agreement)
+    n_labels = answers.n_labels
+    cells = labels[decided] * n_labels + counts.argmax(axis=1)[decided]
+    agreement = np.bincount(cells, minlength=n_labels * n_labels).reshape(n_labels, n_labels).astype(np.int64)
+    return FitAgreement(agreement, np.bincount(labels, minlength=n_labels).astype(np.int64))
+
+
+def degeneracy_of(statistics: FitAgreement, min_items: int = MIN_MAJORITY_ITEMS) -> str | None:
+    """Why a fit is degenerate, naming classes by index ("class 2"), or None if it is sane."""
+    if len(statistics.by_fit) == 0:
+        return None
+    gain = best_matching_gain(statistics.agreement)
     if gain:
         return f"label switching: permuting its classes agrees with majority vote on {gain} more items"
-    vanished = vanished_classes(counts.argmax(axis=1)[decided], labels, answers.n_labels, min_items)
+    vanished = vanished_by_counts(statistics.agreement.sum(axis=0), statistics.by_fit, min_items)
     if vanished:
         found = ", ".join(f"class {label} on {fit} items where the majority has {vote}"
                           for label, (vote, fit) in sorted(vanished.items()))
         return f"collapse: classes the majority gives many items all but vanish from the fit ({found})"
     return None
+
+
+def degeneracy(answers: Answers, labels: np.ndarray, min_items: int = MIN_MAJORITY_ITEMS) -> str | None:
+    """Why a fit's labels [n_items] are degenerate, naming classes by index, or None if they are sane."""
+    return degeneracy_of(fit_agreement(answers, labels), min_items)
+
+
+def named_classes(reason: str, label_names: list[str]) -> str:
+    """A degeneracy reason with "class N" replaced by the class's name."""
+    return re.sub(r"class (\d+)", lambda match: repr(label_names[int(match[1])]), reason)

@@ -6,7 +6,6 @@ import abc
 import hashlib
 import json
 import math
-import re
 from typing import ClassVar
 
 import numpy as np
@@ -15,7 +14,7 @@ import pyarrow as pa
 from labelbeam.transforms.inference.calibration import calibrated_with_gold
 from labelbeam.transforms.inference.dawid_skene import dawid_skene
 from labelbeam.transforms.inference.dawid_skene import e_step as dawid_skene_e_step
-from labelbeam.transforms.inference.degenerate import degeneracy
+from labelbeam.transforms.inference.degenerate import degeneracy, named_classes
 from labelbeam.transforms.inference.em import Answers, clamp_gold, fixed_log_priors
 from labelbeam.transforms.inference.glad import e_step as glad_e_step
 from labelbeam.transforms.inference.glad import glad
@@ -165,7 +164,7 @@ class AnnotatorModelMethod(ConsensusMethod):
         if reason:
             label_names = getattr(indexed, "label_names", None)
             if label_names is not None:   # classes by name, not index
-                reason = re.sub(r"class (\d+)", lambda match: repr(label_names[int(match[1])].as_py()), reason)
+                reason = named_classes(reason, label_names.to_pylist())
             return clamp_gold(weighted_shares(answers, None), gold), {
                 **report, "degenerate": True, "fallback": MajorityVote.name, "reason": reason}
         if gold is None or not (gold >= 0).any():
