@@ -6,7 +6,7 @@
 Two measurements, each on the local FnApiRunner (the baseline) and on a dask.distributed LocalCluster
 started here with N worker processes of one thread each, for each N of --workers (default 1 2):
 
-- seconds per EM iteration: FitDawidSkeneOnBeam (the build's distributed EM) over --answers synthetic
+- seconds per EM iteration: FitAnnotatorModelOnBeam with Dawid-Skene (the build's distributed EM) over --answers synthetic
   answers (consensus_scale.py's set, 16 Parquet buckets) run for exactly 2 and exactly 12 iterations
   (tol 0); the slope between the two is the time of one iteration, start-up and indexing cancelled out.
   This is what more workers should shrink.
@@ -81,21 +81,22 @@ def run_on_dask(workers: int, sample_dir: Path, description: dict[str, Any], tim
 
 
 def em_run_seconds(paths: list[str], iterations: int, beam_args: list[str]) -> float:
-    """Wall seconds of FitDawidSkeneOnBeam over the Parquet vote buckets, exactly `iterations` EM
+    """Wall seconds of FitAnnotatorModelOnBeam (Dawid-Skene) over the Parquet vote buckets, exactly `iterations` EM
     iterations (tol 0: it never stops early), on the runner beam_args name."""
     import apache_beam as beam
     import pyarrow as pa
     import pyarrow.parquet as pq
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam
+    from labelbeam.transforms.distributed_em import FitAnnotatorModelOnBeam
+    from labelbeam.transforms.inference.dawid_skene import DawidSkeneModel
 
     started = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         fitted = (pipeline
                   | beam.Create(paths, reshuffle=False)
                   | "ReadVotes" >> beam.Map(pq.read_table).with_output_types(pa.Table)
-                  | FitDawidSkeneOnBeam(max_iter=iterations, tol=0.0))
+                  | FitAnnotatorModelOnBeam(DawidSkeneModel(), max_iter=iterations, tol=0.0))
         _ = fitted["state"] | beam.Map(lambda state, expected=iterations: state.iterations == expected or
                                        sys.exit(f"ran {state.iterations} iterations, not {expected}"))
     return time.perf_counter() - started
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(bt.format_table(["run", "workers", "status", "seconds"], rows))
     if iterations:
         print()
-        print(f"FitDawidSkeneOnBeam on {iterations['answers']:,} answers: seconds per EM iteration")
+        print(f"FitAnnotatorModelOnBeam (Dawid-Skene) on {iterations['answers']:,} answers: seconds per EM iteration")
         print(bt.format_table(["run", "per iteration", "2 iterations", "12 iterations"], [
             [name, f"{run['per_iteration']:.3f}", f"{run['seconds_few']:.1f}", f"{run['seconds_many']:.1f}"]
             for name, run in iterations["runs"].items()]))

@@ -5,7 +5,8 @@ A method (transforms/methods) says what to compute; the shapes here say how Beam
   with one corpus-wide statistic as a side input where the method needs it;
 - FitAllVotes: every vote gathered on one worker, one fit (the annotator models in process,
   bias_corrected);
-- FitDistributedEM: Dawid-Skene's EM as Beam transforms over item buckets (`--em beam`).
+- FitDistributedEM: an annotator model's EM (ds, one_coin, mace) as Beam transforms over item buckets
+  (`--em beam`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 from apache_beam import pvalue
 
 from labelbeam.transforms import coders, stage_metrics
-from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam, bucket_consensus
+from labelbeam.transforms.distributed_em import FitAnnotatorModelOnBeam, bucket_consensus
 from labelbeam.transforms.methods.base import (
     DISTRIBUTED_EM,
     GATHER_AND_FIT,
@@ -98,7 +99,7 @@ class FitAllVotes(beam.PTransform):
 
 
 class FitDistributedEM(beam.PTransform):
-    """Dawid-Skene's EM over item buckets (transforms/distributed_em.py), then each bucket's rows.
+    """An annotator model's EM over item buckets (transforms/distributed_em.py), then each bucket's rows.
 
     With a scratch directory, the EM's answers are spilled there and iterations move file names."""
 
@@ -109,8 +110,8 @@ class FitDistributedEM(beam.PTransform):
 
     def expand(self, votes):
         method = self._method
-        fitted = votes | "FitDawidSkeneOnBeam" >> FitDawidSkeneOnBeam(method.gold, method.max_iter, method.tol,
-                                                                      method.smoothing, spill_dir=self._scratch_dir)
+        fitted = votes | "FitAnnotatorModelOnBeam" >> FitAnnotatorModelOnBeam(
+            method.em_model(), method.gold, method.max_iter, method.tol, spill_dir=self._scratch_dir)
         return (fitted["posteriors"]
                 | "ConsensusOfBuckets" >> beam.Map(bucket_consensus, pvalue.AsSingleton(fitted["index"]),
                                                    method.min_votes, pvalue.AsSingleton(fitted["report"]))

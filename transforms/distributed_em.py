@@ -1,13 +1,14 @@
-"""Dawid-Skene EM as a Beam computation, for vote sets larger than one machine.
+"""An annotator model's EM as a Beam computation, for vote sets larger than one machine.
 
     votes (item buckets) -> IndexAnswers -> [EStep_i -> SumCounts_i -> MStep_i] x max_iter -> Posteriors
 
 Each element is one item bucket's answers, items indexed locally and annotators/labels globally.
 The E-step runs per bucket against the parameters of the previous iteration (a side input) and
-emits that bucket's M-step statistics (`expected_counts`); a CombineGlobally sums them, and the
-M-step turns the sums into the next parameters (`parameters_from_counts`). The iterations are
+emits that bucket's M-step statistics (the model's `EMModel.statistics`: Dawid-Skene's expected
+counts, one-coin's expected right answers, MACE's expected known and spam answers); a CombineGlobally
+sums them, and the M-step turns the sums into the next parameters (`EMModel.parameters`). The iterations are
 unrolled in the graph, and the answers flow from each E-step to the next; once the parameters stop
-moving (the same rule as the in-process `dawid_skene`), the E-step stops passing the answers on, so
+moving (the same rule as the in-process fit, `em.fit_em`), the E-step stops passing the answers on, so
 the remaining iterations have nothing to read and pass the parameters through.
 The numeric core is shared with the in-process path, so both give the same answers (tested).
 
@@ -39,11 +40,10 @@ from labelbeam.transforms import coders
 from labelbeam.transforms.arrays import fixed_point
 from labelbeam.transforms.arrays.factorize import concatenated
 from labelbeam.transforms.inference.calibration import fit_temperature, tempered
-from labelbeam.transforms.inference.dawid_skene import e_step, expected_counts, parameter_change, parameters_from_counts
 from labelbeam.transforms.inference.degenerate import FitAgreement, degeneracy_of, fit_agreement, named_classes
-from labelbeam.transforms.inference.em import Answers, answer_counts, clamp_gold, vote_shares
+from labelbeam.transforms.inference.em import Answers, EMModel, answer_counts, clamp_gold, vote_shares
 from labelbeam.transforms.methods.base import IndexedVotes, consensus_from_posteriors, index_votes, with_fit_report
-from labelbeam.transforms.methods.single_label import DawidSkene, MajorityVote, weighted_shares
+from labelbeam.transforms.methods.single_label import MajorityVote, weighted_shares
 
 
 def smallest_index_dtype(size: int) -> np.dtype:
@@ -127,8 +127,7 @@ class AnswerBucket(NamedTuple):
 
 
 class EMState(NamedTuple):
-    log_priors: np.ndarray
-    log_confusions: np.ndarray
+    parameters: tuple | None   # the model's (None when there was nothing to fit)
     iterations: int
     converged: bool
 
@@ -229,39 +228,40 @@ def with_global_codes(shard: AnswerShard, index: AnswerIndex) -> AnswerShard:
 FIXED_POINT_LIMIT = 2 ** 62  # partial sums stay below it, so adding two never overflows int64
 
 
-def to_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def to_fixed_point(counts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     return tuple(fixed_point.to_fixed(part) for part in counts)
 
 
-def exact_counts(answers: Answers, posteriors: np.ndarray,
-                 counts: sparse.csr_array | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-point `expected_counts` that do not depend on how items are split into elements.
+def exact_statistics(model: EMModel, answers: Answers, posteriors: np.ndarray, parameters,
+                     counts: sparse.csr_array | None) -> tuple[np.ndarray, ...]:
+    """The model's statistics in fixed point, so their total is the same in any combine order.
 
-    Posteriors are rounded to the fixed-point grid first; sums of grid values stay exact in float64
-    while below 2**53 grid steps (2**23 answers per cell and element), so each element's counts are
-    exact, and so is their integer total: any bucketing of the items gives the same bits.
+    Posteriors are rounded to the fixed-point grid first. Sums of grid values (Dawid-Skene's counts,
+    one-coin's) stay exact in float64 while below 2**53 grid steps (2**23 answers per cell and
+    element), so any bucketing of the items gives the same bits; statistics that weigh posteriors by
+    the parameters (MACE's) are rounded once per element.
     """
     if len(answers.item) >= fixed_point.EXACT_FLOAT_UNITS:
         raise ValueError(f"an element of {len(answers.item)} answers is too large for exact counts "
                          f"(< {fixed_point.EXACT_FLOAT_UNITS})")
-    return to_fixed_point(expected_counts(answers, fixed_point.on_grid(posteriors), counts))
+    return to_fixed_point(model.statistics(answers, fixed_point.on_grid(posteriors), parameters, counts))
 
 
-def from_fixed_point(counts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def from_fixed_point(counts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     return tuple(fixed_point.from_fixed(part) for part in counts)
 
 
 class SumCountsFn(beam.CombineFn):
-    """Adds fixed-point (class counts, confusion counts) pairs; None when there is nothing to add."""
+    """Adds tuples of fixed-point statistics; None when there is nothing to add."""
 
     def create_accumulator(self):
         return None
 
     def add_input(self, accumulator, counts):
         if accumulator is None:
-            return (counts[0].copy(), counts[1].copy())
-        total = (accumulator[0] + counts[0], accumulator[1] + counts[1])
-        if max(total[0].max(initial=0), total[1].max(initial=0)) >= FIXED_POINT_LIMIT:
+            return tuple(part.copy() for part in counts)
+        total = tuple(mine + theirs for mine, theirs in zip(accumulator, counts))
+        if max(part.max(initial=0) for part in total) >= FIXED_POINT_LIMIT:
             raise OverflowError(f"an expected count reached {FIXED_POINT_LIMIT / fixed_point.SCALE:.0f} answers, "
                                 "more than the distributed EM's fixed-point counts hold")
         return total
@@ -277,19 +277,21 @@ class SumCountsFn(beam.CombineFn):
         return accumulator
 
 
-def initial_counts(shard: AnswerShard):
+def initial_counts(shard: AnswerShard, model: EMModel):
+    """This bucket's statistics of the vote shares (gold clamped), read under the model's start."""
     if shard.n_labels == 0:  # no single-label vote anywhere: nothing to fit
         return
     compact = shard.bucket().compact
     answers = compact.answers()
     counts = answer_counts(answers)
-    yield exact_counts(answers, clamp_gold(vote_shares(answers, counts), compact.gold()), counts)
+    yield exact_statistics(model, answers, clamp_gold(vote_shares(answers, counts), compact.gold()),
+                           model.start(answers.n_workers, answers.n_labels), counts)
 
 
 ANSWERS = "answers"
 
 
-def e_step_counts(shard: AnswerShard, state: EMState):
+def e_step_counts(shard: AnswerShard, state: EMState, model: EMModel):
     """This bucket's M-step statistics, and the bucket itself for the next iteration.
 
     Once converged, nothing is emitted: the answers stop flowing, so the unrolled iterations left
@@ -299,40 +301,39 @@ def e_step_counts(shard: AnswerShard, state: EMState):
         return
     compact = shard.bucket().compact
     answers = compact.answers()
-    counts = answer_counts(answers)
-    posteriors, _ = e_step(answers, state.log_priors, state.log_confusions, compact.gold(), counts)
-    yield exact_counts(answers, posteriors, counts)
+    counts = answer_counts(answers) if model.needs_counts else None
+    posteriors, _ = model.e_step(answers, state.parameters, compact.gold(), counts)
+    yield exact_statistics(model, answers, posteriors, state.parameters, counts)
     yield pvalue.TaggedOutput(ANSWERS, shard)
 
 
-def initial_state(counts, smoothing: float) -> EMState:
+def initial_state(counts, model: EMModel) -> EMState:
     if counts is None:  # no answers at all: the EM has nothing to do
-        return EMState(np.zeros(0), np.zeros((0, 0, 0)), 0, True)
-    return EMState(*parameters_from_counts(*from_fixed_point(counts), smoothing), 0, False)
+        return EMState(None, 0, True)
+    return EMState(model.parameters(from_fixed_point(counts)), 0, False)
 
 
-def m_step_state(counts, previous: EMState, smoothing: float, tol: float) -> EMState:
+def m_step_state(counts, previous: EMState, model: EMModel, tol: float) -> EMState:
     if previous.converged or counts is None:
         return previous
-    parameters = parameters_from_counts(*from_fixed_point(counts), smoothing)
-    change = parameter_change((previous.log_priors, previous.log_confusions), parameters)
-    return EMState(*parameters, previous.iterations + 1, change < tol)
+    parameters = model.parameters(from_fixed_point(counts))
+    return EMState(parameters, previous.iterations + 1, model.change(previous.parameters, parameters) < tol)
 
 
-def bucket_posteriors(shard: AnswerShard, state: EMState) -> tuple[AnswerBucket, np.ndarray]:
+def bucket_posteriors(shard: AnswerShard, state: EMState, model: EMModel) -> tuple[AnswerBucket, np.ndarray]:
     bucket = shard.bucket()
-    if bucket.compact.n_labels == 0:
+    if bucket.compact.n_labels == 0 or state.parameters is None:
         return bucket, np.zeros((bucket.compact.n_items, 0))
-    posteriors, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions, bucket.compact.gold())
+    posteriors, _ = model.e_step(bucket.compact.answers(), state.parameters, bucket.compact.gold())
     return bucket, posteriors
 
 
-def gold_posteriors_from_votes(shard: AnswerShard, state: EMState):
+def gold_posteriors_from_votes(shard: AnswerShard, state: EMState, model: EMModel):
     """(gold item ids, their posteriors from their votes alone, their gold classes) of a bucket."""
     bucket = shard.bucket()
     compact = bucket.compact
-    if len(compact.gold_items):
-        posteriors, _ = e_step(compact.answers(), state.log_priors, state.log_confusions)
+    if len(compact.gold_items) and state.parameters is not None:
+        posteriors, _ = model.e_step(compact.answers(), state.parameters, None)
         yield bucket.item_ids.take(pa.array(compact.gold_items)), posteriors[compact.gold_items], compact.gold_labels
 
 
@@ -364,10 +365,10 @@ def sum_fit_statistics(parts) -> FitAgreement | None:
     return total
 
 
-def fit_report(statistics: FitAgreement | None, index: AnswerIndex) -> dict:
+def fit_report(statistics: FitAgreement | None, index: AnswerIndex, model_name: str) -> dict:
     """The fit report the in-process path gives (AnnotatorModelMethod.checked_posteriors), from the
     buckets' summed statistics: on a degenerate fit every bucket publishes majority vote instead."""
-    report = {"model": DawidSkene.name, "degenerate": False}
+    report = {"model": model_name, "degenerate": False}
     reason = degeneracy_of(statistics) if statistics is not None else None
     if reason:
         report.update(degenerate=True, fallback=MajorityVote.name, reason=named_classes(reason, index.labels))
@@ -384,34 +385,37 @@ def reported_posteriors(pair: tuple[AnswerBucket, np.ndarray], report: dict) -> 
     return (bucket, majority_vote_posteriors(bucket)) if report["degenerate"] else pair
 
 
-def calibrated_bucket_posteriors(shard: AnswerShard, state: EMState, temperature: float, report: dict):
+def calibrated_bucket_posteriors(shard: AnswerShard, state: EMState, temperature: float, report: dict,
+                                 model: EMModel):
     """As DawidSkene.posteriors does in process (calibration.calibrated_with_gold): tempered, gold clamped;
     majority vote if the fit is degenerate."""
     bucket = shard.bucket()
-    if report["degenerate"]:
+    if report["degenerate"] or state.parameters is None:
         return bucket, majority_vote_posteriors(bucket)
-    from_votes, _ = e_step(bucket.compact.answers(), state.log_priors, state.log_confusions)
+    from_votes, _ = model.e_step(bucket.compact.answers(), state.parameters, None)
     return bucket, clamp_gold(tempered(from_votes, temperature), bucket.compact.gold())
 
 
-class FitDawidSkeneOnBeam(beam.PTransform):
+class FitAnnotatorModelOnBeam(beam.PTransform):
     """Vote tables (each holding all votes of its items) -> (AnswerBucket, posteriors), plus the index.
 
-    Returns {"posteriors": PCollection[(AnswerBucket, np.ndarray)], "index": PCollection[AnswerIndex],
-    "state": PCollection[EMState]}.
+    `model` is the annotator model's EMModel (Dawid-Skene, one-coin, MACE): the same numeric core as
+    its in-process fit. Returns {"posteriors": PCollection[(AnswerBucket, np.ndarray)],
+    "index": PCollection[AnswerIndex], "state": PCollection[EMState], "report": PCollection[dict]}.
     """
 
-    def __init__(self, gold: dict[str, str] | None = None, max_iter: int = 100, tol: float = 1e-5,
-                 smoothing: float = 0.01, answers_per_element: int | None = None, spill_dir: str | None = None):
+    def __init__(self, model: EMModel, gold: dict[str, str] | None = None, max_iter: int = 100,
+                 tol: float = 1e-5, answers_per_element: int | None = None, spill_dir: str | None = None):
         super().__init__()
+        self._model = model
         self._gold = dict(sorted((gold or {}).items()))
-        self._max_iter, self._tol, self._smoothing = max_iter, tol, smoothing
+        self._max_iter, self._tol = max_iter, tol
         self._spill_dir = spill_dir
         self._answers_per_element = answers_per_element or (
             DEFAULT_ANSWERS_PER_FILE if spill_dir else DEFAULT_ANSWERS_PER_ELEMENT)
 
     def expand(self, votes):
-        gold, smoothing, tol = self._gold, self._smoothing, self._tol
+        model, gold, tol = self._model, self._gold, self._tol
         gold_labels = set(gold.values())
         local = (votes
                  | "IndexAnswers" >> beam.FlatMap(local_shards, gold, self._answers_per_element, self._spill_dir)
@@ -424,33 +428,35 @@ class FitDawidSkeneOnBeam(beam.PTransform):
                    | "GlobalCodes" >> beam.Map(with_global_codes, pvalue.AsSingleton(index))
                    .with_output_types(AnswerShard))
         state = (buckets
-                 | "InitialCounts" >> beam.FlatMap(initial_counts)
+                 | "InitialCounts" >> beam.FlatMap(initial_counts, model)
                  | "SumInitialCounts" >> beam.CombineGlobally(SumCountsFn())
-                 | "InitialParameters" >> beam.Map(initial_state, smoothing))
+                 | "InitialParameters" >> beam.Map(initial_state, model))
         flowing = buckets
         for iteration in range(1, self._max_iter + 1):
             stepped = (flowing
-                       | f"EStep{iteration}" >> beam.FlatMap(e_step_counts, pvalue.AsSingleton(state))
+                       | f"EStep{iteration}" >> beam.FlatMap(e_step_counts, pvalue.AsSingleton(state), model)
                        .with_outputs(ANSWERS, main="counts"))
             flowing = stepped[ANSWERS]
             state = (stepped["counts"]
                      | f"SumCounts{iteration}" >> beam.CombineGlobally(SumCountsFn())
-                     | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), smoothing, tol))
-        fitted = buckets | "FitPosteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state))
+                     | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), model, tol))
+        fitted = buckets | "FitPosteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state), model)
         report = (fitted
                   | "FitAgreement" >> beam.Map(fit_statistics)
                   | "SumFitAgreement" >> beam.CombineGlobally(sum_fit_statistics)
-                  | "FitReport" >> beam.Map(fit_report, pvalue.AsSingleton(index)))
+                  | "FitReport" >> beam.Map(fit_report, pvalue.AsSingleton(index), model.name))
         if not gold:
             posteriors = fitted | "Posteriors" >> beam.Map(reported_posteriors, pvalue.AsSingleton(report))
             return {"posteriors": posteriors, "index": index, "state": state, "report": report}
         # With gold, posteriors are temperature-scaled on the gold items (see calibration.py).
         temperature = (buckets
-                       | "GoldPosteriors" >> beam.FlatMap(gold_posteriors_from_votes, pvalue.AsSingleton(state))
+                       | "GoldPosteriors" >> beam.FlatMap(gold_posteriors_from_votes, pvalue.AsSingleton(state),
+                                                          model)
                        | "GatherGold" >> beam.combiners.ToList()
                        | "FitTemperature" >> beam.Map(temperature_of))
         posteriors = buckets | "Posteriors" >> beam.Map(calibrated_bucket_posteriors, pvalue.AsSingleton(state),
-                                                        pvalue.AsSingleton(temperature), pvalue.AsSingleton(report))
+                                                        pvalue.AsSingleton(temperature), pvalue.AsSingleton(report),
+                                                        model)
         return {"posteriors": posteriors, "index": index, "state": state, "temperature": temperature,
                 "report": report}
 

@@ -40,7 +40,8 @@ def test_each_chained_step_adds_the_same_number_of_tasks():
 
 
 def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path):
-    from labelbeam.transforms.distributed_em import FitDawidSkeneOnBeam
+    from labelbeam.transforms.distributed_em import FitAnnotatorModelOnBeam
+    from labelbeam.transforms.inference.dawid_skene import DawidSkeneModel
     from tests.transforms.test_distributed_em import synthetic_votes
 
     votes = synthetic_votes(seed=5, n_items=120)
@@ -49,9 +50,9 @@ def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path):
     def fit(runner: str, *flags: str) -> np.ndarray:
         out = tmp_path / f"{runner.rsplit('.', 1)[-1]}.npy"
         with beam.Pipeline(options=PipelineOptions(["--runner", runner, *flags])) as pipeline:
-            fitted = pipeline | beam.Create(buckets) | FitDawidSkeneOnBeam(max_iter=12)
+            fitted = pipeline | beam.Create(buckets) | FitAnnotatorModelOnBeam(DawidSkeneModel(), max_iter=12)
             _ = fitted["state"] | beam.Map(lambda state, path=str(out): np.save(path, np.concatenate(
-                [[state.iterations], state.log_priors, state.log_confusions.ravel()])))
+                [[state.iterations], state.parameters[0], state.parameters[1].ravel()])))
         return np.load(out)
 
     # A cluster of our own, closed after the test: one the runner started would live as long as pytest.

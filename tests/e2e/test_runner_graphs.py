@@ -44,9 +44,9 @@ def test_each_build_graph_translates_with_managed_runner_options(tmp_path, metho
     managed_steps, local_steps = step_names(managed), step_names(local)
     assert {"ReadEvents", "ValidateEvents", "DeduplicateEvents", "ResolveLifecycle", "ComputeConsensus",
             "PublishVersion"} <= managed_steps
-    if method == "ds":  # --em auto: EM as Beam transforms on a managed runner, in one worker locally
-        assert "ComputeConsensus/RunMethod/FitDawidSkeneOnBeam" in managed_steps
-        assert "ComputeConsensus/RunMethod/FitDawidSkeneOnBeam" not in local_steps
+    if getattr(METHODS[method], "distributed", False):  # --em auto: EM as Beam transforms on a managed runner, in one worker locally
+        assert "ComputeConsensus/RunMethod/FitAnnotatorModelOnBeam" in managed_steps
+        assert "ComputeConsensus/RunMethod/FitAnnotatorModelOnBeam" not in local_steps
     else:
         assert managed_steps == local_steps
 

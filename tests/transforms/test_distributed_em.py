@@ -12,12 +12,12 @@ from labelbeam.transforms.distributed_em import (
     DEFAULT_ANSWERS_PER_ELEMENT,
     FIXED_POINT_LIMIT,
     CompactAnswers,
-    FitDawidSkeneOnBeam,
+    FitAnnotatorModelOnBeam,
     SumCountsFn,
     to_fixed_point,
 )
 from labelbeam.transforms.inference.em import Answers
-from labelbeam.transforms.methods.single_label import DawidSkene
+from labelbeam.transforms.methods.single_label import DawidSkene, Mace, OneCoin
 
 LABELS = ["bird", "cat", "dog"]
 
@@ -39,13 +39,24 @@ class ThirtyIterationDawidSkene(DawidSkene):
     max_iter = 30
 
 
+class ThirtyIterationOneCoin(OneCoin):
+    max_iter = 30
+
+
+class ThirtyIterationMace(Mace):
+    max_iter = 30
+
+
+DISTRIBUTED = [ThirtyIterationDawidSkene, ThirtyIterationOneCoin, ThirtyIterationMace]
+
+
 class IndexedAnswers(NamedTuple):
     """What AnnotatorModelMethod.posteriors reads of the build's indexed votes."""
     answers: Answers
     gold: np.ndarray | None
 
 
-def in_process(votes: pa.Table, gold: dict[str, str]):
+def in_process(votes: pa.Table, gold: dict[str, str], model=ThirtyIterationDawidSkene):
     items, workers = sorted(set(votes["item_id"].to_pylist())), sorted(set(votes["annotator_id"].to_pylist()))
     labels = sorted(set(votes["label"].to_pylist()) | set(gold.values()))
     answers = Answers(np.array([items.index(x) for x in votes["item_id"].to_pylist()]),
@@ -53,15 +64,15 @@ def in_process(votes: pa.Table, gold: dict[str, str]):
                       np.array([labels.index(x) for x in votes["label"].to_pylist()]),
                       len(items), len(workers), len(labels))
     gold_idx = np.array([labels.index(gold[i]) if i in gold else -1 for i in items]) if gold else None
-    method = ThirtyIterationDawidSkene()
+    method = model()
     posteriors = method.posteriors(IndexedAnswers(answers, gold_idx))  # the build's in-process path
     return {item: row for item, row in zip(items, posteriors)}, method.fit_model(answers, gold_idx).iterations
 
 
 def assert_beam_matches_in_process(votes: pa.Table, num_buckets: int, gold: dict[str, str],
                                    answers_per_element: int = DEFAULT_ANSWERS_PER_ELEMENT,
-                                   spill_dir: str | None = None) -> None:
-    expected, iterations = in_process(votes, gold)
+                                   spill_dir: str | None = None, model=ThirtyIterationDawidSkene) -> None:
+    expected, iterations = in_process(votes, gold, model)
     buckets = [votes.filter(pa.array([int(i[1:]) % num_buckets == b for i in votes["item_id"].to_pylist()]))
                for b in range(num_buckets)]
 
@@ -76,16 +87,18 @@ def assert_beam_matches_in_process(votes: pa.Table, num_buckets: int, gold: dict
         assert [state.iterations for state in states] == [iterations]
 
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        fitted = pipeline | beam.Create([b for b in buckets if b.num_rows]) | FitDawidSkeneOnBeam(
-            gold=gold, max_iter=30, answers_per_element=answers_per_element, spill_dir=spill_dir)
+        fitted = pipeline | beam.Create([b for b in buckets if b.num_rows]) | FitAnnotatorModelOnBeam(
+            model().em_model(), gold=gold, max_iter=30, answers_per_element=answers_per_element, spill_dir=spill_dir)
         assert_that(fitted["posteriors"], same_posteriors, label="Posteriors")
         assert_that(fitted["state"], same_iterations, label="Iterations")
 
 
-def test_beam_em_equals_in_process_em_for_any_bucketing():
+@pytest.mark.parametrize("model", DISTRIBUTED, ids=lambda model: model.name)
+def test_beam_em_equals_in_process_em_for_any_bucketing(model):
     votes = synthetic_votes(seed=5)
-    for num_buckets in (1, 3, 7):
-        assert_beam_matches_in_process(votes, num_buckets, {})
+    # Every model shares the distributed driver; Dawid-Skene walks it through more bucketings.
+    for num_buckets in (1, 3, 7) if model is ThirtyIterationDawidSkene else (3,):
+        assert_beam_matches_in_process(votes, num_buckets, {}, model=model)
 
 
 def test_beam_em_cuts_big_buckets_into_bounded_elements_without_changing_answers():
@@ -99,13 +112,14 @@ def test_beam_em_with_answers_spilled_to_files_gives_the_in_process_answers(tmp_
     assert len(spilled) >= 9 and all(path.name.startswith("em-answers-") for path in spilled)   # 960 answers / 100
 
 
-def test_beam_em_clamps_gold_like_the_in_process_path():
+@pytest.mark.parametrize("model", DISTRIBUTED, ids=lambda model: model.name)
+def test_beam_em_clamps_gold_like_the_in_process_path(model):
     votes = synthetic_votes(seed=6, n_items=120)
     gold = {"i0000": "dog", "i0001": "bird", "i0002": "cat"}
-    expected, _ = in_process(votes, gold)
+    expected, _ = in_process(votes, gold, model)
     for item, label in gold.items():
         assert expected[item].argmax() == LABELS.index(label) and expected[item].max() == 1.0
-    assert_beam_matches_in_process(votes, 4, gold)
+    assert_beam_matches_in_process(votes, 4, gold, model=model)
 
 
 def test_compact_answers_keep_every_answer_and_cut_only_between_items():
@@ -180,10 +194,12 @@ def test_both_paths_agree_when_there_is_nothing_to_fit():
                 assert_that(rows, equal_to(expected))
 
 
-@pytest.mark.parametrize("crowd_args, degenerate", [
-    (dict(seed=3, n_labels=2, per_item=3, adversarial=0.2, biased=0.5), True),   # ds collapses here (0.16)
-    (dict(seed=2, n_labels=3, per_item=5, adversarial=0.0, biased=0.0), False)])
-def test_the_distributed_fit_is_checked_for_degeneracy_like_the_in_process_one(crowd_args, degenerate):
+@pytest.mark.parametrize("model, crowd_args, degenerate", [
+    (ThirtyIterationDawidSkene, dict(seed=3, n_labels=2, per_item=3, adversarial=0.2, biased=0.5), True),  # 0.16
+    (ThirtyIterationOneCoin, dict(seed=0, n_labels=4, per_item=3, adversarial=0.3, biased=0.3), True),     # 0.23
+    (ThirtyIterationMace, dict(seed=2, n_labels=3, per_item=5, adversarial=0.0, biased=0.0), False)],
+    ids=["ds-collapsed", "one_coin-collapsed", "mace-sane"])
+def test_the_distributed_fit_is_checked_for_degeneracy_like_the_in_process_one(model, crowd_args, degenerate):
     """Both paths report the same fit and publish the same rows: majority vote when the fit collapsed."""
     from crowds import crowd, votes_of
 
@@ -191,7 +207,7 @@ def test_the_distributed_fit_is_checked_for_degeneracy_like_the_in_process_one(c
     from labelbeam.transforms.methods.base import fit_reports
 
     votes = votes_of(crowd(**crowd_args)[0])
-    in_process_labels = ThirtyIterationDawidSkene().consensus_of(votes).labels
+    in_process_labels = model().consensus_of(votes).labels
     [expected_report] = fit_reports([in_process_labels])
     assert expected_report["degenerate"] is degenerate
     buckets = [votes.filter(pa.array([int(i[1:]) % 3 == b for i in votes["item_id"].to_pylist()])) for b in range(3)]
@@ -202,7 +218,7 @@ def test_the_distributed_fit_is_checked_for_degeneracy_like_the_in_process_one(c
 
     with TestPipeline(runner="FnApiRunner") as pipeline:
         consensus = (pipeline | beam.Create(buckets, reshuffle=False).with_output_types(pa.Table)
-                     | ComputeConsensus(ThirtyIterationDawidSkene(em="beam")))
+                     | ComputeConsensus(model(em="beam")))
         rows = consensus[LABELS] | beam.FlatMap(
             lambda table: [(r["item_id"], r["label"], r["status"]) for r in table.to_pylist()])
         assert_that(rows, equal_to(expected_rows), label="Rows")

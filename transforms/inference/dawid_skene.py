@@ -17,12 +17,13 @@ Choices (documented contracts, not tuned to any dataset):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from scipy import sparse
 
-from labelbeam.transforms.inference.em import Answers, answer_counts, clamp_gold, largest_change, run_em, vote_shares
+from labelbeam.transforms.inference.em import Answers, EMModel, answer_counts, clamp_gold, fit_em, largest_change
 
 
 class DawidSkeneResult(NamedTuple):
@@ -87,6 +88,26 @@ def e_step(answers: Answers, log_priors: np.ndarray, log_confusions: np.ndarray,
     return clamp_gold(np.exp(log_joint - log_evidence), gold), float(log_evidence.sum())
 
 
+@dataclasses.dataclass(frozen=True)
+class DawidSkeneModel(EMModel):
+    """Dawid-Skene as an EMModel: statistics are expected_counts, parameters (log priors, log confusions)."""
+    name: ClassVar[str] = "ds"
+    needs_counts: ClassVar[bool] = True
+    smoothing: float = 0.01
+
+    def statistics(self, answers, posteriors, parameters, counts):
+        return expected_counts(answers, posteriors, counts)
+
+    def parameters(self, statistics):
+        return parameters_from_counts(*statistics, self.smoothing)
+
+    def e_step(self, answers, parameters, gold, counts=None):
+        return e_step(answers, *parameters, gold, counts)
+
+    def change(self, old, new):
+        return parameter_change(old, new)
+
+
 def dawid_skene(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: float = 0.01,
                 gold: np.ndarray | None = None) -> DawidSkeneResult:
     """Fit Dawid-Skene by EM; see the module docstring for initialisation, smoothing and stopping."""
@@ -94,13 +115,7 @@ def dawid_skene(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smooth
         raise ValueError("Dawid-Skene needs at least one class")
     if smoothing < 0:
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
-    counts = answer_counts(answers)
-    parameters, iterations, converged = run_em(
-        m_step(answers, clamp_gold(vote_shares(answers, counts), gold), smoothing, counts),
-        lambda params: e_step(answers, *params, gold, counts)[0],
-        lambda posteriors, _: m_step(answers, posteriors, smoothing, counts),
-        parameter_change, max_iter, tol)
-    log_priors, log_confusions = parameters
-    posteriors, log_likelihood = e_step(answers, log_priors, log_confusions, gold, counts)
-    return DawidSkeneResult(posteriors, np.exp(log_priors), np.exp(log_confusions), iterations, converged,
-                            log_likelihood)
+    fit = fit_em(DawidSkeneModel(smoothing), answers, gold, max_iter, tol)
+    log_priors, log_confusions = fit.parameters
+    return DawidSkeneResult(fit.posteriors, np.exp(log_priors), np.exp(log_confusions), fit.iterations,
+                            fit.converged, fit.log_likelihood)

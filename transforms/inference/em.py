@@ -4,8 +4,9 @@ models (one-coin, GLAD, MACE). Pure numpy, no Beam.
 """
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import numpy as np
 from scipy import sparse
@@ -77,6 +78,62 @@ def run_em(parameters: P, e_step: Callable[[P], np.ndarray], m_step: Callable[[n
         if moved < tol:
             return parameters, iteration, True
     return parameters, max_iter, False
+
+
+class EMModel(abc.ABC, Generic[P]):
+    """An annotator model fitted by EM whose M-step reads only sums over answers and items.
+
+    `statistics` of disjoint sets of items add up, so the distributed EM (transforms/distributed_em.py)
+    sums its buckets' and calls `parameters` once per iteration; `fit_em` makes the same calls on all
+    answers at once. Both paths run this one numeric core.
+    """
+    name: ClassVar[str]
+    needs_counts: ClassVar[bool] = False   # whether statistics and e_step read answer_counts
+
+    def start(self, n_workers: int, n_labels: int) -> P | None:
+        """The parameters the first statistics (of the vote shares) are read under; most models read none."""
+        return None
+
+    @abc.abstractmethod
+    def statistics(self, answers: Answers, posteriors: np.ndarray, parameters: P | None,
+                   counts: sparse.csr_array) -> tuple[np.ndarray, ...]:
+        """The M-step's sufficient statistics: sums over the answers (counts is answer_counts(answers))."""
+
+    @abc.abstractmethod
+    def parameters(self, statistics: tuple[np.ndarray, ...]) -> P:
+        """The M-step: parameters from summed statistics."""
+
+    @abc.abstractmethod
+    def e_step(self, answers: Answers, parameters: P, gold: np.ndarray | None,
+               counts: sparse.csr_array | None = None) -> tuple[np.ndarray, float]:
+        """(posteriors [n_items, K], log-likelihood of the answers); gold[i] >= 0 clamps item i."""
+
+    @abc.abstractmethod
+    def change(self, old: P, new: P) -> float:
+        """The stopping rule's measure: the largest change of any probability."""
+
+
+class EMFit(NamedTuple):
+    parameters: Any
+    posteriors: np.ndarray
+    iterations: int
+    converged: bool
+    log_likelihood: float
+
+
+def fit_em(model: EMModel, answers: Answers, gold: np.ndarray | None, max_iter: int, tol: float) -> EMFit:
+    """Fit `model` in process: start from vote shares (gold clamped), then run_em."""
+    counts = answer_counts(answers)
+
+    def m_step(posteriors, parameters):
+        return model.parameters(model.statistics(answers, posteriors, parameters, counts))
+
+    start = model.start(answers.n_workers, answers.n_labels)
+    parameters, iterations, converged = run_em(
+        m_step(clamp_gold(vote_shares(answers, counts), gold), start),
+        lambda params: model.e_step(answers, params, gold, counts)[0], m_step, model.change, max_iter, tol)
+    posteriors, log_likelihood = model.e_step(answers, parameters, gold, counts)
+    return EMFit(parameters, posteriors, iterations, converged, log_likelihood)
 
 
 def clamp_gold(posteriors: np.ndarray, gold: np.ndarray | None) -> np.ndarray:

@@ -25,21 +25,21 @@ Choices (documented contracts, not tuned to any dataset):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from labelbeam.transforms.inference.em import (
     Answers,
+    EMModel,
     canonical_answers,
     checked_gold,
-    clamp_gold,
     class_log_likelihoods,
+    fit_em,
     fixed_log_priors,
     largest_change,
     posteriors_from_log_joint,
-    run_em,
-    vote_shares,
 )
 
 
@@ -70,13 +70,14 @@ def e_step(answers: Answers, log_priors: np.ndarray, competence: np.ndarray, spa
     return posteriors_from_log_joint(answers, log_joint, gold)
 
 
-def m_step(answers: Answers, posteriors: np.ndarray, competence: np.ndarray, spam_distribution: np.ndarray,
-           smoothing: float) -> tuple[np.ndarray, np.ndarray]:
-    """(competence [n_workers], spam distribution [n_workers, K]) from expected counts, smoothed.
+def statistics(answers: Answers, posteriors: np.ndarray, competence: np.ndarray,
+               spam_distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(class counts [K], expected known answers [n_workers], answers [n_workers], expected spam
+    [n_workers, K]) under the current parameters: sums over answers and items, so disjoint item
+    sets' statistics add up.
 
     An answer is known only if its label is the true class, with probability
-    P(class = label) * theta / (theta + (1 - theta) xi[label]) under the current parameters; the
-    rest of it counts as spam on its label. Annotators without answers get theta = 0.5 and a uniform xi.
+    P(class = label) * theta / (theta + (1 - theta) xi[label]); the rest of it counts as spam on its label.
     """
     n_workers, n_labels = answers.n_workers, answers.n_labels
     if_true, _ = answer_probabilities(competence, spam_distribution)
@@ -86,19 +87,68 @@ def m_step(answers: Answers, posteriors: np.ndarray, competence: np.ndarray, spa
     known = posteriors[answers.item, answers.label] * known_if_true.ravel()[cell]
     expected_known = np.bincount(answers.worker, weights=known, minlength=n_workers)
     n_answers = np.bincount(answers.worker, minlength=n_workers).astype(np.float64)
+    spam = np.bincount(cell, weights=1.0 - known, minlength=n_workers * n_labels).reshape(n_workers, n_labels)
+    return posteriors.sum(axis=0), expected_known, n_answers, spam
+
+
+def annotators_from_statistics(expected_known: np.ndarray, n_answers: np.ndarray, spam: np.ndarray,
+                               smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(competence [n_workers], spam distribution [n_workers, K]) from expected counts, smoothed.
+    Annotators without answers get theta = 0.5 and a uniform xi."""
+    n_workers, n_labels = spam.shape
     new_competence = np.divide(expected_known + smoothing, n_answers + 2.0 * smoothing,
                                out=np.full(n_workers, 0.5), where=n_answers + 2.0 * smoothing > 0)
-    spam = np.bincount(cell, weights=1.0 - known,
-                       minlength=n_workers * n_labels).reshape(n_workers, n_labels) + smoothing
+    spam = spam + smoothing
     spam_totals = spam.sum(axis=1, keepdims=True)
     new_spam = np.divide(spam, spam_totals, out=np.full((n_workers, n_labels), 1.0 / n_labels),
                          where=spam_totals > 0)
     return new_competence, new_spam
 
 
-def learned_log_priors(posteriors: np.ndarray, smoothing: float) -> np.ndarray:
-    counts = posteriors.sum(axis=0) + smoothing
+def m_step(answers: Answers, posteriors: np.ndarray, competence: np.ndarray, spam_distribution: np.ndarray,
+           smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(competence [n_workers], spam distribution [n_workers, K]) from these answers' expected counts."""
+    _, expected_known, n_answers, spam = statistics(answers, posteriors, competence, spam_distribution)
+    return annotators_from_statistics(expected_known, n_answers, spam, smoothing)
+
+
+def learned_log_priors(class_counts: np.ndarray, smoothing: float) -> np.ndarray:
+    counts = class_counts + smoothing
     return np.log(counts / counts.sum())
+
+
+def default_smoothing(n_labels: int) -> float:
+    return 0.01 / n_labels   # MACE's default
+
+
+@dataclasses.dataclass(frozen=True)
+class MaceModel(EMModel):
+    """MACE as an EMModel: parameters (log priors, competence, spam distribution). smoothing None means
+    default_smoothing(n_labels); class_priors None learns the priors."""
+    name: ClassVar[str] = "mace"
+    smoothing: float | None = None
+    class_priors: tuple[float, ...] | None = None
+
+    def start(self, n_workers, n_labels):
+        """theta_w = 0.5 and a uniform xi_w: the first M-step reads the annotators off the vote."""
+        return None, np.full(n_workers, 0.5), np.full((n_workers, n_labels), 1.0 / n_labels)
+
+    def statistics(self, answers, posteriors, parameters, counts):
+        return statistics(answers, posteriors, parameters[1], parameters[2])
+
+    def parameters(self, statistics):
+        class_counts, expected_known, n_answers, spam = statistics
+        n_labels = len(class_counts)
+        smoothing = default_smoothing(n_labels) if self.smoothing is None else self.smoothing
+        log_priors = learned_log_priors(class_counts, smoothing) if self.class_priors is None \
+            else fixed_log_priors(np.array(self.class_priors), n_labels)
+        return (log_priors, *annotators_from_statistics(expected_known, n_answers, spam, smoothing))
+
+    def e_step(self, answers, parameters, gold, counts=None):
+        return e_step(answers, *parameters, gold)
+
+    def change(self, old, new):   # in probabilities, as every EM core here
+        return largest_change((np.exp(old[0]), *old[1:]), (np.exp(new[0]), *new[1:]))
 
 
 def mace(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: float | None = None,
@@ -108,27 +158,14 @@ def mace(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: fl
     `smoothing` None means 0.01 / n_labels (MACE's default). `class_priors` [n_labels] fixes the
     class priors (as MACE's `--priors`); None learns them.
     """
-    if smoothing is None:
-        smoothing = 0.01 / answers.n_labels
-    if smoothing < 0:
+    if smoothing is not None and smoothing < 0:
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
     answers = canonical_answers(answers)
     gold = checked_gold(gold, answers.n_items, answers.n_labels)
-    fixed = None if class_priors is None else fixed_log_priors(class_priors, answers.n_labels)
-
-    def m_step_all(posteriors, params):
-        log_priors = fixed if fixed is not None else learned_log_priors(posteriors, smoothing)
-        return (log_priors, *m_step(answers, posteriors, params[1], params[2], smoothing))
-
-    def change(old, new):   # in probabilities, as every EM core here
-        return largest_change((np.exp(old[0]), *old[1:]), (np.exp(new[0]), *new[1:]))
-
-    uniform_spam = np.full((answers.n_workers, answers.n_labels), 1.0 / answers.n_labels)
-    start = (None, np.full(answers.n_workers, 0.5), uniform_spam)
-    (log_priors, competence, spam_distribution), iterations, converged = run_em(
-        m_step_all(clamp_gold(vote_shares(answers), gold), start),
-        lambda params: e_step(answers, *params, gold)[0],
-        m_step_all, change, max_iter, tol)
-    posteriors, log_likelihood = e_step(answers, log_priors, competence, spam_distribution, gold)
-    return MaceResult(posteriors, np.exp(log_priors), competence, spam_distribution, iterations, converged,
-                      log_likelihood)
+    if class_priors is not None:
+        fixed_log_priors(class_priors, answers.n_labels)   # refused here, before fitting, if malformed
+        class_priors = tuple(float(p) for p in np.asarray(class_priors, dtype=np.float64))
+    fit = fit_em(MaceModel(smoothing, class_priors), answers, gold, max_iter, tol)
+    log_priors, competence, spam_distribution = fit.parameters
+    return MaceResult(fit.posteriors, np.exp(log_priors), competence, spam_distribution, fit.iterations,
+                      fit.converged, fit.log_likelihood)

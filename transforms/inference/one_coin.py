@@ -26,20 +26,20 @@ Choices (documented contracts, not tuned to any dataset):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from labelbeam.transforms.inference.em import (
     Answers,
+    EMModel,
     canonical_answers,
     checked_gold,
-    clamp_gold,
     class_log_likelihoods,
+    fit_em,
     largest_change,
     posteriors_from_log_joint,
-    run_em,
-    vote_shares,
 )
 
 
@@ -63,26 +63,57 @@ def e_step(answers: Answers, log_priors: np.ndarray, accuracy: np.ndarray,
     return posteriors_from_log_joint(answers, log_joint, gold)
 
 
-def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+def statistics(answers: Answers, posteriors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class counts of answered items [K], expected right answers [n_workers], answers [n_workers]):
+    sums over answers and items, so disjoint item sets' statistics add up."""
+    expected_right = np.bincount(answers.worker, weights=posteriors[answers.item, answers.label],
+                                 minlength=answers.n_workers)
+    n_answers = np.bincount(answers.worker, minlength=answers.n_workers).astype(np.float64)
+    answered = np.bincount(answers.item, minlength=answers.n_items) > 0
+    return posteriors[answered].sum(axis=0), expected_right, n_answers
+
+
+def parameters_from_statistics(class_counts: np.ndarray, expected_right: np.ndarray, n_answers: np.ndarray,
+                               smoothing: float) -> tuple[np.ndarray, np.ndarray]:
     """(log priors [K], accuracy [n_workers]) maximising the expected complete likelihood, smoothed.
 
     Accuracy is (expected right + K s) / (answers + K^2 s) with s = smoothing; an annotator without
     answers (or with s = 0 and no answers) gets 1 / K. Priors count only items that have answers.
     """
-    n_labels = answers.n_labels
-    expected_right = np.bincount(answers.worker, weights=posteriors[answers.item, answers.label],
-                                 minlength=answers.n_workers)
-    n_answers = np.bincount(answers.worker, minlength=answers.n_workers).astype(np.float64)
+    n_labels = len(class_counts)
     numerator = expected_right + n_labels * smoothing
     denominator = n_answers + n_labels * n_labels * smoothing
-    accuracy = np.divide(numerator, denominator, out=np.full(answers.n_workers, 1.0 / n_labels),
+    accuracy = np.divide(numerator, denominator, out=np.full(len(n_answers), 1.0 / n_labels),
                          where=denominator > 0)
-    answered = np.bincount(answers.item, minlength=answers.n_items) > 0
-    priors = posteriors[answered].sum(axis=0) + smoothing
+    priors = class_counts + smoothing
     total = priors.sum()
     priors = priors / total if total > 0 else np.full(n_labels, 1.0 / n_labels)
     with np.errstate(divide="ignore"):  # without smoothing, an unseen class has prior 0
         return np.log(priors), accuracy
+
+
+def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log priors [K], accuracy [n_workers]): parameters_from_statistics of these answers' statistics."""
+    return parameters_from_statistics(*statistics(answers, posteriors), smoothing)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneCoinModel(EMModel):
+    """One-coin Dawid-Skene as an EMModel: parameters (log priors, accuracy)."""
+    name: ClassVar[str] = "one_coin"
+    smoothing: float = 0.01
+
+    def statistics(self, answers, posteriors, parameters, counts):
+        return statistics(answers, posteriors)
+
+    def parameters(self, statistics):
+        return parameters_from_statistics(*statistics, self.smoothing)
+
+    def e_step(self, answers, parameters, gold, counts=None):
+        return e_step(answers, *parameters, gold)
+
+    def change(self, old, new):
+        return largest_change((np.exp(old[0]), old[1]), (np.exp(new[0]), new[1]))
 
 
 def one_coin(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing: float = 0.01,
@@ -92,10 +123,7 @@ def one_coin(answers: Answers, max_iter: int = 100, tol: float = 1e-5, smoothing
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
     answers = canonical_answers(answers)
     gold = checked_gold(gold, answers.n_items, answers.n_labels)
-    (log_priors, accuracy), iterations, converged = run_em(
-        m_step(answers, clamp_gold(vote_shares(answers), gold), smoothing),
-        lambda params: e_step(answers, *params, gold)[0],
-        lambda posteriors, _: m_step(answers, posteriors, smoothing),
-        lambda old, new: largest_change((np.exp(old[0]), old[1]), (np.exp(new[0]), new[1])), max_iter, tol)
-    posteriors, log_likelihood = e_step(answers, log_priors, accuracy, gold)
-    return OneCoinResult(posteriors, np.exp(log_priors), accuracy, iterations, converged, log_likelihood)
+    fit = fit_em(OneCoinModel(smoothing), answers, gold, max_iter, tol)
+    log_priors, accuracy = fit.parameters
+    return OneCoinResult(fit.posteriors, np.exp(log_priors), accuracy, fit.iterations, fit.converged,
+                         fit.log_likelihood)

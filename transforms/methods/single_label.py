@@ -12,16 +12,16 @@ import numpy as np
 import pyarrow as pa
 
 from labelbeam.transforms.inference.calibration import calibrated_with_gold
-from labelbeam.transforms.inference.dawid_skene import dawid_skene
+from labelbeam.transforms.inference.dawid_skene import DawidSkeneModel, dawid_skene
 from labelbeam.transforms.inference.dawid_skene import e_step as dawid_skene_e_step
 from labelbeam.transforms.inference.degenerate import degeneracy, named_classes
-from labelbeam.transforms.inference.em import Answers, clamp_gold, fixed_log_priors
+from labelbeam.transforms.inference.em import Answers, EMModel, clamp_gold, fixed_log_priors
 from labelbeam.transforms.inference.glad import e_step as glad_e_step
 from labelbeam.transforms.inference.glad import glad
+from labelbeam.transforms.inference.mace import MaceModel, mace
 from labelbeam.transforms.inference.mace import e_step as mace_e_step
-from labelbeam.transforms.inference.mace import mace
+from labelbeam.transforms.inference.one_coin import OneCoinModel, one_coin
 from labelbeam.transforms.inference.one_coin import e_step as one_coin_e_step
-from labelbeam.transforms.inference.one_coin import one_coin
 from labelbeam.transforms.methods.base import (
     DISTRIBUTED_EM,
     EM_BEAM,
@@ -124,7 +124,7 @@ class AnnotatorModelMethod(ConsensusMethod):
     """A model of annotators fitted over all votes at once; confidence is the label's posterior.
 
     Two paths give the same answers (tested): `in_process` gathers all votes on one worker and
-    fits there (fast for data that fits one machine); `beam` (Dawid-Skene only) runs the EM as
+    fits there (fast for data that fits one machine); `beam` (Dawid-Skene, one-coin and MACE) runs the EM as
     Beam transforms over item buckets, so a managed runner spreads it across workers.
     Subclasses name the model and compute its posteriors.
     """
@@ -187,6 +187,10 @@ class AnnotatorModelMethod(ConsensusMethod):
     def posteriors_from_votes(self, answers: Answers, fit) -> np.ndarray:
         """[n_items, n_labels] every item's posterior from its votes alone under the fitted model."""
 
+    def em_model(self) -> EMModel:
+        """The model's EM core, for the distributed path (models with `distributed` set)."""
+        raise NotImplementedError(f"--method {self.name} has no distributed EM")
+
     @property
     def shape(self) -> str:
         return DISTRIBUTED_EM if self.em == EM_BEAM else GATHER_AND_FIT
@@ -204,6 +208,9 @@ class DawidSkene(AnnotatorModelMethod):
     def fit_model(self, answers, gold):
         return dawid_skene(answers, self.max_iter, self.tol, self.smoothing, gold)
 
+    def em_model(self) -> EMModel:
+        return DawidSkeneModel(self.smoothing)
+
     def posteriors_from_votes(self, answers, fit):
         return dawid_skene_e_step(answers, np.log(fit.priors), np.log(fit.confusions))[0]
 
@@ -212,12 +219,16 @@ class OneCoin(AnnotatorModelMethod):
     """One-coin Dawid-Skene: one accuracy per annotator, errors spread evenly."""
     name = "one_coin"
     smoothing = 0.01
+    distributed = True
 
     def params(self) -> dict:
         return {**super().params(), "smoothing": self.smoothing}
 
     def fit_model(self, answers, gold):
         return one_coin(answers, self.max_iter, self.tol, self.smoothing, gold)
+
+    def em_model(self) -> EMModel:
+        return OneCoinModel(self.smoothing)
 
     def posteriors_from_votes(self, answers, fit):
         with np.errstate(divide="ignore"):
@@ -240,9 +251,13 @@ class Glad(AnnotatorModelMethod):
 class Mace(AnnotatorModelMethod):
     """MACE: each annotator is a spammer with some probability, with their own spam distribution."""
     name = "mace"
+    distributed = True
 
     def fit_model(self, answers, gold):
         return mace(answers, self.max_iter, self.tol, gold=gold)
+
+    def em_model(self) -> EMModel:
+        return MaceModel()
 
     def posteriors_from_votes(self, answers, fit):
         return mace_e_step(answers, np.log(fit.priors), fit.competence,
