@@ -347,9 +347,11 @@ def temperature_of(parts: list) -> float:
                            np.concatenate([part[2] for part in parts])[order])
 
 
-def fit_statistics(pair: tuple[AnswerBucket, np.ndarray]) -> FitAgreement:
-    """A bucket's share of the degeneracy checks' statistics (inference/degenerate.py)."""
-    bucket, posteriors = pair
+def fit_statistics(shard: AnswerShard, state: EMState, model: EMModel) -> FitAgreement:
+    """A bucket's share of the degeneracy checks' statistics (inference/degenerate.py). Only these small
+    sums leave the step: the buckets' posteriors are made again once the report is known, so they are
+    never all held at once."""
+    bucket, posteriors = bucket_posteriors(shard, state, model)
     n_labels = posteriors.shape[1]
     if n_labels == 0:
         return FitAgreement(np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=np.int64))
@@ -380,9 +382,13 @@ def majority_vote_posteriors(bucket: AnswerBucket) -> np.ndarray:
     return clamp_gold(weighted_shares(bucket.compact.answers(), None), bucket.compact.gold())
 
 
-def reported_posteriors(pair: tuple[AnswerBucket, np.ndarray], report: dict) -> tuple[AnswerBucket, np.ndarray]:
-    bucket, posteriors = pair
-    return (bucket, majority_vote_posteriors(bucket)) if report["degenerate"] else pair
+def reported_posteriors(shard: AnswerShard, state: EMState, report: dict,
+                        model: EMModel) -> tuple[AnswerBucket, np.ndarray]:
+    """The fit's posteriors of a bucket, or majority vote's if the fit is degenerate."""
+    if report["degenerate"]:
+        bucket = shard.bucket()
+        return bucket, majority_vote_posteriors(bucket)
+    return bucket_posteriors(shard, state, model)
 
 
 def calibrated_bucket_posteriors(shard: AnswerShard, state: EMState, temperature: float, report: dict,
@@ -440,13 +446,13 @@ class FitAnnotatorModelOnBeam(beam.PTransform):
             state = (stepped["counts"]
                      | f"SumCounts{iteration}" >> beam.CombineGlobally(SumCountsFn())
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), model, tol))
-        fitted = buckets | "FitPosteriors" >> beam.Map(bucket_posteriors, pvalue.AsSingleton(state), model)
-        report = (fitted
-                  | "FitAgreement" >> beam.Map(fit_statistics)
+        report = (buckets
+                  | "FitAgreement" >> beam.Map(fit_statistics, pvalue.AsSingleton(state), model)
                   | "SumFitAgreement" >> beam.CombineGlobally(sum_fit_statistics)
                   | "FitReport" >> beam.Map(fit_report, pvalue.AsSingleton(index), model.name))
         if not gold:
-            posteriors = fitted | "Posteriors" >> beam.Map(reported_posteriors, pvalue.AsSingleton(report))
+            posteriors = buckets | "Posteriors" >> beam.Map(reported_posteriors, pvalue.AsSingleton(state),
+                                                            pvalue.AsSingleton(report), model)
             return {"posteriors": posteriors, "index": index, "state": state, "report": report}
         # With gold, posteriors are temperature-scaled on the gold items (see calibration.py).
         temperature = (buckets

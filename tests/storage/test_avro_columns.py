@@ -156,6 +156,10 @@ def test_bad_values_and_unsupported_types_are_refused_clearly():
         ac.encode_rows(enum_schema, pa.table({"e": ["A", "B"]}))
     with pytest.raises(ac.UnsupportedAvroType):
         ac.RowEncoder({"type": "record", "name": "U", "fields": [{"name": "u", "type": ["null", "int", "string"]}]})
+    millis = {"type": "record", "name": "T", "fields": [
+        {"name": "t", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+    with pytest.raises(TypeError, match="does not hold the integers"):   # micros would be written as millis
+        ac.encode_rows(millis, pa.table({"t": pa.array([1], pa.timestamp("us"))}))
     with pytest.raises(ac.UnsupportedAvroType):
         ac.RowEncoder({"type": "record", "name": "D", "fields": [
             {"name": "d", "type": {"type": "bytes", "logicalType": "decimal", "precision": 4}}]})

@@ -156,8 +156,18 @@ def _length_prefixed(array: pa.Array) -> list[Pieces]:
     return [zigzag_varints(lengths), Pieces(lengths, data)]
 
 
-def _integers(array: pa.Array) -> np.ndarray:
-    if pa.types.is_timestamp(array.type) or pa.types.is_date(array.type) or pa.types.is_time(array.type):
+# Arrow temporal types whose integers are what the Avro logical type counts (anything else is refused,
+# rather than written in the wrong unit).
+_TEMPORAL = {"timestamp-millis": pa.timestamp("ms"), "timestamp-micros": pa.timestamp("us"), "date": pa.date32(),
+             "time-millis": pa.time32("ms"), "time-micros": pa.time64("us")}
+
+
+def _integers(array: pa.Array, logical_type: str | None = None) -> np.ndarray:
+    if pa.types.is_temporal(array.type):
+        expected = _TEMPORAL.get(logical_type)
+        if expected is None or array.type.id != expected.id or getattr(array.type, "unit", None) != \
+                getattr(expected, "unit", None):
+            raise TypeError(f"Arrow {array.type} does not hold the integers of Avro {logical_type or 'int/long'}")
         array = array.view(pa.int64() if array.type.bit_width == 64 else pa.int32())
     if not pa.types.is_integer(array.type):
         raise TypeError(f"an Avro int or long needs integers, got Arrow {array.type}")
@@ -202,8 +212,11 @@ class _Compiler:
         if kind == "map":
             return _no_nulls(self._map(self.encoder(avro_type["values"], namespace)), avro_type)
         if kind in _PRIMITIVES:
-            if avro_type.get("logicalType") and kind not in ("int", "long") and avro_type["logicalType"] != "uuid":
-                raise UnsupportedAvroType(f"logical type {avro_type['logicalType']!r} on {kind}")
+            logical_type = avro_type.get("logicalType")
+            if logical_type and kind in ("int", "long"):
+                return _no_nulls(lambda array: [zigzag_varints(_integers(array, logical_type))], avro_type)
+            if logical_type and logical_type != "uuid":
+                raise UnsupportedAvroType(f"logical type {logical_type!r} on {kind}")
             return self.encoder(kind, namespace)
         raise UnsupportedAvroType(f"Avro type {avro_type!r}")
 
