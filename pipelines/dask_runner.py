@@ -145,6 +145,25 @@ class _OutputBags(PipelineVisitor):
         return [bag for step, bag in self.bags.items() if not self.consumed & set(step.outputs.values())]
 
 
+@dataclasses.dataclass
+class ClosingDaskRunnerResult(dask_runner.DaskRunnerResult):
+    """Beam's result, closing its Client once the pipeline has ended (or was cancelled). Beam leaves it
+    open: it outlives the pipeline, and when its cluster goes it logs "Failed to reconnect to scheduler"
+    errors; a client that started its own LocalCluster also keeps that cluster's processes."""
+
+    def wait_until_finish(self, duration=None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            self.client.close()
+
+    def cancel(self) -> str:
+        try:
+            return super().cancel()
+        finally:
+            self.client.close()
+
+
 class DaskRunner(dask_runner.DaskRunner):
     """Beam's DaskRunner with outputs kept apart by tag (see the module docstring)."""
 
@@ -166,4 +185,4 @@ class DaskRunner(dask_runner.DaskRunner):
         visitor = _OutputBags(bag_kwargs)
         pipeline.visit(visitor)
         futures = client.compute(list(dask.optimize(*visitor.sinks())))
-        return dask_runner.DaskRunnerResult(client, futures)
+        return ClosingDaskRunnerResult(client, futures)

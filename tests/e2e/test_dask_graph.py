@@ -59,5 +59,8 @@ def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path):
     from dask.distributed import LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         on_dask = fit("labelbeam.pipelines.dask_runner.DaskRunner", "--dask_client_address", cluster.scheduler_address)
+        from dask.distributed import default_client
+        with pytest.raises(ValueError, match="No clients found"):   # the runner closed its client when done
+            default_client()
     assert on_dask[0] > 5   # several iterations ran, each reading the previous one's state
     np.testing.assert_array_equal(on_dask, fit("FnApiRunner"))   # fixed-point sums: the same bits anywhere
