@@ -53,8 +53,12 @@ def vote_shares(answers: Answers, counts: sparse.csr_array | None = None) -> np.
 
     `counts` is answer_counts(answers), built when not given."""
     counts = answer_counts(answers) if counts is None else counts
-    label_of_cell = np.tile(np.eye(answers.n_labels), (answers.n_workers, 1))   # [n_workers * n_labels, L]
-    per_label = counts @ label_of_cell
+    n_cells = answers.n_workers * answers.n_labels
+    cells = np.arange(n_cells)
+    # Sparse, so it costs one entry per (worker, label) cell, not n_workers * n_labels**2.
+    label_of_cell = sparse.csr_array((np.ones(n_cells), (cells, cells % answers.n_labels)),
+                                     shape=(n_cells, answers.n_labels))
+    per_label = (counts @ label_of_cell).toarray()
     totals = per_label.sum(axis=1, keepdims=True)
     return np.where(totals > 0, per_label / np.maximum(totals, 1), 1.0 / answers.n_labels)
 
