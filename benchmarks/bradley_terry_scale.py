@@ -19,8 +19,9 @@ prompt, the winner drawn from the model with log-strengths ~ N(0, 1). Unweighted
   `a<k>`'s vote on item `p<p>`, label `r<winner>`, metadata.rejected `r<loser>`; the prompt's first vote
   carries a prompt text, every 10th vote the two responses' texts, and every 10th prompt also gets one
   unusable vote (no metadata.rejected). Built before any clock starts.
-- baseline: `baseline_consensus_of`, the method's per-prompt loop as it was (copied below: a
-  `baseline_bradley_terry` call per prompt), on the same table.
+- baseline: `baseline_consensus_of`, the method's per-prompt path as it was (a `baseline_bradley_terry`
+  call per prompt, copied below; the rows are assembled by the method's own `consensus_of_fits`), on the
+  same table.
 - vectorised: `BradleyTerry().consensus_of(table)` (one `fit_grouped` call for all prompts).
 --mode both (default): fit, then method, in this process, each baseline before its vectorised run.
 
@@ -40,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from labelbeam.transforms.inference.annotator_stats import decision_cells
 from labelbeam.transforms.inference.bradley_terry import (
     NEWTON_STEPS,
     BradleyTerryResult,
@@ -54,14 +54,9 @@ from labelbeam.transforms.inference.preferences import (
     TIE_DECIMALS,
     ItemFit,
     PreferenceVote,
-    comparison_decisions,
-    consensus_fields,
-    export_record,
-    export_table,
     unusable_reason,
     votes_by_item,
 )
-from labelbeam.transforms.methods.base import consensus_table, vote_status
 from labelbeam.transforms.methods.preferences import BradleyTerry, PreferenceConsensus
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -104,10 +99,9 @@ def baseline_bradley_terry(winner: np.ndarray, loser: np.ndarray, n_candidates: 
     return BradleyTerryResult(log_strength - log_strength.mean(), iterations, converged)
 
 
-# The method's per-prompt path as of commit d39fe2f: transforms/inference/preferences.py's `fit_item` and
-# BradleyTerry.consensus_of in transforms/methods/preferences.py, with `baseline_bradley_terry` as the
-# fit. votes_by_item, consensus_fields, comparison_decisions and export_record did not change and are
-# imported.
+# The method's per-prompt path as of commit d39fe2f: transforms/inference/preferences.py's `fit_item`,
+# with `baseline_bradley_terry` as the fit, one call per prompt. votes_by_item and the assembly of rows
+# from fits (BradleyTerry.consensus_of_fits) did not change and are used as they are.
 
 def baseline_fit_item(item_id: str, votes: list[PreferenceVote], prior: float = PRIOR, max_iter: int = MAX_ITER,
                       tol: float = TOL) -> ItemFit:
@@ -125,31 +119,11 @@ def baseline_fit_item(item_id: str, votes: list[PreferenceVote], prior: float = 
 
 
 def baseline_consensus_of(method: BradleyTerry, votes: pa.Table) -> PreferenceConsensus:
-    item_ids, labels, confidence, num_votes, agreement, is_tie = [], [], [], [], [], []
-    annotators, true, answered, expected, consensus, records = [], [], [], [], [], []
-    for item_id, item_votes in votes_by_item(votes).items():
-        fit = baseline_fit_item(item_id, item_votes, method.prior, method.max_iter, method.tol)
-        fields = consensus_fields(fit)
-        item_ids.append(item_id)
-        labels.append(fields.label)
-        confidence.append(fields.confidence)
-        num_votes.append(fields.num_votes)
-        agreement.append(fields.agreement)
-        is_tie.append(fields.is_tie)
-        for collected, part in zip((annotators, true, answered, expected, consensus), comparison_decisions(fit)):
-            collected += part
-        record = export_record(fit, item_votes)
-        if record is not None:
-            records.append(record)
-    num_votes_array = np.array(num_votes, dtype=np.int64)
-    rows = consensus_table(pa.array(item_ids, pa.string()), pa.array(labels, pa.string()),
-                           np.array(confidence, dtype=np.float64), num_votes_array,
-                           np.array(agreement, dtype=np.float64),
-                           vote_status(num_votes_array, method.min_votes, np.array(is_tie, dtype=bool)))
-    stats = decision_cells(pa.array(annotators, pa.string()), pa.array(true, pa.string()),
-                           pa.array(answered, pa.string()), np.array(expected, dtype=np.float64),
-                           np.array(consensus, dtype=np.int64))
-    return PreferenceConsensus(rows, stats, export_table(records))
+    """The method with one `baseline_fit_item` per prompt; turning the fits into rows never changed, so
+    the method's own `consensus_of_fits` does it."""
+    return method.consensus_of_fits(
+        (baseline_fit_item(item_id, item_votes, method.prior, method.max_iter, method.tol), item_votes)
+        for item_id, item_votes in votes_by_item(votes).items())
 
 
 # --- the set and the two runs ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 bradley_terry.py), with the prompt/chosen/rejected export."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -40,10 +41,15 @@ class BradleyTerry(PerItemMethod):
                 "tie_decimals": preferences.TIE_DECIMALS}
 
     def consensus_of(self, votes: pa.Table) -> PreferenceConsensus:
+        items = preferences.votes_by_item(votes)
+        return self.consensus_of_fits(zip(preferences.fit_items(items, self.prior, self.max_iter, self.tol),
+                                          items.values()))
+
+    def consensus_of_fits(self, fits: Iterable[tuple[preferences.ItemFit, list]]) -> PreferenceConsensus:
+        """Rows, annotator statistics and export records of (prompt fit, that prompt's votes) pairs."""
         item_ids, labels, confidence, num_votes, agreement, is_tie = [], [], [], [], [], []
         annotators, true, answered, expected, consensus, records = [], [], [], [], [], []
-        items = preferences.votes_by_item(votes)
-        for fit, item_votes in zip(preferences.fit_items(items, self.prior, self.max_iter, self.tol), items.values()):
+        for fit, item_votes in fits:
             fields = preferences.consensus_fields(fit)
             item_ids.append(fit.item_id)
             labels.append(fields.label)
