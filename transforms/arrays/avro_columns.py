@@ -50,6 +50,11 @@ class Pieces(NamedTuple):
         """int64 [rows + 1]: where each row starts in data, and the end."""
         return np.concatenate(([0], np.cumsum(self.lengths, dtype=np.int64)))
 
+    def rows(self) -> list[bytes]:
+        """Each row's bytes."""
+        data, offsets = self.data.tobytes(), self.offsets.tolist()
+        return [data[start:end] for start, end in zip(offsets[:-1], offsets[1:])]
+
 
 def _empty_pieces(rows: int) -> Pieces:
     return Pieces(np.zeros(rows, dtype=np.int64), np.zeros(0, dtype=np.uint8), 0)

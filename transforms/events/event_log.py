@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -143,9 +143,11 @@ def log_file_bytes(events: pa.Table, name: str) -> bytes:
     return avro_columns.table_file_bytes(registry.load_schema_json(LOG_SCHEMA_FILE), log_rows(events), name)
 
 
-def _log_datums(events: pa.Table | pa.RecordBatch) -> avro_columns.Pieces:
-    """Each event's annotation_event.v2 Avro datum (map entries sorted by key)."""
-    return _LOG_ENCODER.encode(events)
+def _digests(byte_strings: Iterable[bytes], count: int) -> np.ndarray:
+    """The 64-bit blake2b of each byte string (uint64)."""
+    blake2b = hashlib.blake2b
+    return np.fromiter((int.from_bytes(blake2b(data, digest_size=8).digest(), "little") for data in byte_strings),
+                       dtype=np.uint64, count=count)
 
 
 def content_digests(events: pa.Table | pa.RecordBatch) -> np.ndarray:
@@ -155,11 +157,7 @@ def content_digests(events: pa.Table | pa.RecordBatch) -> np.ndarray:
     where the event was read from. It is the blake2b of the event's v2 Avro datum with map entries
     sorted by key: stable across processes and Python versions.
     """
-    datums = _log_datums(events)
-    data, offsets = datums.data.tobytes(), datums.offsets.tolist()
-    blake2b = hashlib.blake2b
-    return np.fromiter((int.from_bytes(blake2b(data[start:end], digest_size=8).digest(), "little")
-                        for start, end in zip(offsets[:-1], offsets[1:])), dtype=np.uint64, count=events.num_rows)
+    return _digests(_LOG_ENCODER.encode(events).rows(), events.num_rows)
 
 
 def repr_content_digests(events: pa.Table | pa.RecordBatch) -> np.ndarray:
@@ -172,9 +170,7 @@ def repr_content_digests(events: pa.Table | pa.RecordBatch) -> np.ndarray:
             columns.append([sorted(entries) for entries in column.to_pylist()])
         else:
             columns.append(column.to_pylist())
-    blake2b = hashlib.blake2b
-    return np.fromiter((int.from_bytes(blake2b(repr(row).encode(), digest_size=8).digest(), "little")
-                        for row in zip(*columns)), dtype=np.uint64, count=events.num_rows)
+    return _digests((repr(row).encode() for row in zip(*columns)), events.num_rows)
 
 
 def event_dead_letters(events: pa.Table, reason: str, detail: str) -> pa.RecordBatch:
@@ -184,12 +180,10 @@ def event_dead_letters(events: pa.Table, reason: str, detail: str) -> pa.RecordB
     re-read, so `raw` is the validated event as an annotation_event.v2 Avro datum (raw_format "avro",
     schema_version 2): replayable. Source and offset stay the event's own.
     """
-    datums = _log_datums(events)
-    data, offsets = datums.data.tobytes(), datums.offsets.tolist()
     provenance = events.select(["event_id", "source", "offset"]).to_pylist()
-    letters = [dl.DeadLetter(reason, detail.format(event_id=repr(where["event_id"])), data[start:end], "avro",
+    letters = [dl.DeadLetter(reason, detail.format(event_id=repr(where["event_id"])), datum, "avro",
                              registry.LATEST_EVENT_SCHEMA_VERSION, where["source"], where["offset"], where["event_id"])
-               for where, start, end in zip(provenance, offsets[:-1], offsets[1:])]
+               for where, datum in zip(provenance, _LOG_ENCODER.encode(events).rows())]
     batch = dl.to_record_batch(letters)
     return pa.Table.from_batches([batch]).sort_by(dl.SORT_ORDER).combine_chunks().to_batches()[0] if letters else batch
 
