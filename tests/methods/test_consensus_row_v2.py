@@ -16,7 +16,7 @@ from labelbeam.transforms.inference.annotator_stats import (
 )
 from labelbeam.transforms.methods.base import CONSENSUS_SCHEMA
 from labelbeam.transforms.publish import sorted_labels
-from labelbeam.transforms.storage.table_files import avro_bytes, parquet_bytes
+from labelbeam.transforms.storage.table_files import avro_table_bytes, parquet_bytes
 
 
 def test_the_full_row_schema_is_v3_and_matches_the_arrow_schema():
@@ -65,8 +65,8 @@ def test_rows_with_labels_and_score_write_the_same_bytes_twice():
     table = sorted_labels([rows])
     schema = registry.load_schema_json(registry.CONSENSUS_ROW_SCHEMA_FILE)
     assert parquet_bytes(table) == parquet_bytes(sorted_labels([rows.slice(1), rows.slice(0, 1)]))
-    data = avro_bytes(schema, table.to_pylist(), "labels.avro")
-    assert data == avro_bytes(schema, table.to_pylist(), "labels.avro")
+    data = avro_table_bytes(schema, table, "labels.avro")
+    assert data == avro_table_bytes(schema, sorted_labels([rows.slice(1), rows.slice(0, 1)]), "labels.avro")
     assert list(fastavro.reader(io.BytesIO(data))) == table.to_pylist()
 
 

@@ -1,18 +1,15 @@
 """Deterministic table files through Beam FileSystems: the same rows always give the same bytes.
 
-Parquet via pyarrow; Avro via fastavro with a sync marker derived from the file's identity
-(fastavro draws a random one by default). Arrow tables become Avro through avro_columns' column-wise
-encoder, which writes the bytes fastavro would write for the same rows.
+Parquet via pyarrow; Avro through avro_columns' column-wise encoder, framed by fastavro's Writer with a
+sync marker derived from the file's identity (fastavro draws a random one by default).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import math
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -49,18 +46,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def avro_bytes(schema: dict, records: Iterable[dict], name: str, metadata: dict[str, str] | None = None) -> bytes:
-    """An Avro file of records; `metadata` adds user keys to its header."""
-    records = list(records)
-    sink = io.BytesIO()
-    fastavro.writer(sink, schema, records, codec=AVRO_CODEC, sync_marker=avro_columns.sync_marker(name, len(records)),
-                    metadata=metadata)
-    return sink.getvalue()
-
-
 def avro_table_bytes(schema: dict, rows: pa.Table | pa.RecordBatch, name: str,
                      metadata: dict[str, str] | None = None) -> bytes:
-    """avro_bytes(schema, rows.to_pylist(), name, metadata), encoded a column at a time (maps sorted by key)."""
+    """An Avro file of the rows (AVRO_CODEC, a sync marker from the file's identity; `metadata` adds user keys
+    to its header): what fastavro.writer writes for rows.to_pylist(), map entries sorted by key."""
     return avro_columns.table_file_bytes(schema, rows, name, metadata)
 
 
