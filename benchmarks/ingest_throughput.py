@@ -60,7 +60,7 @@ VOTES_PER_ITEM = 6
 INPUT_FILES = 8
 DEFAULT_WORKDIR = os.path.join(bt.DEFAULT_WORKDIR, "ingest")
 LOG_SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "annotation_event.v2.avsc"
-LOG_CODEC = "deflate"   # transforms/storage/table_files.AVRO_CODEC
+LOG_CODEC = "deflate"   # transforms/arrays/avro_columns.CODEC
 INPUT_FORMAT = 2        # bump when write_input changes what it writes
 DEFAULTS: dict[str, Any] = {"label": None, "action": "UPSERT", "revision": 0, "labels": [], "score": None,
                             "duration_ms": None, "confidence": None, "metadata": {}}

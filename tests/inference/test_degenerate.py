@@ -28,8 +28,10 @@ def test_switched_and_collapsed_fits_by_hand():
         "collapse: classes the majority gives many items all but vanish from the fit "
         "(class 1 on 0 items where the majority has 10)")
     assert degeneracy(answers, np.zeros(31, dtype=np.int64)) is None   # 10 items: too few to tell (default 20)
-    assert vanished_classes(vote[:30], np.r_[np.zeros(29, dtype=np.int64), [1]], 2, min_items=5) == {}
-    assert vanished_classes(vote[:30], np.zeros(30, dtype=np.int64), 2, min_items=5) == {1: (10, 0)}
+    by_vote = np.bincount(vote[:30], minlength=2)
+    assert vanished_classes(by_vote, np.bincount(np.r_[np.zeros(29, dtype=np.int64), [1]], minlength=2),
+                            min_items=5) == {}
+    assert vanished_classes(by_vote, np.bincount(np.zeros(30, dtype=np.int64), minlength=2), min_items=5) == {1: (10, 0)}
 
 
 def test_best_matching_gain_exact_and_greedy():

@@ -32,17 +32,11 @@ VANISHED_RATIO = 10       # ... and vanishes when the fit keeps fewer than a ten
 EXACT_MATCHING_MAX_CLASSES = 8   # 8! = 40,320 permutations
 
 
-def vanished_classes(majority: np.ndarray, labels: np.ndarray, n_labels: int,
+def vanished_classes(by_vote: np.ndarray, by_fit: np.ndarray,
                      min_items: int = MIN_MAJORITY_ITEMS) -> dict[int, tuple[int, int]]:
     """class -> (items a strict majority gives it, items the fit gives it), for the classes that a
-    strict majority gives at least `min_items` items and the fit fewer than a tenth as many."""
-    return vanished_by_counts(np.bincount(majority, minlength=n_labels), np.bincount(labels, minlength=n_labels),
-                              min_items)
-
-
-def vanished_by_counts(by_vote: np.ndarray, by_fit: np.ndarray,
-                       min_items: int = MIN_MAJORITY_ITEMS) -> dict[int, tuple[int, int]]:
-    """vanished_classes from per-class item counts: by strict majority, and by the fit."""
+    strict majority gives at least `min_items` items and the fit fewer than a tenth as many; from the
+    per-class item counts."""
     return {label: (int(by_vote[label]), int(by_fit[label])) for label in range(len(by_vote))
             if by_vote[label] >= min_items and by_fit[label] * VANISHED_RATIO < by_vote[label]}
 
@@ -101,7 +95,7 @@ def degeneracy_of(statistics: FitAgreement, min_items: int = MIN_MAJORITY_ITEMS)
     gain = best_matching_gain(statistics.agreement)
     if gain:
         return f"label switching: permuting its classes agrees with majority vote on {gain} more items"
-    vanished = vanished_by_counts(statistics.agreement.sum(axis=0), statistics.by_fit, min_items)
+    vanished = vanished_classes(statistics.agreement.sum(axis=0), statistics.by_fit, min_items)
     if vanished:
         found = ", ".join(f"class {label} on {fit} items where the majority has {vote}"
                           for label, (vote, fit) in sorted(vanished.items()))

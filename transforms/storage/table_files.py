@@ -17,7 +17,6 @@ from apache_beam.io.filesystems import FileSystems
 from labelbeam.transforms.arrays import avro_columns
 from labelbeam.transforms.storage.stores import environment_faults
 
-AVRO_CODEC = avro_columns.CODEC
 
 
 class FileEntry(NamedTuple):
@@ -48,7 +47,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def avro_table_bytes(schema: dict, rows: pa.Table | pa.RecordBatch, name: str,
                      metadata: dict[str, str] | None = None) -> bytes:
-    """An Avro file of the rows (AVRO_CODEC, a sync marker from the file's identity; `metadata` adds user keys
+    """An Avro file of the rows (avro_columns.CODEC, a sync marker from the file's identity; `metadata` adds user keys
     to its header): what fastavro.writer writes for rows.to_pylist(), map entries sorted by key."""
     return avro_columns.table_file_bytes(schema, rows, name, metadata)
 
