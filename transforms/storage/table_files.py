@@ -18,7 +18,6 @@ from labelbeam.transforms.arrays import avro_columns
 from labelbeam.transforms.storage.stores import environment_faults
 
 
-
 class FileEntry(NamedTuple):
     path: str     # relative to the version directory
     rows: int
