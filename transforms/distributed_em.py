@@ -40,10 +40,10 @@ from labelbeam.transforms import coders
 from labelbeam.transforms.arrays import fixed_point
 from labelbeam.transforms.arrays.factorize import concatenated
 from labelbeam.transforms.inference.calibration import fit_temperature, tempered
-from labelbeam.transforms.inference.degenerate import FitAgreement, degeneracy_of, fit_agreement, named_classes
+from labelbeam.transforms.inference.degenerate import FitAgreement, degeneracy_of, fit_agreement
 from labelbeam.transforms.inference.em import Answers, EMModel, answer_counts, clamp_gold, vote_shares
 from labelbeam.transforms.methods.base import IndexedVotes, consensus_from_posteriors, index_votes, with_fit_report
-from labelbeam.transforms.methods.single_label import MajorityVote, weighted_shares
+from labelbeam.transforms.methods.single_label import fit_report, majority_vote_fallback
 
 
 def smallest_index_dtype(size: int) -> np.dtype:
@@ -252,7 +252,8 @@ def from_fixed_point(counts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
 
 
 class SumCountsFn(beam.CombineFn):
-    """Adds tuples of fixed-point statistics; None when there is nothing to add."""
+    """Adds tuples of int64 statistics (fixed-point EM sums, the degeneracy checks' item counts); None when
+    there is nothing to add."""
 
     def create_accumulator(self):
         return None
@@ -358,28 +359,15 @@ def fit_statistics(shard: AnswerShard, state: EMState, model: EMModel) -> FitAgr
     return fit_agreement(bucket.compact.answers(), posteriors.argmax(axis=1))
 
 
-def sum_fit_statistics(parts) -> FitAgreement | None:
-    """Sums FitAgreements (None when there are none); CombineGlobally also feeds it its own sums."""
-    total = None
-    for part in parts:
-        if part is not None:
-            total = part if total is None else total + part
-    return total
-
-
-def fit_report(statistics: FitAgreement | None, index: AnswerIndex, model_name: str) -> dict:
+def summed_fit_report(statistics: tuple | None, index: AnswerIndex, model_name: str) -> dict:
     """The fit report the in-process path gives (AnnotatorModelMethod.checked_posteriors), from the
     buckets' summed statistics: on a degenerate fit every bucket publishes majority vote instead."""
-    report = {"model": model_name, "degenerate": False}
-    reason = degeneracy_of(statistics) if statistics is not None else None
-    if reason:
-        report.update(degenerate=True, fallback=MajorityVote.name, reason=named_classes(reason, index.labels))
-    return report
+    reason = degeneracy_of(FitAgreement(*statistics)) if statistics is not None else None
+    return fit_report(model_name, reason, index.labels)
 
 
 def majority_vote_posteriors(bucket: AnswerBucket) -> np.ndarray:
-    """A degenerate fit's fallback: vote shares, gold items clamped (as in process)."""
-    return clamp_gold(weighted_shares(bucket.compact.answers(), None), bucket.compact.gold())
+    return majority_vote_fallback(bucket.compact.answers(), bucket.compact.gold())
 
 
 def reported_posteriors(shard: AnswerShard, state: EMState, report: dict,
@@ -448,8 +436,8 @@ class FitAnnotatorModelOnBeam(beam.PTransform):
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), model, tol))
         report = (buckets
                   | "FitAgreement" >> beam.Map(fit_statistics, pvalue.AsSingleton(state), model)
-                  | "SumFitAgreement" >> beam.CombineGlobally(sum_fit_statistics)
-                  | "FitReport" >> beam.Map(fit_report, pvalue.AsSingleton(index), model.name))
+                  | "SumFitAgreement" >> beam.CombineGlobally(SumCountsFn())
+                  | "FitReport" >> beam.Map(summed_fit_report, pvalue.AsSingleton(index), model.name))
         if not gold:
             posteriors = buckets | "Posteriors" >> beam.Map(reported_posteriors, pvalue.AsSingleton(state),
                                                             pvalue.AsSingleton(report), model)

@@ -69,12 +69,9 @@ def best_matching_gain(agreement: np.ndarray) -> int:
 
 class FitAgreement(NamedTuple):
     """What the checks read of a fit, summed over items: statistics of disjoint item sets add up, so a
-    distributed fit sums its buckets' and decides once."""
+    distributed fit sums its buckets' (as it sums its EM statistics) and decides once."""
     agreement: np.ndarray   # [K, K] int64: items with a strict majority, by (fit class, majority class)
     by_fit: np.ndarray      # [K] int64: items by fit class
-
-    def __add__(self, other: FitAgreement) -> FitAgreement:
-        return FitAgreement(self.agreement + other.agreement, self.by_fit + other.by_fit)
 
 
 def fit_agreement(answers: Answers, labels: np.ndarray) -> FitAgreement:

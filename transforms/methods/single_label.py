@@ -120,6 +120,21 @@ def weights_from_skills(skills: pa.Table, n_labels: int, floor: float = 0.01) ->
 
 
 
+def fit_report(model: str, reason: str | None, label_names: list[str] | None = None) -> dict:
+    """What the manifest's consensus.fit says of a fit: degenerate or not, why (classes by name when
+    known), and what was published instead."""
+    if reason is None:
+        return {"model": model, "degenerate": False}
+    if label_names is not None:
+        reason = named_classes(reason, label_names)
+    return {"model": model, "degenerate": True, "fallback": MajorityVote.name, "reason": reason}
+
+
+def majority_vote_fallback(answers: Answers, gold: np.ndarray | None) -> np.ndarray:
+    """A degenerate fit's posteriors instead: vote shares, gold items clamped."""
+    return clamp_gold(weighted_shares(answers, None), gold)
+
+
 class AnnotatorModelMethod(ConsensusMethod):
     """A model of annotators fitted over all votes at once; confidence is the label's posterior.
 
@@ -156,17 +171,14 @@ class AnnotatorModelMethod(ConsensusMethod):
         (calibration.py); if the fit is degenerate (inference/degenerate.py: label-switched or collapsed),
         the vote shares instead (majority vote, gold items clamped), and the report says so."""
         answers, gold = indexed.answers, indexed.gold
-        report = {"model": self.name, "degenerate": False}
         if answers.n_labels == 0:  # only multi-label or rating votes: no class to infer
-            return np.zeros((answers.n_items, 0)), report
+            return np.zeros((answers.n_items, 0)), fit_report(self.name, None)
         fit = self.fit_model(answers, gold)
-        reason = degeneracy(answers, fit.posteriors.argmax(axis=1))
-        if reason:
-            label_names = getattr(indexed, "label_names", None)
-            if label_names is not None:   # classes by name, not index
-                reason = named_classes(reason, label_names.to_pylist())
-            return clamp_gold(weighted_shares(answers, None), gold), {
-                **report, "degenerate": True, "fallback": MajorityVote.name, "reason": reason}
+        label_names = getattr(indexed, "label_names", None)
+        report = fit_report(self.name, degeneracy(answers, fit.posteriors.argmax(axis=1)),
+                            None if label_names is None else label_names.to_pylist())
+        if report["degenerate"]:
+            return majority_vote_fallback(answers, gold), report
         if gold is None or not (gold >= 0).any():
             return fit.posteriors, report
         return calibrated_with_gold(self.posteriors_from_votes(answers, fit), gold)[0], report
