@@ -62,10 +62,9 @@ def parameters_from_counts(class_counts: np.ndarray, confusion_counts: np.ndarra
         return np.log(priors), np.log(confusions)
 
 
-def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float,
-           counts: sparse.csr_array | None = None) -> tuple[np.ndarray, np.ndarray]:
+def m_step(answers: Answers, posteriors: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
     """(log priors, log confusions) maximising the expected complete likelihood, with Dirichlet smoothing."""
-    return parameters_from_counts(*expected_counts(answers, posteriors, counts), smoothing)
+    return parameters_from_counts(*expected_counts(answers, posteriors), smoothing)
 
 
 def parameter_change(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> float:
