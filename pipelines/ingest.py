@@ -44,6 +44,7 @@ from labelbeam.transforms.events.parser import ValidationRules
 from labelbeam.transforms.ingest import IngestEvents
 from labelbeam.transforms.read_stream import DropDirectoryFeed, ReadDroppedFiles, ReadMessages, WatchDroppedFiles
 from labelbeam.transforms.storage import stores
+from labelbeam.transforms.storage.inputs import InputError, match_inputs
 from labelbeam.transforms.validate import RulesSource
 
 PUBSUB_PREFIX = "pubsub://"
@@ -194,6 +195,11 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise UserError(f"--watch needs --source to be a local directory; {args.source} is not one")
     if args.poll_seconds <= 0:
         raise UserError(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    if not args.watch and not args.source.startswith(PUBSUB_PREFIX):
+        try:   # a bounded run over a pattern or directory that holds no event file: a typo, as for build
+            match_inputs([args.source])
+        except InputError as err:
+            raise UserError(f"--source: {err}") from None
     options = ingest_options(beam_args)
     labels = parse_labels(args.labels)
     now = dt.datetime.now(dt.timezone.utc)

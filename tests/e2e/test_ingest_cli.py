@@ -171,3 +171,14 @@ def test_watch_needs_a_local_directory(tmp_path):
                        "--dataset", DATASET)
     assert result.returncode == 2
     assert "--watch needs --source to be a local directory" in result.stderr
+
+
+def test_a_bounded_run_over_nothing_is_refused_like_a_build(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for source, message in ((str(tmp_path / "nope" / "*.jsonl"), "no file matches"),
+                            (str(tmp_path / "empty"), "holds no event files")):
+        result = labelbeam("ingest", "--source", source, "--output", str(tmp_path / "log"), "--dataset", DATASET)
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()   # one line, no traceback
+        assert line.startswith("labelbeam: error: --source: ") and message in line, line
+        assert not (tmp_path / "log").exists()
