@@ -1,20 +1,21 @@
-"""Dawid-Skene at scale: our Beam EM, our in-process EM and crowd-kit's, on one synthetic set.
+"""Dawid-Skene (or GLAD) at scale: our Beam EM, our in-process EM and crowd-kit's, on one synthetic set.
 
     python benchmarks/consensus_scale.py --answers 1000000 [--methods inprocess,beam,crowdkit]
     python benchmarks/consensus_scale.py --answers 100000000 --methods beam   # ~2.4 GB of .npy in $TMPDIR
+    python benchmarks/consensus_scale.py --model glad --answers 1000000 --methods inprocess,beam
 
 The set: binary labels, answers/10 items with 10 answers each from 1,000 annotators whose
 accuracies are spread 0.55-0.95 (seed 0), saved as .npy files. Each method runs in its own child
 process, so its wall time and peak RSS (the kernel's ru_maxrss of that process) are its own. Prints
 time, peak RSS and accuracy against the generated truth.
 
-- inprocess: `dawid_skene` on numpy arrays (the in-process path of `--method ds`).
+- inprocess: `dawid_skene` (`glad` with --model glad) on numpy arrays (the in-process path of `--method ds`).
 - beam: the build's consensus step for `--method ds --em beam` (distributed EM, consensus rows,
   per-annotator statistics) on the local FnApiRunner, reading the votes from 16 Parquet files
   (the build's default bucket count) that this process writes before the child starts; the EM's
   answers are spilled to a scratch directory, as the build does on the local runners. The child
   loads nothing else (the truth only after its clock stops).
-- crowdkit: crowd-kit's DawidSkene on a pandas frame (`pip install ".[bench]"`).
+- crowdkit: crowd-kit's DawidSkene (GLAD) on a pandas frame (`pip install ".[bench]"`).
 All three run at most 100 EM iterations with their own stopping rules.
 """
 from __future__ import annotations
@@ -55,12 +56,14 @@ def load(directory: str, names=("item", "worker", "label", "truth")) -> dict[str
     return {name: np.load(os.path.join(directory, f"{name}.npy")) for name in names}
 
 
-def run_inprocess(data) -> np.ndarray:
+def run_inprocess(data, model: str) -> np.ndarray:
     from labelbeam.transforms.inference.dawid_skene import dawid_skene
     from labelbeam.transforms.inference.em import Answers
+    from labelbeam.transforms.inference.glad import glad
 
     answers = Answers(data["item"], data["worker"], data["label"], len(data["truth"]), N_ANNOTATORS, 2)
-    return dawid_skene(answers, max_iter=MAX_ITER).posteriors.argmax(axis=1)
+    fit = {"ds": dawid_skene, "glad": glad}[model]
+    return fit(answers, max_iter=MAX_ITER).posteriors.argmax(axis=1)
 
 
 def write_vote_buckets(data, directory: str, num_buckets: int = 16) -> list[str]:
@@ -95,8 +98,8 @@ def check_annotator_count(partials, summarize) -> None:
         raise RuntimeError(f"annotator statistics cover {found} annotators, not {N_ANNOTATORS}")
 
 
-def run_beam(n_items: int, paths: list[str]) -> np.ndarray:
-    """`--method ds --em beam`: the build's consensus step (distributed EM, consensus rows and
+def run_beam(n_items: int, paths: list[str], model: str) -> np.ndarray:
+    """`--method ds --em beam` (or glad): the build's consensus step (distributed EM, consensus rows and
     per-annotator statistics) on the local runner, reading the vote buckets from Parquet, with the
     answers spilled to a scratch directory as the build does on the local runners."""
     import apache_beam as beam
@@ -107,11 +110,11 @@ def run_beam(n_items: int, paths: list[str]) -> np.ndarray:
 
     from labelbeam.transforms.consensus import ANNOTATOR_STATS, LABELS, ComputeConsensus
     from labelbeam.transforms.inference.annotator_stats import summarize_annotators
-    from labelbeam.transforms.methods.single_label import DawidSkene
+    from labelbeam.transforms.methods.registry import METHODS
 
     out_dir = tempfile.mkdtemp(prefix="beam-ds-out-")
     scratch = tempfile.mkdtemp(prefix="beam-ds-scratch-")
-    method = DawidSkene(em="beam")
+    method = METHODS[model](em="beam")
     assert method.max_iter == MAX_ITER
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
         consensus = (pipeline
@@ -133,30 +136,30 @@ def run_beam(n_items: int, paths: list[str]) -> np.ndarray:
     return predicted
 
 
-def run_crowdkit(data) -> np.ndarray:
+def run_crowdkit(data, model: str) -> np.ndarray:
     import pandas as pd
-    from crowdkit.aggregation import DawidSkene
+    from crowdkit.aggregation import GLAD, DawidSkene
 
     frame = pd.DataFrame({"task": data["item"], "worker": data["worker"], "label": data["label"]})
-    result = DawidSkene(n_iter=MAX_ITER).fit_predict(frame)
+    result = {"ds": DawidSkene, "glad": GLAD}[model](n_iter=MAX_ITER).fit_predict(frame)
     return result.sort_index().to_numpy()
 
 
 RUNNERS = {"inprocess": run_inprocess, "beam": run_beam, "crowdkit": run_crowdkit}
 
 
-def child(method: str, directory: str) -> int:
+def child(method: str, directory: str, model: str) -> int:
     """One method in this process. The beam run reads its Parquet buckets (written by the parent) and
     loads nothing else until its clock stops, so its peak RSS is the pipeline's own."""
     if method == "beam":
         paths = sorted(os.path.join(directory, name) for name in os.listdir(directory) if name.endswith(".parquet"))
         n_items = len(np.load(os.path.join(directory, "truth.npy"), mmap_mode="r"))
         started = time.perf_counter()
-        predicted = run_beam(n_items, paths)
+        predicted = run_beam(n_items, paths, model)
     else:
         data = load(directory)
         started = time.perf_counter()
-        predicted = RUNNERS[method](data)
+        predicted = RUNNERS[method](data, model)
     seconds = time.perf_counter() - started
     accuracy = float(np.mean(predicted == np.load(os.path.join(directory, "truth.npy"))))
     print(f"{seconds:.2f} {accuracy:.4f}")
@@ -167,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=1_000_000)
     parser.add_argument("--methods", default="inprocess,beam,crowdkit")
+    parser.add_argument("--model", choices=("ds", "glad"), default="ds", help="the annotator model (default ds)")
     parser.add_argument("--json", metavar="PATH", help="also write the key figures to PATH as JSON")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--prepare", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return child(*args.child)
+        return child(*args.child, args.model)
     if args.prepare:
         generate(args.answers, args.prepare)
         if "beam" in args.methods.split(","):
@@ -183,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         # parent's pages in its peak RSS (at 100M answers the parent held 4 GiB).
         subprocess.run([sys.executable, __file__, "--prepare", work, "--answers", str(args.answers),
                         "--methods", args.methods], check=True)
-        print(f"{args.answers:,} answers, {args.answers // ANSWERS_PER_ITEM:,} items, {N_ANNOTATORS} annotators")
+        print(f"{args.model}: {args.answers:,} answers, {args.answers // ANSWERS_PER_ITEM:,} items, "
+              f"{N_ANNOTATORS} annotators")
         print(f"{'method':<10} {'seconds':>8} {'peak RSS':>10} {'accuracy':>9}")
         figures = {}   # method -> key figures, for --json
         for method in args.methods.split(","):
-            process = subprocess.Popen([sys.executable, __file__, "--child", method, work],
+            process = subprocess.Popen([sys.executable, __file__, "--child", method, work, "--model", args.model],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             _, status, usage = os.wait4(process.pid, 0)
             out, err = process.stdout.read(), process.stderr.read()
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                                "accuracy": float(accuracy)}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump({"ok": all(method["ok"] for method in figures.values()), "answers": args.answers,
+            json.dump({"ok": all(method["ok"] for method in figures.values()), "answers": args.answers, "model": args.model,
                        "methods": figures}, stream, indent=2, sort_keys=True)
     return 0
 

@@ -128,10 +128,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "(ds, one_coin, glad, mace) keep these items at their "
                                                      "label while fitting")
     parser.add_argument("--em", choices=("auto", "in_process", "beam"), default="auto",
-                        help="where --method ds, one_coin or mace fits: in_process (all votes on one worker), "
-                             "beam (EM as Beam transforms across workers), auto (beam on managed runners and "
-                             "labelbeam's Dask runner, else in_process) "
-                             "(default: auto)")
+                        help="where an annotator model (ds, one_coin, glad, mace) fits: in_process (all votes "
+                             "on one worker), beam (EM as Beam transforms across workers), auto (beam on managed "
+                             "runners and labelbeam's Dask runner, else in_process) (default: auto)")
     parser.add_argument("--min-votes", type=int, default=1, metavar="K",
                         help="items with fewer votes get status needs_more_votes (default: 1)")
     parser.add_argument("--as-of", metavar="TIME",

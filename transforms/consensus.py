@@ -5,7 +5,7 @@ A method (transforms/methods) says what to compute; the shapes here say how Beam
   with one corpus-wide statistic as a side input where the method needs it;
 - FitAllVotes: every vote gathered on one worker, one fit (the annotator models in process,
   bias_corrected);
-- FitDistributedEM: an annotator model's EM (ds, one_coin, mace) as Beam transforms over item buckets
+- FitDistributedEM: an annotator model's EM (ds, one_coin, glad, mace) as Beam transforms over item buckets
   (`--em beam`).
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pyarrow as pa
 from apache_beam import pvalue
 
 from labelbeam.transforms import coders, stage_metrics
-from labelbeam.transforms.distributed_em import FitAnnotatorModelOnBeam, bucket_consensus
+from labelbeam.transforms.distributed_em import bucket_consensus
+from labelbeam.transforms.distributed_glad import fit_on_beam
 from labelbeam.transforms.methods.base import (
     DISTRIBUTED_EM,
     GATHER_AND_FIT,
@@ -110,7 +111,7 @@ class FitDistributedEM(beam.PTransform):
 
     def expand(self, votes):
         method = self._method
-        fitted = votes | "FitAnnotatorModelOnBeam" >> FitAnnotatorModelOnBeam(
+        fitted = votes | "FitAnnotatorModelOnBeam" >> fit_on_beam(
             method.em_model(), method.gold, method.max_iter, method.tol, spill_dir=self._scratch_dir)
         return (fitted["posteriors"]
                 | "ConsensusOfBuckets" >> beam.Map(bucket_consensus, pvalue.AsSingleton(fitted["index"]),

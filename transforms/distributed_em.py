@@ -390,6 +390,65 @@ def calibrated_bucket_posteriors(shard: AnswerShard, state: EMState, temperature
     return bucket, clamp_gold(tempered(from_votes, temperature), bucket.compact.gold())
 
 
+class IndexBuckets(beam.PTransform):
+    """Vote tables -> {"buckets": AnswerShards in global codes, "index": the AnswerIndex (singleton)}."""
+
+    def __init__(self, gold: dict[str, str], answers_per_element: int, spill_dir: str | None):
+        super().__init__()
+        self._gold, self._answers_per_element, self._spill_dir = gold, answers_per_element, spill_dir
+
+    def expand(self, votes):
+        gold_labels = set(self._gold.values())
+        local = (votes
+                 | "IndexAnswers" >> beam.FlatMap(local_shards, self._gold, self._answers_per_element,
+                                                  self._spill_dir).with_output_types(AnswerShard))
+        index = (local
+                 | "ListAnnotatorsAndLabels" >> beam.Map(names_of)
+                 | "UnionIndexes" >> beam.CombineGlobally(union_of_indexes)
+                 | "SortIndex" >> beam.Map(lambda pair: AnswerIndex(sorted(pair[0]), sorted(pair[1] | gold_labels))))
+        buckets = (local
+                   | "GlobalCodes" >> beam.Map(with_global_codes, pvalue.AsSingleton(index))
+                   .with_output_types(AnswerShard))
+        return {"buckets": buckets, "index": index}
+
+
+class PosteriorsOfFit(beam.PTransform):
+    """A fitted model's buckets -> {"posteriors": (AnswerBucket, posteriors), "report": fit report,
+    "temperature": with gold only}: the degeneracy check, gold calibration and each bucket's posteriors.
+
+    With `state` (a singleton PCollection of EMState), the input is AnswerShards read under that one
+    state; without, it is (AnswerShard, EMState) pairs, for models whose parameters include per-item
+    ones that live with their bucket (GLAD's difficulties).
+    """
+
+    def __init__(self, model, gold: dict[str, str], index, state=None):
+        super().__init__()
+        self._model, self._gold, self._index, self._state = model, gold, index, state
+
+    def _each(self, buckets, label: str, function, *args, flat: bool = False):
+        """function(shard, state, *args) on every bucket, the state from the side input or the pair."""
+        apply = beam.FlatMap if flat else beam.Map
+        if self._state is not None:
+            return buckets | label >> apply(function, pvalue.AsSingleton(self._state), *args)
+        return buckets | label >> apply(lambda pair, *rest: function(pair[0], pair[1], *rest), *args)
+
+    def expand(self, buckets):
+        model, gold = self._model, self._gold
+        report = (self._each(buckets, "FitAgreement", fit_statistics, model)
+                  | "SumFitAgreement" >> beam.CombineGlobally(SumCountsFn())
+                  | "FitReport" >> beam.Map(summed_fit_report, pvalue.AsSingleton(self._index), model.name))
+        if not gold:
+            posteriors = self._each(buckets, "Posteriors", reported_posteriors, pvalue.AsSingleton(report), model)
+            return {"posteriors": posteriors, "report": report}
+        # With gold, posteriors are temperature-scaled on the gold items (see calibration.py).
+        temperature = (self._each(buckets, "GoldPosteriors", gold_posteriors_from_votes, model, flat=True)
+                       | "GatherGold" >> beam.combiners.ToList()
+                       | "FitTemperature" >> beam.Map(temperature_of))
+        posteriors = self._each(buckets, "Posteriors", calibrated_bucket_posteriors, pvalue.AsSingleton(temperature),
+                                pvalue.AsSingleton(report), model)
+        return {"posteriors": posteriors, "report": report, "temperature": temperature}
+
+
 class FitAnnotatorModelOnBeam(beam.PTransform):
     """Vote tables (each holding all votes of its items) -> (AnswerBucket, posteriors), plus the index.
 
@@ -405,22 +464,12 @@ class FitAnnotatorModelOnBeam(beam.PTransform):
         self._gold = dict(sorted((gold or {}).items()))
         self._max_iter, self._tol = max_iter, tol
         self._spill_dir = spill_dir
-        self._answers_per_element = answers_per_element or (
-            DEFAULT_ANSWERS_PER_FILE if spill_dir else DEFAULT_ANSWERS_PER_ELEMENT)
+        self._answers_per_element = answers_per_element or default_answers_per_element(spill_dir)
 
     def expand(self, votes):
-        model, gold, tol = self._model, self._gold, self._tol
-        gold_labels = set(gold.values())
-        local = (votes
-                 | "IndexAnswers" >> beam.FlatMap(local_shards, gold, self._answers_per_element, self._spill_dir)
-                 .with_output_types(AnswerShard))
-        index = (local
-                 | "ListAnnotatorsAndLabels" >> beam.Map(names_of)
-                 | "UnionIndexes" >> beam.CombineGlobally(union_of_indexes)
-                 | "SortIndex" >> beam.Map(lambda pair: AnswerIndex(sorted(pair[0]), sorted(pair[1] | gold_labels))))
-        buckets = (local
-                   | "GlobalCodes" >> beam.Map(with_global_codes, pvalue.AsSingleton(index))
-                   .with_output_types(AnswerShard))
+        model, tol = self._model, self._tol
+        indexed = votes | "Index" >> IndexBuckets(self._gold, self._answers_per_element, self._spill_dir)
+        buckets, index = indexed["buckets"], indexed["index"]
         state = (buckets
                  | "InitialCounts" >> beam.FlatMap(initial_counts, model)
                  | "SumInitialCounts" >> beam.CombineGlobally(SumCountsFn())
@@ -434,25 +483,12 @@ class FitAnnotatorModelOnBeam(beam.PTransform):
             state = (stepped["counts"]
                      | f"SumCounts{iteration}" >> beam.CombineGlobally(SumCountsFn())
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), model, tol))
-        report = (buckets
-                  | "FitAgreement" >> beam.Map(fit_statistics, pvalue.AsSingleton(state), model)
-                  | "SumFitAgreement" >> beam.CombineGlobally(SumCountsFn())
-                  | "FitReport" >> beam.Map(summed_fit_report, pvalue.AsSingleton(index), model.name))
-        if not gold:
-            posteriors = buckets | "Posteriors" >> beam.Map(reported_posteriors, pvalue.AsSingleton(state),
-                                                            pvalue.AsSingleton(report), model)
-            return {"posteriors": posteriors, "index": index, "state": state, "report": report}
-        # With gold, posteriors are temperature-scaled on the gold items (see calibration.py).
-        temperature = (buckets
-                       | "GoldPosteriors" >> beam.FlatMap(gold_posteriors_from_votes, pvalue.AsSingleton(state),
-                                                          model)
-                       | "GatherGold" >> beam.combiners.ToList()
-                       | "FitTemperature" >> beam.Map(temperature_of))
-        posteriors = buckets | "Posteriors" >> beam.Map(calibrated_bucket_posteriors, pvalue.AsSingleton(state),
-                                                        pvalue.AsSingleton(temperature), pvalue.AsSingleton(report),
-                                                        model)
-        return {"posteriors": posteriors, "index": index, "state": state, "temperature": temperature,
-                "report": report}
+        fitted = buckets | "PosteriorsOfFit" >> PosteriorsOfFit(model, self._gold, index, state)
+        return {**fitted, "index": index, "state": state}
+
+
+def default_answers_per_element(spill_dir: str | None) -> int:
+    return DEFAULT_ANSWERS_PER_FILE if spill_dir else DEFAULT_ANSWERS_PER_ELEMENT
 
 
 def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, min_votes: int, report: dict):

@@ -266,7 +266,6 @@ def test_cli_build_versions_and_show(sample, tmp_path):
     (["build", "--method", "wmv"], "needs either --weights"),
     (["build", "--method", "wmv", "--skills-from", "seven"], "give a version number or 'latest'"),
     (["build", "--method", "mv", "--weights", "w.csv"], "only apply to --method wmv"),
-    (["build", "--method", "glad", "--em", "beam"], "has no distributed EM"),
     (["build", "--em", "beam"], "--em beam only applies"),
     (["build", "--min-votes", "0"], "--min-votes"),
     (["build", "--labels", " , "], "--labels"),

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from labelbeam.transforms.inference.em import Answers, vote_shares
-from labelbeam.transforms.inference.glad import GaussianPrior, e_step, expected_log_posterior, glad, m_step
+from labelbeam.transforms.inference.glad import (
+    GaussianPrior,
+    ability_proposal,
+    ability_statistics,
+    ability_terms,
+    accepted_ability,
+    e_step,
+    expected_log_posterior,
+    glad,
+    m_step,
+)
 
 
 def sigmoid(x):
@@ -117,6 +127,34 @@ def test_m_step_never_lowers_q_and_stops_where_its_gradient_vanishes():
         bumped[w] += h
         slope = (expected_log_posterior(answers, posteriors, bumped, log_beta) - q[-1]) / h
         assert abs(slope) < 1e-3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_ability_step_never_lowers_an_annotators_term_and_its_fallback_never_does_either(seed):
+    """The Newton candidate is kept only where it does not lower the annotator's term of Q; the
+    Jaakkola-Jordan bound's maximum, the fallback, never lowers it (it is an MM step), even from
+    abilities far from the optimum, where Newton overshoots."""
+    rng = np.random.default_rng(seed)
+    n_workers, n_answers = 40, 400
+    answers = Answers(rng.integers(0, 100, n_answers), rng.integers(0, n_workers, n_answers),
+                      rng.integers(0, 3, n_answers), 100, n_workers, 3)
+    p_right = rng.random(n_answers) ** rng.uniform(0.2, 3.0)
+    ability, log_beta = rng.normal(0.0, 4.0, n_workers), rng.normal(1.0, 1.5, 100)
+    prior = GaussianPrior(1.0, 1.0)
+
+    def term(a):
+        return ability_terms(answers, p_right, a, log_beta) - 0.5 * (a - prior.mean) ** 2 / prior.variance
+
+    proposal = ability_proposal(ability_statistics(answers, p_right, ability, log_beta), ability, prior)
+    before = term(ability)
+    np.testing.assert_allclose(proposal.before, before, rtol=1e-12)
+    assert np.all(term(proposal.bounded) >= before - 1e-9 * np.abs(before))
+    stepped = accepted_ability(proposal, ability_terms(answers, p_right, proposal.newton, log_beta), prior)
+    assert np.all(term(stepped) >= before - 1e-9 * np.abs(before))
+    newton_lowers = term(proposal.newton) < before - 1e-9 * np.abs(before)
+    assert newton_lowers.any() and not newton_lowers.all()   # both branches are exercised
+    np.testing.assert_array_equal(stepped[newton_lowers], proposal.bounded[newton_lowers])
+    np.testing.assert_array_equal(stepped[~newton_lowers], proposal.newton[~newton_lowers])
 
 
 def test_nonpositive_prior_variance_is_rejected():

@@ -11,11 +11,16 @@ Choices (documented contracts, not tuned to any dataset):
   al.'s released code and in crowd-kit's GLAD. They keep abilities and difficulties finite when an
   annotator or item has few answers.
 - Initialisation from soft majority vote (`vote_shares`), then an M-step from the prior means.
-- The M-step takes `m_step_iterations` rounds of gradient ascent on the expected complete
-  log-posterior Q: first every alpha_w, then every b_i. Given the b's, Q splits into one term per
-  annotator (and given the alphas, one per item), so each parameter takes its own step of
-  gradient / curvature (Newton for alpha, where Q is concave; Fisher scoring for b), halved until
-  its term of Q does not decrease. Q never decreases, so this is a generalised EM.
+- The M-step ascends the expected complete log-posterior Q in two blocks. Given the alphas, Q splits
+  into one term per item: each b_i takes `m_step_iterations` steps of Fisher scoring, halved until
+  its term does not decrease. Then, given the b's, Q splits into one term per annotator, which is
+  concave in alpha_w: each alpha_w takes one Newton step, kept only if its term does not decrease,
+  and otherwise moves to the maximum of the Jaakkola-Jordan quadratic lower bound of its term
+  (tight at the current alpha_w, so that move never decreases it). Q never decreases, so this is a
+  generalised EM; and every alpha step reads two sums over answers per annotator (`ability_statistics`,
+  then `ability_terms` at the Newton candidate), which is what lets the distributed EM
+  (transforms/distributed_glad.py) run the same M-step over item buckets: an item's b_i only reads
+  that item's answers.
 - Convergence on parameters: stop when no alpha_w or b_i moved by `tol` or more in an iteration,
   or after `max_iter` iterations.
 - Gold items keep a one-hot posterior on their known class (clamping); items without answers get
@@ -26,7 +31,8 @@ Choices (documented contracts, not tuned to any dataset):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -99,10 +105,8 @@ def _ascend(value: np.ndarray, prior: GaussianPrior, group: np.ndarray, p_right:
     n = len(value)
 
     def terms(candidate: np.ndarray, logit: np.ndarray, log_sigmoid: np.ndarray) -> np.ndarray:
-        # r log s + (1 - r) log(1 - s), with log(1 - s) = log s - logit: one log-sigmoid per answer.
-        per_answer = log_sigmoid - (1.0 - p_right) * logit
-        penalty = 0.5 * (candidate - prior.mean) ** 2 / prior.variance
-        return np.bincount(group, weights=per_answer, minlength=n) - penalty
+        return (np.bincount(group, weights=_answer_terms(p_right, logit, log_sigmoid), minlength=n)
+                - _penalty(candidate, prior))
 
     logit = logit_of(value)
     log_sigmoid = _log_sigmoid(logit)
@@ -144,19 +148,92 @@ def expected_log_posterior(answers: Answers, posteriors: np.ndarray, ability: np
     return float(answer_part + prior_part)
 
 
+def item_step(answers: Answers, p_right: np.ndarray, ability: np.ndarray, log_beta: np.ndarray,
+              log_beta_prior: GaussianPrior, iterations: int) -> np.ndarray:
+    """log beta after `iterations` safeguarded Fisher-scoring steps on each item's term of Q, alphas fixed.
+    Item i's step reads only item i's answers."""
+    alpha = ability[answers.worker]
+    for _ in range(iterations):
+        log_beta = _ascend(log_beta, log_beta_prior, answers.item, p_right,
+                           lambda b, alpha=alpha: alpha * np.exp(b)[answers.item], lambda logit: logit)
+    return log_beta
+
+
+class AbilityStatistics(NamedTuple):
+    """Per-annotator sums over answers (priors not included) that one alpha step reads."""
+    gradient: np.ndarray          # sum of (r - s) beta: dQ/dalpha
+    curvature: np.ndarray         # sum of s (1 - s) beta**2: -d2Q/dalpha2
+    bound_slope: np.ndarray       # sum of (r - 1/2) beta: the Jaakkola-Jordan bound's linear coefficient
+    bound_curvature: np.ndarray   # sum of tanh(x/2) / (2x) beta**2 at the current logits x: its curvature
+    term: np.ndarray              # sum of r log s + (1 - r) log(1 - s): the annotator's term of Q
+
+
+class AbilityProposal(NamedTuple):
+    """Per annotator: the Newton candidate, the bound's maximum (the fallback), and the term of Q now."""
+    newton: np.ndarray
+    bounded: np.ndarray
+    before: np.ndarray
+
+
+def _answer_terms(p_right: np.ndarray, logit: np.ndarray, log_sigmoid: np.ndarray) -> np.ndarray:
+    # r log s + (1 - r) log(1 - s), with log(1 - s) = log s - logit: one log-sigmoid per answer.
+    return log_sigmoid - (1.0 - p_right) * logit
+
+
+def ability_statistics(answers: Answers, p_right: np.ndarray, ability: np.ndarray,
+                       log_beta: np.ndarray) -> AbilityStatistics:
+    beta = np.exp(log_beta)[answers.item]
+    logit = ability[answers.worker] * beta
+    log_sigmoid = _log_sigmoid(logit)
+    s = np.exp(log_sigmoid)
+    half_over = np.divide(np.tanh(0.5 * logit), 2.0 * logit, out=np.full_like(logit, 0.25),
+                          where=np.abs(logit) > 1e-8)   # -> 1/4 as the logit -> 0
+
+    def per_annotator(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(answers.worker, weights=weights, minlength=answers.n_workers)
+
+    return AbilityStatistics(per_annotator((p_right - s) * beta), per_annotator(s * (1.0 - s) * beta ** 2),
+                             per_annotator((p_right - 0.5) * beta), per_annotator(half_over * beta ** 2),
+                             per_annotator(_answer_terms(p_right, logit, log_sigmoid)))
+
+
+def _penalty(ability: np.ndarray, prior: GaussianPrior) -> np.ndarray:
+    return 0.5 * (ability - prior.mean) ** 2 / prior.variance
+
+
+def ability_proposal(statistics: AbilityStatistics, ability: np.ndarray, prior: GaussianPrior) -> AbilityProposal:
+    """From summed statistics: each annotator's Newton candidate (their term is concave in alpha), and the
+    maximum of the Jaakkola-Jordan lower bound of their term, which touches it at the current alpha."""
+    gradient = statistics.gradient - (ability - prior.mean) / prior.variance
+    newton = ability + gradient / (statistics.curvature + 1.0 / prior.variance)
+    bounded = ((statistics.bound_slope + prior.mean / prior.variance)
+               / (statistics.bound_curvature + 1.0 / prior.variance))
+    return AbilityProposal(newton, bounded, statistics.term - _penalty(ability, prior))
+
+
+def ability_terms(answers: Answers, p_right: np.ndarray, ability: np.ndarray, log_beta: np.ndarray) -> np.ndarray:
+    """Per annotator: their term of Q at `ability` (prior not included), summed over the answers."""
+    logit = ability[answers.worker] * np.exp(log_beta)[answers.item]
+    return np.bincount(answers.worker, weights=_answer_terms(p_right, logit, _log_sigmoid(logit)),
+                       minlength=answers.n_workers)
+
+
+def accepted_ability(proposal: AbilityProposal, terms_at_newton: np.ndarray, prior: GaussianPrior) -> np.ndarray:
+    """The Newton candidate where it does not lower the annotator's term of Q, else the bound's maximum."""
+    after = terms_at_newton - _penalty(proposal.newton, prior)
+    kept = after >= proposal.before - _ROUNDING * np.abs(proposal.before)
+    return np.where(kept, proposal.newton, proposal.bounded)
+
+
 def m_step(answers: Answers, posteriors: np.ndarray, ability: np.ndarray, log_beta: np.ndarray,
            ability_prior: GaussianPrior, log_beta_prior: GaussianPrior,
            iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ability, log beta) after `iterations` rounds of safeguarded ascent on Q. Q never decreases."""
+    """(ability, log beta): `iterations` item steps, then one ability step (module docstring). Q never decreases."""
     p_right = posteriors[answers.item, answers.label]
-    for _ in range(iterations):
-        beta = np.exp(log_beta)[answers.item]
-        ability = _ascend(ability, ability_prior, answers.worker, p_right,
-                          lambda a, beta=beta: a[answers.worker] * beta, lambda logit, beta=beta: beta)
-        alpha = ability[answers.worker]
-        log_beta = _ascend(log_beta, log_beta_prior, answers.item, p_right,
-                           lambda b, alpha=alpha: alpha * np.exp(b)[answers.item], lambda logit: logit)
-    return ability, log_beta
+    log_beta = item_step(answers, p_right, ability, log_beta, log_beta_prior, iterations)
+    proposal = ability_proposal(ability_statistics(answers, p_right, ability, log_beta), ability, ability_prior)
+    return accepted_ability(proposal, ability_terms(answers, p_right, proposal.newton, log_beta),
+                            ability_prior), log_beta
 
 
 def glad(answers: Answers, max_iter: int = 100, tol: float = 1e-5,
@@ -189,3 +266,18 @@ def glad(answers: Answers, max_iter: int = 100, tol: float = 1e-5,
     return GladResult(posteriors, ability, np.exp(-log_beta), np.exp(log_beta), iterations, converged,
                       log_likelihood)
 
+
+
+@dataclass(frozen=True)
+class GladModel:
+    """GLAD as the distributed EM runs it (transforms/distributed_glad.py): the priors and item steps that
+    glad() takes, and the E-step under (ability, log beta) with uniform class priors, as glad() fits."""
+    name: ClassVar[str] = "glad"
+    ability_prior: GaussianPrior = GaussianPrior(1.0, 1.0)
+    log_beta_prior: GaussianPrior = GaussianPrior(1.0, 1.0)
+    m_step_iterations: int = 5
+
+    def e_step(self, answers: Answers, parameters: tuple[np.ndarray, np.ndarray], gold: np.ndarray | None,
+               counts=None) -> tuple[np.ndarray, float]:
+        ability, log_beta = parameters
+        return e_step(answers, fixed_log_priors(None, answers.n_labels), ability, log_beta, gold)

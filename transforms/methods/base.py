@@ -165,7 +165,7 @@ class ConsensusMethod(abc.ABC):
         if request.weights is not None and not cls.takes_weights:
             raise ValueError("--weights and --skills-from only apply to --method wmv")
         if request.em == EM_BEAM and not takes_em:
-            raise ValueError("--em beam only applies to the models with a distributed EM (ds, one_coin, mace)")
+            raise ValueError("--em beam only applies to the annotator models (ds, one_coin, glad, mace)")
         if request.gold and not cls.supports_gold:
             raise ValueError(f"--gold only applies to single-label methods, not --method {cls.name}")
 

@@ -16,8 +16,8 @@ from labelbeam.transforms.inference.dawid_skene import DawidSkeneModel, dawid_sk
 from labelbeam.transforms.inference.dawid_skene import e_step as dawid_skene_e_step
 from labelbeam.transforms.inference.degenerate import degeneracy, named_classes
 from labelbeam.transforms.inference.em import Answers, EMModel, clamp_gold, fixed_log_priors
+from labelbeam.transforms.inference.glad import GladModel, glad
 from labelbeam.transforms.inference.glad import e_step as glad_e_step
-from labelbeam.transforms.inference.glad import glad
 from labelbeam.transforms.inference.mace import MaceModel, mace
 from labelbeam.transforms.inference.mace import e_step as mace_e_step
 from labelbeam.transforms.inference.one_coin import OneCoinModel, one_coin
@@ -139,7 +139,7 @@ class AnnotatorModelMethod(ConsensusMethod):
     """A model of annotators fitted over all votes at once; confidence is the label's posterior.
 
     Two paths give the same answers (tested): `in_process` gathers all votes on one worker and
-    fits there (fast for data that fits one machine); `beam` (Dawid-Skene, one-coin and MACE) runs the EM as
+    fits there (fast for data that fits one machine); `beam` (every model here) runs the EM as
     Beam transforms over item buckets, so a managed runner spreads it across workers.
     Subclasses name the model and compute its posteriors.
     """
@@ -199,7 +199,7 @@ class AnnotatorModelMethod(ConsensusMethod):
     def posteriors_from_votes(self, answers: Answers, fit) -> np.ndarray:
         """[n_items, n_labels] every item's posterior from its votes alone under the fitted model."""
 
-    def em_model(self) -> EMModel:
+    def em_model(self) -> EMModel | GladModel:
         """The model's EM core, for the distributed path (models with `distributed` set)."""
         raise NotImplementedError(f"--method {self.name} has no distributed EM")
 
@@ -250,6 +250,10 @@ class OneCoin(AnnotatorModelMethod):
 class Glad(AnnotatorModelMethod):
     """GLAD: annotator ability times item difficulty."""
     name = "glad"
+    distributed = True
+
+    def em_model(self) -> GladModel:
+        return GladModel()
 
     def fit_model(self, answers, gold):
         return glad(answers, self.max_iter, self.tol, gold=gold)
