@@ -39,9 +39,12 @@ def test_each_chained_step_adds_the_same_number_of_tasks():
     assert sizes[1] - sizes[0] == sizes[2] - sizes[1] > 0, sizes   # Beam's translation: x2.5 per step
 
 
-def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path):
-    from labelbeam.transforms.distributed_em import FitAnnotatorModelOnBeam
+@pytest.mark.parametrize("model", ["ds", "glad"])
+def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path, model):
+    """GLAD's loop has its own shape (two summed passes per iteration, buckets that leave it once converged)."""
+    from labelbeam.transforms.distributed_glad import fit_on_beam
     from labelbeam.transforms.inference.dawid_skene import DawidSkeneModel
+    from labelbeam.transforms.inference.glad import GladModel
     from tests.transforms.test_distributed_em import synthetic_votes
 
     votes = synthetic_votes(seed=5, n_items=120)
@@ -50,9 +53,10 @@ def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path):
     def fit(runner: str, *flags: str) -> np.ndarray:
         out = tmp_path / f"{runner.rsplit('.', 1)[-1]}.npy"
         with beam.Pipeline(options=PipelineOptions(["--runner", runner, *flags])) as pipeline:
-            fitted = pipeline | beam.Create(buckets) | FitAnnotatorModelOnBeam(DawidSkeneModel(), max_iter=12)
+            em_model = DawidSkeneModel() if model == "ds" else GladModel()
+            fitted = pipeline | beam.Create(buckets) | fit_on_beam(em_model, max_iter=12)
             _ = fitted["state"] | beam.Map(lambda state, path=str(out): np.save(path, np.concatenate(
-                [[state.iterations], state.parameters[0], state.parameters[1].ravel()])))
+                [[state.iterations], *map(np.ravel, state.parameters if model == "ds" else [state.parameters])])))
         return np.load(out)
 
     # A cluster of our own, closed after the test: one the runner started would live as long as pytest.
