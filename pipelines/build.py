@@ -373,18 +373,22 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
         method = make_method(config, plan.options.view_as(StandardOptions).runner, key)
 
     build_id = uuid.uuid4().hex
-    version = version_store.claim_next_version(root, dataset, owner=build_id)
-    version_dir = version_store.version_dir(root, dataset, version)
-    manifest_base = {
-        "dataset": dataset, "version": version, "created_at": plan.now.isoformat(timespec="seconds"),
-        "params": plan.params, "inputs": inputs, "code_version": version_code,
-        "schema": registry.load_schema_json(method.row_schema_file),
-        "labels_source": "given" if config.labels else "inferred",
-        "consensus": {"votes_taking_part": method.votes_taking_part},
-        # What else the build read, so `labelbeam rebuild` can read it again (and check it is unchanged).
-        "side_inputs": side_inputs(config),
-    }
+    version = None
+    # The claim is taken inside the try that releases it: a Ctrl-C that lands just after the claim (tests
+    # send one the moment it appears) must not leave it behind. One that lands inside claim_next_version,
+    # before its number is known here, is released by its owner id.
     try:
+        version = version_store.claim_next_version(root, dataset, owner=build_id)
+        version_dir = version_store.version_dir(root, dataset, version)
+        manifest_base = {
+            "dataset": dataset, "version": version, "created_at": plan.now.isoformat(timespec="seconds"),
+            "params": plan.params, "inputs": inputs, "code_version": version_code,
+            "schema": registry.load_schema_json(method.row_schema_file),
+            "labels_source": "given" if config.labels else "inferred",
+            "consensus": {"votes_taking_part": method.votes_taking_part},
+            # What else the build read, so `labelbeam rebuild` can read it again (and check it is unchanged).
+            "side_inputs": side_inputs(config),
+        }
         local = plan.options.view_as(StandardOptions).runner in LOCAL_RUNNERS
         with shuffle_directory(plan.options) as shuffle_dir, \
                 ReadProgress(len(plan_ranges(files, plan.tuning.range_bytes)), enabled=local) as progress_run:
@@ -401,8 +405,11 @@ def execute_plan(plan: BuildPlan) -> BuildOutcome:
             manifest = write_version(root, dataset, version, manifest)
     except BaseException as err:
         try:
-            version_store.release_claim(root, dataset, version)  # unless it has a manifest; quarantine/<N> stays
-        except OSError:
+            if version is None:
+                version_store.release_claims_of(root, dataset, build_id)
+            else:
+                version_store.release_claim(root, dataset, version)  # unless it has a manifest; quarantine/<N> stays
+        except (OSError, version_store.StoreError):
             pass  # the build's own failure is the one to report
         corrupt = corrupt_input_in(err) if isinstance(err, Exception) else None
         if corrupt is not None:  # found while decoding (e.g. a damaged Avro block): an input error, exit 2

@@ -292,6 +292,34 @@ def test_module_entry_point_prints_help():
     assert result.returncode == 0 and "--input" in result.stdout
 
 
+@pytest.mark.parametrize("where", ["just after the claim", "inside the claim, before its number is known"])
+def test_ctrl_c_right_at_the_claim_leaves_no_claim_behind(sample, tmp_path, monkeypatch, where):
+    """Ctrl-C as the build claims its version (the CLI tests send it the moment the claim appears): the
+    claim is released, by number, or by its owner id when the number was not known yet."""
+    from labelbeam.pipelines import build as build_module
+    from labelbeam.transforms.storage import version_store
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "just after the claim":
+        monkeypatch.setattr(build_module.registry, "load_schema_json", interrupted)
+    else:
+        claim = version_store.claim_next_version
+
+        def claim_then_interrupt(*args, **kwargs):
+            claim(*args, **kwargs)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(build_module.version_store, "claim_next_version", claim_then_interrupt)
+    sample_dir, description = sample
+    output = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_build(config_for(sample_dir, description, output), BEAM_ARGS)
+    assert version_store.version_numbers(str(output), description["dataset"], published_only=False) == []
+    monkeypatch.undo()
+    assert run_build(config_for(sample_dir, description, output), BEAM_ARGS).version == 1
+
+
 def test_embedded_default_build_runs_with_no_arguments(tmp_path):
     first = labelbeam("build", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
