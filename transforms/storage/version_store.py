@@ -193,7 +193,8 @@ def release_claim(root: str, dataset: str, version: int) -> bool:
 def release_claims_of(root: str, dataset: str, owner: str) -> list[int]:
     """release_claim every unpublished version whose claim names `owner` (a build stopped before it
     learnt the number it claimed); returns their numbers."""
-    unpublished = sorted(set(version_numbers(root, dataset, published_only=False)) - set(version_numbers(root, dataset)))
+    published = set(version_numbers(root, dataset))
+    unpublished = sorted(set(version_numbers(root, dataset, published_only=False)) - published)
     owned = [version for version in unpublished
              if read_bytes(join(version_dir(root, dataset, version), CLAIM)) == owner.encode()]
     return [version for version in owned if release_claim(root, dataset, version)]
