@@ -206,9 +206,8 @@ def test_both_paths_agree_when_there_is_nothing_to_fit():
 @pytest.mark.parametrize("model, crowd_args, degenerate", [
     (ThirtyIterationDawidSkene, dict(seed=3, n_labels=2, per_item=3, adversarial=0.2, biased=0.5), True),  # 0.16
     (ThirtyIterationOneCoin, dict(seed=0, n_labels=4, per_item=3, adversarial=0.3, biased=0.3), True),     # 0.23
-    (ThirtyIterationMace, dict(seed=2, n_labels=3, per_item=5, adversarial=0.0, biased=0.0), False),
-    (ThirtyIterationGlad, dict(seed=3, n_labels=2, per_item=3, adversarial=0.2, biased=0.5), False)],
-    ids=["ds-collapsed", "one_coin-collapsed", "mace-sane", "glad-sane"])
+    (ThirtyIterationMace, dict(seed=2, n_labels=3, per_item=5, adversarial=0.0, biased=0.0), False)],
+    ids=["ds-collapsed", "one_coin-collapsed", "mace-sane"])   # GLAD's report: test_annotators_build.py
 def test_the_distributed_fit_is_checked_for_degeneracy_like_the_in_process_one(model, crowd_args, degenerate):
     """Both paths report the same fit and publish the same rows: majority vote when the fit collapsed."""
     from crowds import crowd, votes_of
