@@ -449,22 +449,28 @@ class PosteriorsOfFit(beam.PTransform):
         return {"posteriors": posteriors, "report": report, "temperature": temperature}
 
 
-class FitAnnotatorModelOnBeam(beam.PTransform):
-    """Vote tables (each holding all votes of its items) -> (AnswerBucket, posteriors), plus the index.
+class AnnotatorFitOnBeam(beam.PTransform):
+    """What every distributed fit of an annotator model takes: the model's numeric core, gold, the EM's
+    stopping rule, and how its answers are cut into elements (and spilled, with a spill directory)."""
 
-    `model` is the annotator model's EMModel (Dawid-Skene, one-coin, MACE): the same numeric core as
-    its in-process fit. Returns {"posteriors": PCollection[(AnswerBucket, np.ndarray)],
-    "index": PCollection[AnswerIndex], "state": PCollection[EMState], "report": PCollection[dict]}.
-    """
-
-    def __init__(self, model: EMModel, gold: dict[str, str] | None = None, max_iter: int = 100,
+    def __init__(self, model, gold: dict[str, str] | None = None, max_iter: int = 100,
                  tol: float = 1e-5, answers_per_element: int | None = None, spill_dir: str | None = None):
         super().__init__()
         self._model = model
         self._gold = dict(sorted((gold or {}).items()))
         self._max_iter, self._tol = max_iter, tol
         self._spill_dir = spill_dir
-        self._answers_per_element = answers_per_element or default_answers_per_element(spill_dir)
+        self._answers_per_element = answers_per_element or (
+            DEFAULT_ANSWERS_PER_FILE if spill_dir else DEFAULT_ANSWERS_PER_ELEMENT)
+
+
+class FitAnnotatorModelOnBeam(AnnotatorFitOnBeam):
+    """Vote tables (each holding all votes of its items) -> (AnswerBucket, posteriors), plus the index.
+
+    `model` is the annotator model's EMModel (Dawid-Skene, one-coin, MACE): the same numeric core as
+    its in-process fit. Returns {"posteriors": PCollection[(AnswerBucket, np.ndarray)],
+    "index": PCollection[AnswerIndex], "state": PCollection[EMState], "report": PCollection[dict]}.
+    """
 
     def expand(self, votes):
         model, tol = self._model, self._tol
@@ -485,10 +491,6 @@ class FitAnnotatorModelOnBeam(beam.PTransform):
                      | f"MStep{iteration}" >> beam.Map(m_step_state, pvalue.AsSingleton(state), model, tol))
         fitted = buckets | "PosteriorsOfFit" >> PosteriorsOfFit(model, self._gold, index, state)
         return {**fitted, "index": index, "state": state}
-
-
-def default_answers_per_element(spill_dir: str | None) -> int:
-    return DEFAULT_ANSWERS_PER_FILE if spill_dir else DEFAULT_ANSWERS_PER_ELEMENT
 
 
 def bucket_consensus(pair: tuple[AnswerBucket, np.ndarray], index: AnswerIndex, min_votes: int, report: dict):

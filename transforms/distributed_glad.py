@@ -26,13 +26,13 @@ from apache_beam import pvalue
 
 from labelbeam.transforms import coders
 from labelbeam.transforms.distributed_em import (
+    AnnotatorFitOnBeam,
     AnswerShard,
     EMState,
     FitAnnotatorModelOnBeam,
     IndexBuckets,
     PosteriorsOfFit,
     SumCountsFn,
-    default_answers_per_element,
     from_fixed_point,
     to_fixed_point,
 )
@@ -154,18 +154,10 @@ def fit_state(state: GladState) -> EMState:
 FRAMES_PER_PASS = 15
 
 
-class FitGladOnBeam(beam.PTransform):
+class FitGladOnBeam(AnnotatorFitOnBeam):
     """Vote tables (each holding all votes of its items) -> GLAD's posteriors per bucket, as
-    FitAnnotatorModelOnBeam returns them: {"posteriors", "index", "state", "report"(, "temperature")}."""
-
-    def __init__(self, model: GladModel, gold: dict[str, str] | None = None, max_iter: int = 100,
-                 tol: float = 1e-5, answers_per_element: int | None = None, spill_dir: str | None = None):
-        super().__init__()
-        self._model = model
-        self._gold = dict(sorted((gold or {}).items()))
-        self._max_iter, self._tol = max_iter, tol
-        self._spill_dir = spill_dir
-        self._answers_per_element = answers_per_element or default_answers_per_element(spill_dir)
+    FitAnnotatorModelOnBeam returns them: {"posteriors", "index", "state", "report"(, "temperature")}.
+    `model` is a GladModel."""
 
     def expand(self, votes):
         model, tol = self._model, self._tol
