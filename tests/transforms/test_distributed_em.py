@@ -177,6 +177,9 @@ def test_summing_counts_past_the_fixed_point_range_is_an_error_not_a_wraparound(
     big = (np.array([FIXED_POINT_LIMIT - 1]), np.zeros((1, 1, 1), dtype=np.int64))
     with pytest.raises(OverflowError, match="fixed-point"):
         SumCountsFn().add_input(big, big)
+    negative = tuple(-part for part in big)   # GLAD's sums of log terms are negative
+    with pytest.raises(OverflowError, match="fixed-point"):
+        SumCountsFn().add_input(negative, negative)
 
 
 
