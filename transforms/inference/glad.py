@@ -14,10 +14,11 @@ Choices (documented contracts, not tuned to any dataset):
 - The M-step ascends the expected complete log-posterior Q in two blocks. Given the alphas, Q splits
   into one term per item: each b_i takes `m_step_iterations` steps of Fisher scoring, halved until
   its term does not decrease. Then, given the b's, Q splits into one term per annotator, which is
-  concave in alpha_w: each alpha_w takes one Newton step, kept only if its term does not decrease,
-  and otherwise moves to the maximum of the Jaakkola-Jordan quadratic lower bound of its term
-  (tight at the current alpha_w, so that move never decreases it). Q never decreases, so this is a
-  generalised EM; and every alpha step reads two sums over answers per annotator (`ability_statistics`,
+  concave in alpha_w: each alpha_w takes one Newton step, kept unless it lowers its term (by more
+  than ABILITY_SLACK, 1e-6 nats: see there), and otherwise moves to the maximum of the
+  Jaakkola-Jordan quadratic lower bound of its term (tight at the current alpha_w, so that move never
+  decreases it). Q never decreases beyond that slack, so this is a generalised EM; and every alpha
+  step reads two sums over answers per annotator (`ability_statistics`,
   then `ability_terms` at the Newton candidate), which is what lets the distributed EM
   (transforms/distributed_glad.py) run the same M-step over item buckets: an item's b_i only reads
   that item's answers.
@@ -51,6 +52,12 @@ from labelbeam.transforms.inference.em import (
 
 _MAX_HALVINGS = 30
 _ROUNDING = 1e-12   # a step that changes a term of Q by less than this (relative) is not a decrease
+# An ability step lowering its annotator's term of Q by less than this (nats) is still kept. The
+# distributed EM sums those terms over buckets rounded to 2**-30 each, so it knows them to ~1e-8;
+# near convergence, Newton's true gain is smaller than that, and without this margin the rounding,
+# not the model, decided the steps (a distributed fit took 24 iterations where the in-process took 29).
+# Overshoots worth refusing lower the term by far more.
+ABILITY_SLACK = 1e-6
 
 
 class GladResult(NamedTuple):
@@ -221,14 +228,15 @@ def ability_terms(answers: Answers, p_right: np.ndarray, ability: np.ndarray, lo
 def accepted_ability(proposal: AbilityProposal, terms_at_newton: np.ndarray, prior: GaussianPrior) -> np.ndarray:
     """The Newton candidate where it does not lower the annotator's term of Q, else the bound's maximum."""
     after = terms_at_newton - _penalty(proposal.newton, prior)
-    kept = after >= proposal.before - _ROUNDING * np.abs(proposal.before)
+    kept = after >= proposal.before - _ROUNDING * np.abs(proposal.before) - ABILITY_SLACK
     return np.where(kept, proposal.newton, proposal.bounded)
 
 
 def m_step(answers: Answers, posteriors: np.ndarray, ability: np.ndarray, log_beta: np.ndarray,
            ability_prior: GaussianPrior, log_beta_prior: GaussianPrior,
            iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ability, log beta): `iterations` item steps, then one ability step (module docstring). Q never decreases."""
+    """(ability, log beta): `iterations` item steps, then one ability step (module docstring). Q never
+    decreases, but by ABILITY_SLACK."""
     p_right = posteriors[answers.item, answers.label]
     log_beta = item_step(answers, p_right, ability, log_beta, log_beta_prior, iterations)
     proposal = ability_proposal(ability_statistics(answers, p_right, ability, log_beta), ability, ability_prior)
