@@ -187,14 +187,14 @@ def test_summing_counts_past_the_fixed_point_range_is_an_error_not_a_wraparound(
 
 
 
-def test_both_paths_agree_when_there_is_nothing_to_fit():
+@pytest.mark.parametrize("model", [DawidSkene, Glad], ids=lambda model: model.name)
+def test_both_paths_agree_when_there_is_nothing_to_fit(model):
     """No votes, or only ratings: no class to infer, yet every item keeps a row (needs_more_votes)."""
     from event_builders import event, event_table
 
     from labelbeam.transforms.consensus import LABELS, ComputeConsensus
-    from labelbeam.transforms.methods.single_label import DawidSkene
 
-    class ShortDawidSkene(DawidSkene):
+    class Short(model):
         max_iter = 3  # the unrolled graph stays small; nothing converges here anyway
 
     ratings_only = event_table([event("e1", item="i1", label=None, score=4.0),
@@ -204,7 +204,7 @@ def test_both_paths_agree_when_there_is_nothing_to_fit():
         for em in ("in_process", "beam"):
             with TestPipeline(runner="FnApiRunner") as pipeline:
                 consensus = (pipeline | beam.Create(tables, reshuffle=False).with_output_types(pa.Table)
-                             | ComputeConsensus(ShortDawidSkene(em=em)))
+                             | ComputeConsensus(Short(em=em)))
                 rows = consensus[LABELS] | beam.FlatMap(
                     lambda table: [(r["item_id"], r["label"], r["status"]) for r in table.to_pylist()])
                 assert_that(rows, equal_to(expected))
