@@ -41,7 +41,15 @@ from labelbeam.transforms.arrays import fixed_point
 from labelbeam.transforms.arrays.factorize import concatenated
 from labelbeam.transforms.inference.calibration import fit_temperature, tempered
 from labelbeam.transforms.inference.degenerate import FitAgreement, degeneracy_of, fit_agreement
-from labelbeam.transforms.inference.em import Answers, EMModel, answer_counts, clamp_gold, vote_shares
+from labelbeam.transforms.inference.em import (
+    Answers,
+    EMModel,
+    answer_counts,
+    clamp_gold,
+    item_offsets,
+    item_ranges,
+    vote_shares,
+)
 from labelbeam.transforms.methods.base import IndexedVotes, consensus_from_posteriors, index_votes, with_fit_report
 from labelbeam.transforms.methods.single_label import fit_report, majority_vote_fallback
 
@@ -68,8 +76,7 @@ class CompactAnswers(NamedTuple):
     def from_answers(cls, answers: Answers, gold: np.ndarray | None) -> CompactAnswers:
         # Canonical order (item, annotator): sums over an item's answers never depend on input order.
         order = np.lexsort((answers.worker, answers.item))
-        offsets = np.zeros(answers.n_items + 1, dtype=np.int64)
-        np.cumsum(np.bincount(answers.item, minlength=answers.n_items), out=offsets[1:])
+        offsets = item_offsets(answers)
         gold_items = np.flatnonzero(gold >= 0) if gold is not None else np.zeros(0, dtype=np.int64)
         return cls(offsets, answers.worker[order].astype(smallest_index_dtype(answers.n_workers)),
                    answers.label[order].astype(smallest_index_dtype(answers.n_labels)),
@@ -107,10 +114,7 @@ class CompactAnswers(NamedTuple):
 
     def item_ranges(self, max_answers: int) -> list[tuple[int, int]]:
         """Consecutive item ranges of at most max_answers answers plus one item's (items are never split)."""
-        cuts = np.searchsorted(self.item_offsets, np.arange(max_answers, self.item_offsets[-1], max_answers),
-                               side="right") - 1
-        bounds = np.unique(np.concatenate([[0], cuts, [self.n_items]]))
-        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        return item_ranges(self.item_offsets, max_answers)
 
 
 DEFAULT_ANSWERS_PER_ELEMENT = 50_000

@@ -5,7 +5,8 @@ The contract all annotator models share is in test_annotator_model_contract.py.
 import numpy as np
 import pytest
 
-from labelbeam.transforms.inference.em import Answers, vote_shares
+from labelbeam.transforms.inference import glad as glad_module
+from labelbeam.transforms.inference.em import Answers, canonical_answers, vote_shares
 from labelbeam.transforms.inference.glad import (
     ABILITY_SLACK,
     GaussianPrior,
@@ -156,6 +157,27 @@ def test_an_ability_step_never_lowers_an_annotators_term_and_its_fallback_never_
     assert newton_lowers.any() and not newton_lowers.all()   # both branches are exercised
     np.testing.assert_array_equal(stepped[newton_lowers], proposal.bounded[newton_lowers])
     np.testing.assert_array_equal(stepped[~newton_lowers], proposal.newton[~newton_lowers])
+
+
+def test_a_fit_in_item_blocks_is_the_one_block_fit(monkeypatch):
+    """glad() runs its passes over blocks of items (glad.BLOCK_ANSWERS answers each) for speed; blocks
+    change only the order of the ability sums, never the fit."""
+    answers, _, _ = synthetic(seed=7, ability=np.array([2.0, 1.0, 0.5, -0.5, 1.5]), n_items=400,
+                              answers_per_item=3)
+    answers = answers._replace(n_items=402)   # two items without answers, at the end
+    gold = np.full(402, -1)
+    gold[[3, 250]] = [0, 2]
+    whole = glad(answers, gold=gold)
+    monkeypatch.setattr(glad_module, "BLOCK_ANSWERS", 100)
+    blocks = glad_module.item_blocks(canonical_answers(answers), 100)
+    assert len(blocks) == 12 and blocks[0].start == 0 and blocks[-1].stop == 402
+    assert [block.stop for block in blocks[:-1]] == [block.start for block in blocks[1:]]
+    assert sum(len(block.answers.item) for block in blocks) == len(answers.item)
+    blocked = glad(answers, gold=gold)
+    assert blocked.iterations == whole.iterations
+    np.testing.assert_allclose(blocked.posteriors, whole.posteriors, atol=1e-12)
+    np.testing.assert_allclose(blocked.ability, whole.ability, atol=1e-12)
+    assert blocked.log_likelihood == pytest.approx(whole.log_likelihood, rel=1e-12)
 
 
 def test_nonpositive_prior_variance_is_rejected():

@@ -139,6 +139,22 @@ def fit_em(model: EMModel, answers: Answers, gold: np.ndarray | None, max_iter: 
     return EMFit(parameters, posteriors, iterations, converged, log_likelihood)
 
 
+def item_offsets(answers: Answers) -> np.ndarray:
+    """int64 [n_items + 1]: for answers sorted by item, item i's answers are [offsets[i], offsets[i + 1])."""
+    offsets = np.zeros(answers.n_items + 1, dtype=np.int64)
+    np.cumsum(np.bincount(answers.item, minlength=answers.n_items), out=offsets[1:])
+    return offsets
+
+
+def item_ranges(offsets: np.ndarray, max_answers: int) -> list[tuple[int, int]]:
+    """Consecutive item ranges of at most max_answers answers plus one item's (items are never split),
+    given item_offsets."""
+    n_items = len(offsets) - 1
+    cuts = np.searchsorted(offsets, np.arange(max_answers, offsets[-1], max_answers), side="right") - 1
+    bounds = np.unique(np.concatenate([[0], cuts, [n_items]]))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def clamp_gold(posteriors: np.ndarray, gold: np.ndarray | None) -> np.ndarray:
     """Posteriors with gold items (gold[i] >= 0) set one-hot on their class."""
     if gold is not None:
