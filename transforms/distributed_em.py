@@ -267,8 +267,8 @@ class SumCountsFn(beam.CombineFn):
             return tuple(part.copy() for part in counts)
         total = tuple(mine + theirs for mine, theirs in zip(accumulator, counts))
         if max(np.abs(part).max(initial=0) for part in total) >= FIXED_POINT_LIMIT:   # GLAD sums log terms (< 0)
-            raise OverflowError(f"an expected count reached {FIXED_POINT_LIMIT / fixed_point.SCALE:.0f} answers, "
-                                "more than the distributed EM's fixed-point counts hold")
+            raise OverflowError(f"a summed statistic reached ±{FIXED_POINT_LIMIT / fixed_point.SCALE:.0f} (an expected "
+                                "count, in answers), more than the distributed EM's fixed-point sums hold")
         return total
 
     def merge_accumulators(self, accumulators):
