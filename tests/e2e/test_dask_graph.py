@@ -54,7 +54,7 @@ def test_the_distributed_em_on_dask_fits_what_the_fnapi_runner_does(tmp_path, mo
         out = tmp_path / f"{runner.rsplit('.', 1)[-1]}.npy"
         with beam.Pipeline(options=PipelineOptions(["--runner", runner, *flags])) as pipeline:
             em_model = DawidSkeneModel() if model == "ds" else GladModel()
-            fitted = pipeline | beam.Create(buckets) | fit_on_beam(em_model, max_iter=12)
+            fitted = pipeline | beam.Create(buckets) | fit_on_beam(em_model, max_iter=12 if model == "ds" else 6)
             _ = fitted["state"] | beam.Map(lambda state, path=str(out): np.save(path, np.concatenate(
                 [[state.iterations], *map(np.ravel, state.parameters if model == "ds" else [state.parameters])])))
         return np.load(out)

@@ -125,7 +125,8 @@ def test_beam_em_with_answers_spilled_to_files_gives_the_in_process_answers(tmp_
     assert len(spilled) >= 9 and all(path.name.startswith("em-answers-") for path in spilled)   # 960 answers / 100
 
 
-@pytest.mark.parametrize("model", DISTRIBUTED, ids=lambda model: model.name)
+# GLAD's gold clamping: the spilled test below, which has gold.
+@pytest.mark.parametrize("model", [m for m in DISTRIBUTED if m is not ThirtyIterationGlad], ids=lambda model: model.name)
 def test_beam_em_clamps_gold_like_the_in_process_path(model):
     votes = synthetic_votes(seed=6, n_items=120)
     gold = {"i0000": "dog", "i0001": "bird", "i0002": "cat"}
