@@ -31,7 +31,6 @@ Choices (documented contracts, not tuned to any dataset):
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -102,16 +101,18 @@ def e_step(answers: Answers, log_priors: np.ndarray, ability: np.ndarray, log_be
     return posteriors_from_log_joint(answers, log_joint, gold)
 
 
-def _ascend(value: np.ndarray, prior: GaussianPrior, group: np.ndarray, p_right: np.ndarray,
-            logit_of: Callable[[np.ndarray], np.ndarray],
-            slope_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """One safeguarded Newton / Fisher-scoring step on every parameter in `value`, each on its own term of Q.
+def _item_ascent(value: np.ndarray, prior: GaussianPrior, group: np.ndarray, p_right: np.ndarray,
+                 alpha: np.ndarray) -> np.ndarray:
+    """One safeguarded Fisher-scoring step on every item's log beta (`value`), each on its own term of Q.
 
-    Answer j depends on parameter group[j] only. `logit_of(value)` gives every answer's logit and
-    `slope_of(logit)` its derivative by that parameter. A step that would lower a parameter's term
-    of Q is halved until it does not; after _MAX_HALVINGS the parameter stays where it was.
+    Answer j (of item group[j], by an annotator of ability alpha[j]) has logit alpha[j] * exp(value),
+    whose derivative by log beta is the logit itself. A step that would lower an item's term of Q is
+    halved until it does not; after _MAX_HALVINGS the item stays where it was.
     """
     n = len(value)
+
+    def logit_of(candidate: np.ndarray) -> np.ndarray:
+        return alpha * np.exp(candidate)[group]
 
     def terms(candidate: np.ndarray, logit: np.ndarray, log_sigmoid: np.ndarray) -> np.ndarray:
         return (np.bincount(group, weights=_answer_terms(p_right, logit, log_sigmoid), minlength=n)
@@ -120,7 +121,7 @@ def _ascend(value: np.ndarray, prior: GaussianPrior, group: np.ndarray, p_right:
     logit = logit_of(value)
     log_sigmoid = _log_sigmoid(logit)
     s = np.exp(log_sigmoid)
-    slope = slope_of(logit)
+    slope = logit
     gradient = (np.bincount(group, weights=(p_right - s) * slope, minlength=n)
                 - (value - prior.mean) / prior.variance)
     curvature = np.bincount(group, weights=s * (1.0 - s) * slope ** 2, minlength=n) + 1.0 / prior.variance
@@ -163,8 +164,7 @@ def item_step(answers: Answers, p_right: np.ndarray, ability: np.ndarray, log_be
     Item i's step reads only item i's answers."""
     alpha = ability[answers.worker]
     for _ in range(iterations):
-        log_beta = _ascend(log_beta, log_beta_prior, answers.item, p_right,
-                           lambda b, alpha=alpha: alpha * np.exp(b)[answers.item], lambda logit: logit)
+        log_beta = _item_ascent(log_beta, log_beta_prior, answers.item, p_right, alpha)
     return log_beta
 
 
