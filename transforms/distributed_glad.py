@@ -50,15 +50,16 @@ from labelbeam.transforms.inference.glad import (
 
 
 class GladBucket(NamedTuple):
-    """A bucket in the loop: its answers, its items' log beta, and (between the two passes of an
-    iteration) the posteriors the iteration's M-step reads."""
+    """A bucket in the loop: its answers, its items' log beta (None until the first pass, which reads
+    the answers anyway), and (between the two passes of an iteration) the posteriors the iteration's
+    M-step reads."""
     shard: AnswerShard
-    log_beta: np.ndarray
+    log_beta: np.ndarray | None = None
     posteriors: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.shard.nbytes + self.log_beta.nbytes + getattr(self.posteriors, "nbytes", 0)
+        return self.shard.nbytes + sum(getattr(part, "nbytes", 0) for part in (self.log_beta, self.posteriors))
 
 
 class GladState(NamedTuple):
@@ -85,10 +86,6 @@ class SumsAndLargestFn(SumCountsFn):
         return (*super().add_input(accumulator[:-1], counts[:-1]), max(accumulator[-1], counts[-1]))
 
 
-def start_bucket(shard: AnswerShard, model: GladModel) -> GladBucket:
-    return GladBucket(shard, np.full(shard.bucket().compact.n_items, model.log_beta_prior.mean))
-
-
 def start_state(index, model: GladModel) -> GladState:
     if not index.labels:
         return GladState(None, 0, True)
@@ -103,14 +100,14 @@ def item_steps(bucket: GladBucket, state: GladState, model: GladModel, first: bo
         return
     compact = bucket.shard.bucket().compact
     answers, gold = compact.answers(), compact.gold()
-    if first:
+    if first:   # glad()'s start: vote shares, difficulties at their prior mean
         posteriors = clamp_gold(vote_shares(answers), gold)
+        previous = np.full(compact.n_items, model.log_beta_prior.mean)
     else:
-        posteriors, _ = model.e_step(answers, (state.ability, bucket.log_beta), gold)
+        posteriors, previous = model.e_step(answers, (state.ability, bucket.log_beta), gold)[0], bucket.log_beta
     p_right = posteriors[answers.item, answers.label]
-    log_beta = item_step(answers, p_right, state.ability, bucket.log_beta, model.log_beta_prior,
-                         model.m_step_iterations)
-    moved = float(np.abs(log_beta - bucket.log_beta).max(initial=0.0))
+    log_beta = item_step(answers, p_right, state.ability, previous, model.log_beta_prior, model.m_step_iterations)
+    moved = float(np.abs(log_beta - previous).max(initial=0.0))
     yield (*to_fixed_point(ability_statistics(answers, p_right, state.ability, log_beta)), moved)
     yield pvalue.TaggedOutput(NEXT, GladBucket(bucket.shard, log_beta, posteriors))
 
@@ -165,7 +162,7 @@ class FitGladOnBeam(AnnotatorFitOnBeam):
         indexed = votes | "Index" >> IndexBuckets(self._gold, self._answers_per_element, self._spill_dir)
         index = indexed["index"]
         state = index | "StartState" >> beam.Map(start_state, model)
-        flowing = indexed["buckets"] | "StartBuckets" >> beam.Map(start_bucket, model).with_output_types(GladBucket)
+        flowing = indexed["buckets"] | "StartBuckets" >> beam.Map(GladBucket).with_output_types(GladBucket)
         finished = []
         for iteration in range(self._max_iter + 1):
             stepped = (flowing
