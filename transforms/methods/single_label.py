@@ -15,9 +15,8 @@ from labelbeam.transforms.inference.calibration import calibrated_with_gold
 from labelbeam.transforms.inference.dawid_skene import DawidSkeneModel, dawid_skene
 from labelbeam.transforms.inference.dawid_skene import e_step as dawid_skene_e_step
 from labelbeam.transforms.inference.degenerate import degeneracy, named_classes
-from labelbeam.transforms.inference.em import Answers, EMModel, clamp_gold, fixed_log_priors
+from labelbeam.transforms.inference.em import Answers, EMModel, clamp_gold
 from labelbeam.transforms.inference.glad import GladModel, glad
-from labelbeam.transforms.inference.glad import e_step as glad_e_step
 from labelbeam.transforms.inference.mace import MaceModel, mace
 from labelbeam.transforms.inference.mace import e_step as mace_e_step
 from labelbeam.transforms.inference.one_coin import OneCoinModel, one_coin
@@ -259,9 +258,7 @@ class Glad(AnnotatorModelMethod):
         return glad(answers, self.max_iter, self.tol, gold=gold)
 
     def posteriors_from_votes(self, answers, fit):
-        # GLAD's class priors are fixed (uniform), as in glad().
-        return glad_e_step(answers, fixed_log_priors(None, answers.n_labels), fit.ability,
-                           np.log(fit.inverse_difficulty))[0]
+        return self.em_model().e_step(answers, (fit.ability, np.log(fit.inverse_difficulty)), None)[0]
 
 
 class Mace(AnnotatorModelMethod):
